@@ -1,0 +1,126 @@
+"""Length-bucketed, static-shape batches for every fine-tuning task.
+
+Each example is a dict of per-example features: 1-D sequences of the example's
+own length (`input_ids`, `token_type_ids`, tagging `label_ids`, ...) and scalars
+(`labels`, `feature_index`, ...). A batch pads its sequences to the smallest
+entry of `length_buckets` that holds its longest example, so SST-2 (~13 tokens
+on average) is not padded to 128, while the number of distinct shapes, and so
+of XLA compilations, stays at len(length_buckets).
+
+Training order: a permutation drawn from (seed, epoch), stably grouped by
+bucket so that examples of similar length share a batch while their order
+inside a bucket stays random, cut into batches, and the batch order shuffled
+again. Evaluation keeps the examples in their given order. Either way the last
+batch is filled up with rows whose `example_weights` is 0 (all features at
+their pad value, attention_mask 0, as Google BERT's `PaddingInputExample`), so
+every real example is seen exactly once and every batch has the same size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from bert_jax.finetune.task import Batch
+
+# Pad value per feature; anything not listed pads with 0. -100 is the "no loss"
+# label of the tagging head (see task.py).
+DEFAULT_PAD_VALUES = {"label_ids": -100}
+
+
+def bucket_length(length: int, length_buckets: Sequence[int]) -> int:
+    """The smallest bucket >= length; ValueError when none is."""
+    for b in sorted(length_buckets):
+        if length <= b:
+            return int(b)
+    raise ValueError(f"length_buckets={tuple(length_buckets)}: an example of {length} "
+                     f"tokens fits no bucket (truncate to max_seq_length first)")
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, length_buckets: Sequence[int], *,
+                 shuffle: bool, seed: int = 0, epoch: int = 0) -> list[np.ndarray]:
+    """Which examples go in which batch, in the order the batches are yielded.
+
+    Args:
+      lengths: int [N], token count of each example.
+      batch_size: rows per batch; only the last planned batch may hold fewer.
+      length_buckets: allowed padded lengths.
+      shuffle: False keeps the given order (evaluation); True shuffles within
+        buckets and then the batches, a pure function of (seed, epoch).
+
+    Returns:
+      A list of int64 index arrays, each of length <= batch_size; together they
+      hold every index in range(N) exactly once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    buckets = np.asarray(sorted(length_buckets))
+    if lengths.size and lengths.max() > buckets[-1]:
+        bucket_length(int(lengths.max()), length_buckets)  # raises with the message
+    if not shuffle:
+        order = np.arange(lengths.size)
+        return [order[i:i + batch_size] for i in range(0, lengths.size, batch_size)]
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(lengths.size)
+    # Stable sort keeps the random order inside each bucket; a batch that spans
+    # two buckets is padded to the larger one. The lone partial batch is the
+    # last chunk, and it moves with the others in the batch shuffle.
+    perm = perm[np.argsort(np.searchsorted(buckets, lengths[perm]), kind="stable")]
+    chunks = [perm[i:i + batch_size] for i in range(0, perm.size, batch_size)]
+    return [chunks[i] for i in rng.permutation(len(chunks))]
+
+
+def collate(examples: Sequence[Mapping[str, object]], indices: np.ndarray, batch_size: int,
+            length_buckets: Sequence[int], pad_values: Mapping[str, int] | None = None) -> Batch:
+    """One static-shape batch of `examples[indices]`.
+
+    Sequence features become [batch_size, L] (int32, or float32 if the feature
+    is float) with L = bucket of the longest example; scalars become
+    [batch_size]. Adds `attention_mask` (1 on real tokens) when the examples
+    do not carry one, and `example_weights` (float32 [batch_size], 0 on filler
+    rows).
+    """
+    pads = {**DEFAULT_PAD_VALUES, **(pad_values or {})}
+    rows = [examples[int(i)] for i in indices]
+    if not rows:
+        raise ValueError("collate: no examples in this batch")
+    if len(rows) > batch_size:
+        raise ValueError(f"collate: {len(rows)} examples exceed batch_size={batch_size}")
+    n_tokens = [len(r["input_ids"]) for r in rows]
+    seq_len = bucket_length(max(n_tokens), length_buckets)
+    batch: Batch = {}
+    for key, first in rows[0].items():
+        first = np.asarray(first)
+        dtype = np.float32 if np.issubdtype(first.dtype, np.floating) else np.int32
+        if first.ndim == 0:
+            out = np.full((batch_size,), pads.get(key, 0), dtype)
+            out[:len(rows)] = [r[key] for r in rows]
+        elif first.ndim == 1:
+            out = np.full((batch_size, seq_len), pads.get(key, 0), dtype)
+            for j, r in enumerate(rows):
+                out[j, :len(r[key])] = r[key]
+        else:
+            raise ValueError(f"collate: feature {key!r} has {first.ndim} dims; "
+                             f"expected a scalar or a 1-D sequence")
+        batch[key] = out
+    if "attention_mask" not in batch:
+        batch["attention_mask"] = (np.arange(seq_len)[None, :]
+                                   < np.asarray(n_tokens + [0] * (batch_size - len(rows)))[:, None]
+                                   ).astype(np.int32)
+    weights = np.zeros((batch_size,), np.float32)
+    weights[:len(rows)] = 1.0
+    batch["example_weights"] = weights
+    return batch
+
+
+def iterate_batches(examples: Sequence[Mapping[str, object]], batch_size: int,
+                    length_buckets: Sequence[int], *, shuffle: bool, seed: int = 0,
+                    epoch: int = 0, pad_values: Mapping[str, int] | None = None
+                    ) -> Iterator[Batch]:
+    """`collate` over `plan_batches`: one epoch of static-shape batches."""
+    lengths = [len(ex["input_ids"]) for ex in examples]
+    for idx in plan_batches(lengths, batch_size, length_buckets, shuffle=shuffle, seed=seed,
+                            epoch=epoch):
+        yield collate(examples, idx, batch_size, length_buckets, pad_values)
