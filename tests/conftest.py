@@ -7,6 +7,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# transformers 4.x would import TensorFlow for TF classes we never use in tests.
+os.environ.setdefault("USE_TF", "0")
 
 import pytest  # noqa: E402
 

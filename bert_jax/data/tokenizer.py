@@ -218,7 +218,7 @@ class Tokenizer:
         return self.encode_batch([text], None if pair is None else [pair], max_length,
                                  truncation, stride)[0]
 
-    def encode_batch(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
+    def encode_batch(self, texts: Sequence[str], pairs: Sequence[str | None] | None = None,
                      max_length: int | None = None, truncation: str = "longest_first",
                      stride: int = 0) -> list[Encoding]:
         """`[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`, truncated to max_length.
@@ -229,7 +229,12 @@ class Tokenizer:
         tokens), or 'only_first'.
         """
         a = self.backend._raw(texts)
-        b = self.backend._raw(pairs) if pairs is not None else [None] * len(a)
+        b: list = [None] * len(a)
+        if pairs is not None:
+            # A None pair means a single sentence, so one batch can mix both.
+            have = [i for i, p in enumerate(pairs) if p is not None]
+            for i, enc in zip(have, self.backend._raw([pairs[i] for i in have])):
+                b[i] = enc
         return [self._assemble(ea, eb, max_length, truncation, stride) for ea, eb in zip(a, b)]
 
     def _assemble(self, a, b, max_length, truncation, stride) -> Encoding:

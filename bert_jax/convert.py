@@ -1,0 +1,153 @@
+"""Convert BERT weights between HuggingFace dirs, Google TF1 checkpoints and ours.
+
+    python -m bert_jax.convert SRC DST --to {bert_jax,hf,tf1}
+
+The input format is detected: a HF dir (config.json + model.safetensors or
+pytorch_model.bin), a bert_jax model dir or training workdir (bert_jax.json),
+or a Google TF1 dir (bert_config.json + bert_model.ckpt.*, needs the `tf` extra).
+Parameters the source lacks (a pooler, the MLM/NSP heads) are initialized fresh
+and listed. Output goes to a temp dir and is renamed into place on success.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+from bert_jax import hf_format, model_dir
+from bert_jax.bert_config import BertConfig
+
+
+def _fresh_target(cfg: BertConfig, head: str, num_labels: int, seed: int):
+    from bert_jax.heads import build_model
+    from bert_jax.params import flat_params
+    model = build_model(cfg.replace(scan_layers=False), head, num_labels, seed=seed)
+    return flat_params(model)
+
+
+def is_tf1_dir(path: pathlib.Path) -> bool:
+    return (path / "bert_config.json").exists() and any(path.glob("*.ckpt*.index"))
+
+
+def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
+             report: list[str] | None = None) -> tuple[BertConfig, dict[str, Any],
+                                                       dict[str, np.ndarray]]:
+    """(config, meta, canonical params) from any supported checkpoint.
+
+    For HF / TF1 sources the head is the richest the source has (pretraining
+    when it has MLM/NSP weights or when asked); parameters it lacks are filled
+    with a fresh init and their names appended to `report`.
+    """
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such checkpoint")
+    if model_dir.is_model_dir(p):
+        return model_dir.load_flat(p)
+    if hf_format.is_hf_dir(p):
+        cfg, tensors, raw_cfg = hf_format.read_hf_dir(p)
+        arch = (raw_cfg.get("architectures") or ["BertModel"])[0]
+        src_head = {v: k for k, v in hf_format.ARCHITECTURES.items() if k != "regression"}.get(
+            arch, "encoder")
+        labels = [raw_cfg["id2label"][str(i)] for i in range(len(raw_cfg.get("id2label", {})))]
+        if src_head == "classification" and raw_cfg.get("problem_type") == "regression":
+            src_head = "regression"
+        head = head or ("pretraining" if src_head == "encoder" else src_head)
+        num_labels = 1 if head == "regression" else len(labels)
+        target = _fresh_target(cfg, head, num_labels, seed)
+        flat, unexpected = hf_format.from_hf(
+            tensors, {k: v.shape for k, v in target.items()}, source=str(p))
+        meta = {"format": "hf", "head": head, "num_labels": num_labels, "label_names": labels}
+    elif is_tf1_dir(p):
+        from bert_jax import tf1_format
+        cfg, flat, unexpected = tf1_format.read_tf1_dir(p)
+        head = head or "pretraining"
+        target = _fresh_target(cfg, head, 0, seed)
+        meta = {"format": "tf1", "head": head, "num_labels": 0, "label_names": []}
+    else:
+        raise ValueError(f"{p}: not a HF dir (config.json + model.safetensors/pytorch_model.bin), "
+                         "a bert_jax dir (bert_jax.json) or a TF1 dir (bert_config.json + "
+                         "bert_model.ckpt.*)")
+    missing = sorted(set(target) - set(flat))
+    for k in missing:
+        flat[k] = target[k]
+    if report is not None:
+        report.extend(f"initialized fresh: {k}" for k in missing)
+        report.extend(f"ignored (unused by the model): {k}" for k in unexpected)
+    meta["vocab"] = str(model_dir.vocab_path(p)) if model_dir.vocab_path(p) else None
+    return cfg, meta, flat
+
+
+def _write_atomic(dst: pathlib.Path, writer) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        writer(tmp)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str | None = None,
+            seed: int = 0) -> list[str]:
+    """Convert `src` into format `to` at `dst`; returns the report lines."""
+    report: list[str] = []
+    cfg, meta, flat = read_any(src, head=head, seed=seed, report=report)
+    head = meta["head"]
+    labels = meta.get("label_names", [])
+    vocab = meta.get("vocab") or model_dir.vocab_path(pathlib.Path(src))
+    dst = pathlib.Path(dst)
+    if to == "bert_jax":
+        model_dir.save_model_dir(dst, cfg, flat, head, meta.get("num_labels", 0), labels,
+                                 meta.get("task"), vocab)
+    elif to == "hf":
+        def write(tmp):
+            hf_format.write_hf_dir(tmp, cfg, flat, head, labels)
+            model_dir.copy_vocab(vocab, tmp)
+        _write_atomic(dst, write)
+    elif to == "tf1":
+        from bert_jax import tf1_format
+
+        def write(tmp):
+            tf1_format.write_tf1_dir(tmp, cfg, flat)
+            model_dir.copy_vocab(vocab, tmp)
+        _write_atomic(dst, write)
+    else:
+        raise ValueError(f"--to={to!r}; expected bert_jax, hf or tf1")
+    return report
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("to", "bert_jax", ["bert_jax", "hf", "tf1"], "Output format.")
+flags.DEFINE_enum("head", None, ["pretraining", "encoder", "classification", "regression", "span",
+                                 "tagging"],
+                  "Head to keep/build (default: what the source has; pretraining for bare "
+                  "encoders).")
+flags.DEFINE_integer("seed", 0, "Seed for parameters the source lacks.")
+
+
+def main(argv):
+    if len(argv) != 3:
+        raise app.UsageError("usage: python -m bert_jax.convert SRC DST --to {bert_jax,hf,tf1}")
+    try:
+        report = convert(argv[1], argv[2], FLAGS.to, FLAGS.head, FLAGS.seed)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for line in report:
+        print(line)
+    print(f"wrote {FLAGS.to} checkpoint to {argv[2]}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,172 @@
+"""Feature extraction: token states and sentence vectors from any BERT checkpoint.
+
+    python -m bert_jax.embed --checkpoint=DIR --input=sentences.txt --output=emb.npz \
+        [--pooling=pooler|cls|mean] [--all_layers]
+
+One example per input line; a tab separates sentence A and sentence B. The
+.npz holds input_ids, attention_mask, last_hidden_state (N, T, H), pooled
+(N, H) and, with --all_layers, hidden_states (L+1, N, T, H); T is the longest
+example. pooling: `pooler` = BERT's dense+tanh on [CLS] (HF pooler_output),
+`cls` = the raw [CLS] state, `mean` = mean over real tokens
+(sentence-transformers style).
+
+In Python:
+    from bert_jax.embed import Embedder
+    emb = Embedder("ckpt_dir")
+    out = emb.encode(["A sentence.", "Another one."], pooling="mean")
+    out["pooled"].shape  # (2, hidden_size)
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from tqdm import tqdm
+
+POOLINGS = ("pooler", "cls", "mean")
+
+
+def _bucket(n: int, multiple: int = 16) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+class Embedder:
+    def __init__(self, checkpoint: str | os.PathLike, dtype: str = "float32",
+                 vocab: str | os.PathLike | None = None, max_length: int = 512):
+        from bert_jax import model_dir
+        from bert_jax.data.tokenizer import load_tokenizer
+
+        model, meta, _ = model_dir.load_model(checkpoint, head="encoder", dtype=dtype)
+        self.model = model
+        vocab = vocab or meta.get("vocab") or model_dir.vocab_path(checkpoint)
+        if vocab is None:
+            raise FileNotFoundError(f"{checkpoint}: no vocab.txt inside; pass --vocab")
+        self.tokenizer = load_tokenizer(vocab)
+        self.max_length = min(max_length, model.cfg.max_position_embeddings)
+        graphdef, state = nnx.split(model)
+
+        @jax.jit
+        def forward(state, ids, types, mask):
+            m = nnx.merge(graphdef, state)
+            out = m(ids, types, mask, output_hidden_states=True)
+            hs = jnp.stack(out["hidden_states"]).astype(jnp.float32)
+            return out["last_hidden_state"].astype(jnp.float32), out["pooled"].astype(
+                jnp.float32), hs
+
+        self._state = state
+        self._forward = forward
+
+    def encode(self, texts: list[str], pairs: list[str | None] | None = None, pooling: str = "pooler",
+               all_layers: bool = False, batch_size: int = 32,
+               progress: bool = False) -> dict[str, np.ndarray]:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
+        encs = self.tokenizer.encode_batch(texts, pairs, max_length=self.max_length)
+        n = len(encs)
+        t_max = max((len(e) for e in encs), default=1)
+        ids = np.zeros((n, t_max), np.int32)
+        types = np.zeros((n, t_max), np.int32)
+        mask = np.zeros((n, t_max), np.int32)
+        for i, e in enumerate(encs):
+            ids[i, :len(e)] = e.ids
+            types[i, :len(e)] = e.type_ids
+            mask[i, :len(e)] = 1
+        h = self.model.cfg.hidden_size
+        last = np.zeros((n, t_max, h), np.float32)
+        pooled = np.zeros((n, h), np.float32)
+        layers = self.model.cfg.num_hidden_layers + 1
+        hidden = np.zeros((layers, n, t_max, h), np.float32) if all_layers else None
+        # Sort by length so each batch pads little; pad to a multiple of 16 to bound
+        # the number of compiled shapes.
+        order = np.argsort([-len(e) for e in encs], kind="stable")
+        starts = range(0, n, batch_size)
+        for s in tqdm(starts, desc="embed", disable=not progress, unit="batch"):
+            idx = order[s:s + batch_size]
+            t = min(_bucket(int(mask[idx].sum(1).max())), t_max if t_max % 16 == 0 else
+                    _bucket(t_max))
+            b = len(idx)
+            pad_b = batch_size if n > batch_size else b
+
+            def take(a):
+                x = np.zeros((pad_b, t), a.dtype)
+                w = min(t, a.shape[1])
+                x[:b, :w] = a[idx, :w]
+                return x
+            lh, pl, hs = jax.device_get(
+                self._forward(self._state, take(ids), take(types), take(mask)))
+            w = min(t, t_max)
+            last[idx, :w] = lh[:b, :w]
+            if pooling == "pooler":
+                pooled[idx] = pl[:b]
+            if all_layers:
+                hidden[:, idx, :w] = hs[:, :b, :w]
+        if pooling == "cls":
+            pooled = last[:, 0].copy()
+        elif pooling == "mean":
+            m = mask[..., None].astype(np.float32)
+            pooled = (last * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        out = {"input_ids": ids, "attention_mask": mask, "last_hidden_state": last,
+               "pooled": pooled}
+        if all_layers:
+            out["hidden_states"] = hidden
+        return out
+
+
+def read_lines(path: str | os.PathLike) -> tuple[list[str], list[str | None] | None]:
+    texts, pairs = [], []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                raise ValueError(f"{path}:{lineno}: empty line")
+            a, sep, b = line.partition("\t")
+            texts.append(a)
+            pairs.append(b if sep else None)
+    if not texts:
+        raise ValueError(f"{path}: no input lines")
+    return texts, (None if all(p is None for p in pairs) else pairs)
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "Model dir, training workdir, HF dir or TF1 dir.")
+flags.DEFINE_string("input", None, "Text file: one example per line, tab separates a pair.")
+flags.DEFINE_string("output", None, "Output .npz path.")
+flags.DEFINE_enum("pooling", "pooler", list(POOLINGS), "Sentence vector.")
+flags.DEFINE_bool("all_layers", False, "Also write hidden_states (L+1, N, T, H).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+flags.DEFINE_integer("batch_size", 32, "Examples per forward pass.")
+flags.DEFINE_integer("max_length", 512, "Truncate examples to this many tokens.")
+flags.DEFINE_string("vocab", None, "Vocabulary, if the checkpoint has none.")
+
+
+def main(argv):
+    del argv
+    for name in ("checkpoint", "input", "output"):
+        if not getattr(FLAGS, name):
+            raise app.UsageError(f"--{name} is required")
+    try:
+        texts, pairs = read_lines(FLAGS.input)
+        emb = Embedder(FLAGS.checkpoint, FLAGS.dtype, FLAGS.vocab, FLAGS.max_length)
+        out = emb.encode(texts, pairs, FLAGS.pooling, FLAGS.all_layers, FLAGS.batch_size,
+                         progress=True)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    dst = pathlib.Path(FLAGS.output)
+    tmp = dst.with_name(dst.name + ".tmp.npz")
+    np.savez(tmp, **out)
+    os.replace(tmp, dst)
+    print(f"wrote {len(texts)} examples to {dst}: " + ", ".join(
+        f"{k} {v.shape}" for k, v in out.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

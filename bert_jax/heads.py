@@ -1,0 +1,148 @@
+"""Task heads on top of BertModel: pretraining (MLM + NSP), sequence
+classification / regression, span QA and token classification.
+
+All logits come out in fp32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bert_jax.bert_config import BertConfig
+from bert_jax.model import BertModel, Dense, LayerNorm, activation, dropout
+
+
+def gather_positions(x: jax.Array, positions: jax.Array) -> jax.Array:
+    """x [B,T,H], positions [B,P] -> [B,P,H] (Google's gather_indexes)."""
+    return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
+
+
+class BertForPreTraining(nnx.Module):
+    """Google's `cls/predictions` (transform + tied decoder + output_bias) and
+    `cls/seq_relationship` (NSP on the pooled output).
+
+    With masked_positions [B,P] the MLM head runs only there, as Google's BERT
+    does with max_predictions_per_seq: ~7x less decoder work at 15% masking.
+    Without, it runs at every position (dense labels, fill-mask).
+    """
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        h = cfg.hidden_size
+        self.cfg = cfg
+        self.bert = BertModel(cfg, rngs=rngs)
+        self.transform = Dense((h,), (h,), ("embed",), ("mlp",), cfg, rngs=rngs)
+        self.transform_LayerNorm = LayerNorm(h, cfg)
+        self.output_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.dtype(cfg.param_dtype)),
+                                     logical_axes=("vocab",))
+        self.seq_relationship = Dense((h,), (2,), ("embed",), (None,), cfg, rngs=rngs)
+
+    def mlm_logits(self, hidden: jax.Array) -> jax.Array:
+        x = activation(self.cfg.hidden_act)(self.transform(hidden))
+        x = self.transform_LayerNorm(x)
+        logits = self.bert.embeddings.word_embeddings.attend(x)
+        return logits + self.output_bias.value.astype(jnp.float32)
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+                 masked_positions=None, segment_ids=None, position_ids=None,
+                 dropout_rng=None):
+        out = self.bert(input_ids, token_type_ids, attention_mask, segment_ids=segment_ids,
+                        position_ids=position_ids, dropout_rng=dropout_rng)
+        hidden = out["last_hidden_state"]
+        if masked_positions is not None:
+            hidden = gather_positions(hidden, masked_positions)
+        return {
+            "mlm_logits": self.mlm_logits(hidden),
+            "nsp_logits": self.seq_relationship(out["pooled"]).astype(jnp.float32),
+        }
+
+
+class BertForSequenceClassification(nnx.Module):
+    """Dropout + dense on the pooled [CLS]; num_labels=1 is regression (STS-B)."""
+
+    def __init__(self, cfg: BertConfig, num_labels: int, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.num_labels = num_labels
+        self.bert = BertModel(cfg, rngs=rngs)
+        self.classifier = Dense((cfg.hidden_size,), (num_labels,), ("embed",), (None,), cfg,
+                                rngs=rngs)
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+                 segment_ids=None, position_ids=None, dropout_rng=None):
+        head_rng = None
+        if dropout_rng is not None:
+            dropout_rng, head_rng = jax.random.split(dropout_rng)
+        out = self.bert(input_ids, token_type_ids, attention_mask, segment_ids=segment_ids,
+                        position_ids=position_ids, dropout_rng=dropout_rng)
+        pooled = dropout(out["pooled"], self.cfg.hidden_dropout_prob, head_rng)
+        return {"logits": self.classifier(pooled).astype(jnp.float32)}
+
+
+class BertForQuestionAnswering(nnx.Module):
+    """Start / end logits per token (Google's run_squad `cls/squad/output_weights`)."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.bert = BertModel(cfg, rngs=rngs, add_pooler=False)
+        self.qa_outputs = Dense((cfg.hidden_size,), (2,), ("embed",), (None,), cfg, rngs=rngs)
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+                 segment_ids=None, position_ids=None, dropout_rng=None):
+        out = self.bert(input_ids, token_type_ids, attention_mask, segment_ids=segment_ids,
+                        position_ids=position_ids, dropout_rng=dropout_rng)
+        logits = self.qa_outputs(out["last_hidden_state"]).astype(jnp.float32)
+        return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+
+
+class BertForTokenClassification(nnx.Module):
+    def __init__(self, cfg: BertConfig, num_labels: int, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.num_labels = num_labels
+        self.bert = BertModel(cfg, rngs=rngs, add_pooler=False)
+        self.classifier = Dense((cfg.hidden_size,), (num_labels,), ("embed",), (None,), cfg,
+                                rngs=rngs)
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+                 segment_ids=None, position_ids=None, dropout_rng=None):
+        head_rng = None
+        if dropout_rng is not None:
+            dropout_rng, head_rng = jax.random.split(dropout_rng)
+        out = self.bert(input_ids, token_type_ids, attention_mask, segment_ids=segment_ids,
+                        position_ids=position_ids, dropout_rng=dropout_rng)
+        h = dropout(out["last_hidden_state"], self.cfg.hidden_dropout_prob, head_rng)
+        return {"logits": self.classifier(h).astype(jnp.float32)}
+
+
+class BertEncoderModel(nnx.Module):
+    """The bare encoder + pooler (HF `BertModel`), under the same `bert/` names as
+    the task models so every checkpoint shares one parameter layout."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.bert = BertModel(cfg, rngs=rngs)
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, **kw):
+        return self.bert(input_ids, token_type_ids, attention_mask, **kw)
+
+
+HEADS = {
+    "pretraining": BertForPreTraining,
+    "classification": BertForSequenceClassification,
+    "regression": BertForSequenceClassification,
+    "span": BertForQuestionAnswering,
+    "tagging": BertForTokenClassification,
+    "encoder": BertEncoderModel,
+}
+
+
+def build_model(cfg: BertConfig, head: str = "pretraining", num_labels: int = 0,
+                seed: int = 0) -> nnx.Module:
+    rngs = nnx.Rngs(params=seed)
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; expected one of {sorted(HEADS)}")
+    if head in ("classification", "tagging"):
+        return HEADS[head](cfg, num_labels, rngs=rngs)
+    if head == "regression":
+        return HEADS[head](cfg, 1, rngs=rngs)
+    return HEADS[head](cfg, rngs=rngs)

@@ -1,0 +1,257 @@
+"""BERT encoder in Flax NNX: embeddings, post-LN transformer layers, pooler.
+
+Attribute names follow Google's TF1 checkpoint (`bert/embeddings/word_embeddings`,
+`layer_N/attention/self/query`, ...) so `convert.py` is a rename table. Every
+parameter carries `logical_axes` metadata for `sharding.py`. Dropout takes an
+explicit key (`dropout_rng`; None = deterministic) so the train step stays a
+pure function of (state, batch, rng).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bert_jax import sharding
+from bert_jax.attention import attention_mask as make_attention_mask
+from bert_jax.attention import dot_product_attention
+from bert_jax.bert_config import BertConfig
+
+_ACTS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+}
+
+_REMAT = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def activation(name: str):
+    return _ACTS[name]
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def _init(cfg: BertConfig):
+    # Google's BERT initializes every weight with a truncated normal.
+    return jax.nn.initializers.truncated_normal(stddev=cfg.initializer_range)
+
+
+class Dense(nnx.Module):
+    """y = x . kernel + bias over the trailing `len(in_shape)` axes of x.
+
+    kernel has shape in_shape + out_shape, so attention projections can keep
+    heads as their own axis ([embed, heads, kv]) for tensor parallelism.
+    """
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int],
+                 logical_in: Sequence[str | None], logical_out: Sequence[str | None],
+                 cfg: BertConfig, *, rngs: nnx.Rngs, use_bias: bool = True):
+        in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+        self.n_in = len(in_shape)
+        self.dtype = jnp.dtype(cfg.dtype)
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.kernel = nnx.Param(_init(cfg)(rngs.params(), in_shape + out_shape, pdt),
+                                logical_axes=tuple(logical_in) + tuple(logical_out))
+        self.bias = (nnx.Param(jnp.zeros(out_shape, pdt), logical_axes=tuple(logical_out))
+                     if use_bias else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        axes = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+        y = jax.lax.dot_general(x.astype(self.dtype), self.kernel.value.astype(self.dtype),
+                                (axes, ((), ())))
+        if self.bias is not None:
+            y = y + self.bias.value.astype(self.dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with fp32 statistics whatever the compute dtype."""
+
+    def __init__(self, size: int, cfg: BertConfig):
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.eps = cfg.layer_norm_eps
+        self.dtype = jnp.dtype(cfg.dtype)
+        self.scale = nnx.Param(jnp.ones((size,), pdt), logical_axes=("embed",))
+        self.bias = nnx.Param(jnp.zeros((size,), pdt), logical_axes=("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    def __init__(self, num: int, size: int, logical: Sequence[str], cfg: BertConfig, *,
+                 rngs: nnx.Rngs):
+        self.dtype = jnp.dtype(cfg.dtype)
+        self.embedding = nnx.Param(
+            _init(cfg)(rngs.params(), (num, size), jnp.dtype(cfg.param_dtype)),
+            logical_axes=tuple(logical))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding.value, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Logits against the table (the tied MLM decoder), accumulated in fp32."""
+        return jnp.einsum("...H,VH->...V", x, self.embedding.value.astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+
+
+class BertEmbeddings(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        h = cfg.hidden_size
+        self.cfg = cfg
+        self.word_embeddings = Embed(cfg.vocab_size, h, ("vocab", "embed"), cfg, rngs=rngs)
+        self.position_embeddings = Embed(cfg.max_position_embeddings, h, (None, "embed"), cfg,
+                                         rngs=rngs)
+        self.token_type_embeddings = Embed(cfg.type_vocab_size, h, (None, "embed"), cfg,
+                                           rngs=rngs)
+        self.LayerNorm = LayerNorm(h, cfg)
+
+    def __call__(self, input_ids, token_type_ids, position_ids, dropout_rng):
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+             + self.token_type_embeddings(token_type_ids))
+        x = self.LayerNorm(x)
+        return dropout(x, self.cfg.hidden_dropout_prob, dropout_rng)
+
+
+class BertLayer(nnx.Module):
+    """Post-LN transformer block: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        h, n, d, i = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.intermediate_size
+        self.cfg = cfg
+        qkv = dict(logical_in=("embed",), logical_out=("heads", "kv"), cfg=cfg, rngs=rngs)
+        self.query = Dense((h,), (n, d), **qkv)
+        self.key = Dense((h,), (n, d), **qkv)
+        self.value = Dense((h,), (n, d), **qkv)
+        self.attention_output = Dense((n, d), (h,), ("heads", "kv"), ("embed",), cfg, rngs=rngs)
+        self.attention_LayerNorm = LayerNorm(h, cfg)
+        self.intermediate = Dense((h,), (i,), ("embed",), ("mlp",), cfg, rngs=rngs)
+        self.output = Dense((i,), (h,), ("mlp",), ("embed",), cfg, rngs=rngs)
+        self.output_LayerNorm = LayerNorm(h, cfg)
+
+    def __call__(self, x: jax.Array, mask: jax.Array, rng: jax.Array | None) -> jax.Array:
+        cfg = self.cfg
+        rngs = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
+        q = sharding.constrain(self.query(x), ("batch", "length", "act_heads", None))
+        k = sharding.constrain(self.key(x), ("batch", "length", "act_heads", None))
+        v = sharding.constrain(self.value(x), ("batch", "length", "act_heads", None))
+        ctx = dot_product_attention(q, k, v, mask, impl=cfg.attention_impl,
+                                    dropout_rate=cfg.attention_probs_dropout_prob,
+                                    dropout_rng=rngs[0])
+        attn = dropout(self.attention_output(ctx), cfg.hidden_dropout_prob, rngs[1])
+        x = self.attention_LayerNorm(x + attn)
+        y = activation(cfg.hidden_act)(self.intermediate(x))
+        y = sharding.constrain(y, ("batch", "length", "act_mlp"))
+        y = dropout(self.output(y), cfg.hidden_dropout_prob, rngs[2])
+        x = self.output_LayerNorm(x + y)
+        return sharding.constrain(x, ("batch", "length", "act_embed"))
+
+
+def _layer_fn(cfg: BertConfig):
+    def apply(layer, x, mask, rng):
+        return layer(x, mask, rng)
+    if cfg.remat_policy == "none":
+        return apply
+    return nnx.remat(apply, policy=_REMAT[cfg.remat_policy])
+
+
+class BertEncoder(nnx.Module):
+    """The layer stack, either a list of layers or (scan_layers) one stacked layer
+    scanned over, which compiles once instead of L times."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        if cfg.scan_layers:
+            @nnx.split_rngs(splits=cfg.num_hidden_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def create(r):
+                return BertLayer(cfg, rngs=r)
+            self.layers = create(rngs)
+        else:
+            self.layers = nnx.List([BertLayer(cfg, rngs=rngs)
+                                    for _ in range(cfg.num_hidden_layers)])
+
+    def __call__(self, x, mask, rng, output_hidden_states: bool = False):
+        n = self.cfg.num_hidden_layers
+        keys = jax.random.split(rng, n) if rng is not None else None
+        layer_fn = _layer_fn(self.cfg)
+        if self.cfg.scan_layers:
+            @nnx.scan(in_axes=(nnx.Carry, 0, None, 0 if keys is not None else None),
+                      out_axes=(nnx.Carry, 0))
+            def body(h, layer, m, key):
+                h = layer_fn(layer, h, m, key)
+                return h, (h if output_hidden_states else None)
+            x, hs = body(x, self.layers, mask, keys)
+            hidden = list(hs) if output_hidden_states else []
+        else:
+            hidden = []
+            for i, layer in enumerate(self.layers):
+                x = layer_fn(layer, x, mask, None if keys is None else keys[i])
+                if output_hidden_states:
+                    hidden.append(x)
+        return x, hidden
+
+
+class BertPooler(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        h = cfg.hidden_size
+        self.dense = Dense((h,), (h,), ("embed",), ("mlp",), cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.tanh(self.dense(x[:, 0]))
+
+
+class BertModel(nnx.Module):
+    """Encoder + pooler. Returns dict(last_hidden_state [B,T,H], pooled [B,H] and,
+    with output_hidden_states, hidden_states: embeddings + each layer (L+1))."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, add_pooler: bool = True):
+        self.cfg = cfg
+        self.embeddings = BertEmbeddings(cfg, rngs=rngs)
+        self.encoder = BertEncoder(cfg, rngs=rngs)
+        self.pooler = BertPooler(cfg, rngs=rngs) if add_pooler else None
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+                 segment_ids=None, position_ids=None, dropout_rng=None,
+                 output_hidden_states: bool = False):
+        b, t = input_ids.shape
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        emb_rng = enc_rng = None
+        if dropout_rng is not None:
+            emb_rng, enc_rng = jax.random.split(dropout_rng)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, emb_rng)
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
+        mask = make_attention_mask(attention_mask, segment_ids)
+        emb = x
+        x, hidden = self.encoder(x, mask, enc_rng, output_hidden_states)
+        out = {"last_hidden_state": x}
+        if self.pooler is not None:
+            out["pooled"] = self.pooler(x)
+        if output_hidden_states:
+            out["hidden_states"] = [emb] + hidden
+        return out

@@ -1,0 +1,163 @@
+"""Our saved-model directory, and loading a model from any checkpoint we read.
+
+Layout of a bert_jax model dir:
+  bert_jax.json   {"format": "bert_jax", "config": BertConfig fields, "head": ...,
+                   "num_labels": n, "label_names": [...], "task": {...}}
+  params/         orbax checkpoint of the canonical parameter tree
+  vocab.txt       (or *.model) the vocabulary the model was trained with
+
+A training workdir is also a model dir: it has bert_jax.json and vocab at the
+top and params inside the newest complete `checkpoints/<step>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from bert_jax.bert_config import BertConfig
+
+META_FILE = "bert_jax.json"
+
+
+def nest(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for name, v in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
+
+
+def unnest(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(unnest(v, name + "/"))
+        else:
+            out[name] = np.asarray(v)
+    return out
+
+
+def write_meta(path: pathlib.Path, cfg: BertConfig, head: str, num_labels: int = 0,
+               label_names: list[str] | None = None, task: dict | None = None) -> None:
+    meta = {"format": "bert_jax", "config": cfg.to_google_dict(), "head": head,
+            "num_labels": num_labels, "label_names": list(label_names or []),
+            "task": task or {}}
+    tmp = path / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, path / META_FILE)
+
+
+def read_meta(path: pathlib.Path) -> dict[str, Any]:
+    f = path / META_FILE
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{f}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+
+def save_params(path: pathlib.Path, flat: dict[str, np.ndarray]) -> None:
+    import orbax.checkpoint as ocp
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path.absolute(), nest(flat))
+        ckptr.wait_until_finished()
+
+
+def load_params(path: pathlib.Path) -> dict[str, np.ndarray]:
+    import orbax.checkpoint as ocp
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(path.absolute())
+        tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
+        restore_args = __import__("jax").tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        return unnest(ckptr.restore(path.absolute(), restore_args=restore_args))
+
+
+def copy_vocab(src: str | os.PathLike | None, dst_dir: pathlib.Path) -> None:
+    if src is None:
+        return
+    src = pathlib.Path(src)
+    if src.is_dir():
+        cands = [src / "vocab.txt"] + sorted(src.glob("*.model"))
+        src = next((c for c in cands if c.exists()), None)
+        if src is None:
+            return
+    if src.exists():
+        shutil.copyfile(src, dst_dir / ("vocab.txt" if src.suffix != ".model" else src.name))
+
+
+def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.ndarray],
+                   head: str, num_labels: int = 0, label_names: list[str] | None = None,
+                   task: dict | None = None, vocab: str | os.PathLike | None = None) -> None:
+    """Write a complete model dir to a temp dir beside `out`, then rename, so a
+    crash never leaves a half-written model behind."""
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_params(tmp / "params", flat)
+        copy_vocab(vocab, tmp)
+        write_meta(tmp, cfg, head, num_labels, label_names, task)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | None:
+    d = pathlib.Path(model_dir)
+    for cand in [d / "vocab.txt", *sorted(d.glob("*.model"))]:
+        if cand.exists():
+            return cand
+    return None
+
+
+def is_model_dir(path: pathlib.Path) -> bool:
+    return (path / META_FILE).exists()
+
+
+def load_flat(path: str | os.PathLike) -> tuple[BertConfig, dict[str, Any], dict[str, np.ndarray]]:
+    """(config, meta, canonical params) from a model dir or a training workdir."""
+    path = pathlib.Path(path)
+    if not is_model_dir(path):
+        raise FileNotFoundError(f"{path}: not a bert_jax model dir (no {META_FILE})")
+    meta = read_meta(path)
+    cfg = BertConfig.from_dict(meta["config"], source=str(path / META_FILE))
+    if (path / "params").exists():
+        return cfg, meta, load_params(path / "params")
+    from bert_jax import checkpointing
+    return cfg, meta, checkpointing.load_latest_params(path)
+
+
+def load_model(path: str | os.PathLike, head: str | None = None, num_labels: int | None = None,
+               seed: int = 0, **runtime) -> tuple[Any, dict[str, Any], list[str]]:
+    """Build a model from a checkpoint we can read (our dir, a workdir, a HF dir,
+    a TF1 dir). `head` defaults to the checkpoint's; a different head keeps the
+    encoder and initializes the new head fresh. Returns (model, meta, missing)."""
+    from bert_jax import convert
+    from bert_jax.heads import build_model
+    from bert_jax.params import assign_params
+
+    cfg, meta, flat = convert.read_any(path)
+    cfg = cfg.replace(**runtime)
+    head = head or meta.get("head", "pretraining")
+    if num_labels is None:
+        num_labels = meta.get("num_labels", 0) if head == meta.get("head") else 0
+    model = build_model(cfg, head, num_labels, seed=seed)
+    if head != meta.get("head"):
+        # Keep only the encoder: a new task head starts fresh.
+        flat = {k: v for k, v in flat.items() if k.startswith("bert/")}
+    missing, _ = assign_params(model, flat, source=str(path))
+    return model, meta, missing

@@ -1,0 +1,83 @@
+"""Canonical flat parameter names: the bridge between NNX state, our saved
+model dirs and the HF / TF1 rename tables.
+
+A canonical name is the NNX attribute path joined by '/', with scanned
+(stacked) layers expanded to one entry per layer, e.g.
+`bert/encoder/layers/3/query/kernel`. So a checkpoint saved from a scanned
+model loads into an unscanned one and back.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+from flax import nnx
+
+_LAYER = re.compile(r"^(.*?/encoder/layers)/(.*)$")
+
+
+def _is_scanned(model: nnx.Module) -> bool:
+    cfg = getattr(model, "cfg", None)
+    return bool(cfg is not None and cfg.scan_layers)
+
+
+def flat_params(state_or_model, scanned: bool | None = None) -> dict[str, np.ndarray]:
+    """nnx.State / Module -> {canonical name: array} (host numpy)."""
+    if isinstance(state_or_model, nnx.Module):
+        scanned = _is_scanned(state_or_model) if scanned is None else scanned
+        state = nnx.state(state_or_model, nnx.Param)
+    else:
+        state = state_or_model
+    out: dict[str, np.ndarray] = {}
+    for path, var in nnx.to_flat_state(state):
+        value = np.asarray(jax.device_get(var.value if isinstance(var, nnx.Variable) else var))
+        name = "/".join(str(p) for p in path)
+        m = _LAYER.match(name)
+        if scanned and m and not m.group(2).split("/")[0].isdigit():
+            for i in range(value.shape[0]):
+                out[f"{m.group(1)}/{i}/{m.group(2)}"] = value[i]
+        else:
+            out[name] = value
+    return out
+
+
+def assign_params(model: nnx.Module, flat: dict[str, np.ndarray], source: str = "checkpoint",
+                  strict: bool = False) -> tuple[list[str], list[str]]:
+    """Copy `flat` into the model's params in place.
+
+    Returns (missing, unexpected): names the model has but `flat` lacks (left as
+    initialized) and names in `flat` the model does not have. A shape mismatch is
+    a one-line error naming the parameter.
+    """
+    scanned = _is_scanned(model)
+    state = nnx.state(model, nnx.Param)
+    target = flat_params(state, scanned=scanned)
+    missing = sorted(set(target) - set(flat))
+    unexpected = sorted(set(flat) - set(target))
+    if strict and (missing or unexpected):
+        raise ValueError(f"{source}: missing parameters {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, want in target.items():
+        if name in flat and tuple(flat[name].shape) != tuple(want.shape):
+            hint = " (vocabulary size differs)" if "word_embeddings" in name else ""
+            raise ValueError(f"{source}: parameter {name} has shape {tuple(flat[name].shape)}, "
+                             f"model expects {tuple(want.shape)}{hint}")
+    merged = {k: (flat[k] if k in flat else v) for k, v in target.items()}
+    new_leaves = []
+    for path, var in nnx.to_flat_state(state):
+        name = "/".join(str(p) for p in path)
+        m = _LAYER.match(name)
+        if scanned and m and not m.group(2).split("/")[0].isdigit():
+            n = var.value.shape[0]
+            value = np.stack([merged[f"{m.group(1)}/{i}/{m.group(2)}"] for i in range(n)])
+        else:
+            value = merged[name]
+        new_leaves.append((path, np.asarray(value, dtype=var.value.dtype)))
+    for path, value in new_leaves:
+        node = model
+        for p in path[:-1]:
+            node = node[p] if isinstance(p, int) else getattr(node, p)
+        leaf = getattr(node, path[-1]) if not isinstance(path[-1], int) else node[path[-1]]
+        leaf.value = jax.numpy.asarray(value)
+    return missing, unexpected
