@@ -37,6 +37,14 @@ def _bucket(n: int, multiple: int = 16) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
+def _take(a: np.ndarray, idx: np.ndarray, rows: int, t: int) -> np.ndarray:
+    """Rows `idx` of `a`, padded with zeros to [rows, t]."""
+    x = np.zeros((rows, t), a.dtype)
+    w = min(t, a.shape[1])
+    x[:len(idx), :w] = a[idx, :w]
+    return x
+
+
 class Embedder:
     def __init__(self, checkpoint: str | os.PathLike, dtype: str = "float32",
                  vocab: str | os.PathLike | None = None, max_length: int = 512):
@@ -94,13 +102,8 @@ class Embedder:
             b = len(idx)
             pad_b = batch_size if n > batch_size else b
 
-            def take(a):
-                x = np.zeros((pad_b, t), a.dtype)
-                w = min(t, a.shape[1])
-                x[:b, :w] = a[idx, :w]
-                return x
-            lh, pl, hs = jax.device_get(
-                self._forward(self._state, take(ids), take(types), take(mask)))
+            lh, pl, hs = jax.device_get(self._forward(
+                self._state, *(_take(a, idx, pad_b, t) for a in (ids, types, mask))))
             w = min(t, t_max)
             last[idx, :w] = lh[:b, :w]
             if pooling == "pooler":
