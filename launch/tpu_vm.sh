@@ -102,7 +102,7 @@ repo_kind() {
   fi
   [[ -z ${OPT_ref:-} ]] || die "--ref only applies to a git URL --repo, not '$repo'"
   if [[ -d $repo ]]; then
-    git -C "$repo" rev-parse --verify -q HEAD >/dev/null \
+    git -C "$repo" rev-parse --verify -q HEAD >/dev/null 2>&1 \
       || die "--repo $repo is a directory but not a git checkout with a commit; pass a .tar.gz of it"
     echo dir
   elif [[ ($repo == *.tar.gz || $repo == *.tgz) && -f $repo ]]; then
