@@ -325,3 +325,28 @@ def test_slurm_two_tasks_join_one_jax_job(probe_python):
         assert (report["process"], report["processes"]) == (rank, 2)
         assert (report["local_devices"], report["devices"]) == (2, 4)
         assert report["gathered"] == [0, 1]
+
+
+def test_tpu_vm_real_run_creates_and_deletes_on_failure(tmp_path):
+    """Real mode (no --dry-run) against a recording gcloud: a missing VM is
+    created, a failing job still deletes it, and the exit status is the job's."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "gcloud.log"
+    (bin_dir / "gcloud").write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        printf '%s\\n' "$*" >> {log}
+        case "$*" in
+          *" describe "*) exit 1 ;;            # no such VM yet
+          *"--command=cd ~/bert_jax"*) exit 3 ;;  # the job fails
+        esac
+        """))
+    (bin_dir / "gcloud").chmod(0o755)
+    tarball = tmp_path / "code.tgz"
+    tarball.write_bytes(b"")
+    proc = _launch("tpu_vm.sh", "--name=t", "--zone=z", "--accelerator-type=v4-8", "--delete",
+                   f"--repo={tarball}", "pretrain",
+                   env=_env(PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert proc.returncode == 3, proc.stderr
+    calls = [line.split()[:5] for line in log.read_text().splitlines()]
+    assert [c[3] for c in calls] == ["describe", "create", "scp", "ssh", "ssh", "delete"]
