@@ -68,8 +68,10 @@ set_env() {
 
 # XLA_FLAGS without any --NAME or --NAME=... entry.
 xla_flags_without() {
-  local name=$1 flag kept=''
-  for flag in ${XLA_FLAGS:-}; do
+  local name=$1 flag kept='' words
+  # read -a splits on whitespace without glob-expanding values such as '.*'.
+  read -ra words <<<"${XLA_FLAGS:-}"
+  for flag in "${words[@]}"; do
     if [[ $flag != "--$name" && $flag != "--$name="* ]]; then
       kept+="${kept:+ }$flag"
     fi
@@ -87,7 +89,7 @@ xla_flag_set() {
 # Adds --NAME=VALUE to XLA_FLAGS unless the user already chose a value.
 xla_flag_default() {
   local name=$1 value=$2
-  if [[ $(xla_flags_without "$name") == "${XLA_FLAGS:-}" ]]; then
+  if [[ ! " ${XLA_FLAGS:-} " =~ [[:space:]]--${name}[=[:space:]] ]]; then
     set_env XLA_FLAGS "${XLA_FLAGS:+$XLA_FLAGS }--$name=$value"
   fi
 }

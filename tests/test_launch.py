@@ -86,10 +86,10 @@ def test_local_dry_run():
     # job arguments (even --dry-run, spaces, quotes) are forwarded verbatim.
     assert _dry_run("local.sh", "--devices", "4", "finetune", "--config=c.py:task=sst2",
                     "--dry-run", "a b", "it's",
-                    XLA_FLAGS="--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=8",
+                    XLA_FLAGS="--xla_dump_hlo_module_re=.*  --xla_force_host_platform_device_count=8",
                     PYTHON="/opt/venv/bin/python") == [
         "export JAX_PLATFORMS=cpu",
-        "export XLA_FLAGS='--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=4'",
+        "export XLA_FLAGS='--xla_dump_hlo_module_re=.* --xla_force_host_platform_device_count=4'",
         "/opt/venv/bin/python -m bert_jax.finetune --config=c.py:task=sst2 --dry-run 'a b' "
         "'it'\\''s'",
     ]
