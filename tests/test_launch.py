@@ -253,11 +253,11 @@ PROBE = textwrap.dedent("""
                                    int(env["BERT_JAX_PROCESS_ID"]), initialization_timeout=60)
     from jax.experimental import multihost_utils
     gathered = multihost_utils.process_allgather(jax.numpy.array(jax.process_index()))
-    print(json.dumps({"argv": sys.argv[1:], "env": env, "process": jax.process_index(),
+    print("PROBE", json.dumps({"argv": sys.argv[1:], "env": env, "process": jax.process_index(),
                       "processes": jax.process_count(), "devices": jax.device_count(),
                       "local_devices": jax.local_device_count(),
                       "platform": jax.devices()[0].platform,
-                      "gathered": gathered.tolist()}))
+                      "gathered": gathered.tolist()}), flush=True)
 """)
 
 
@@ -272,9 +272,15 @@ def probe_python(tmp_path_factory):
     return str(wrapper)
 
 
+def _parse_probe(stdout: str) -> dict:
+    # Gloo writes its own lines to stdout too.
+    [line] = [line for line in stdout.splitlines() if line.startswith("PROBE ")]
+    return json.loads(line.removeprefix("PROBE "))
+
+
 def _report(proc) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _parse_probe(proc.stdout)
 
 
 def test_local_real_run_gets_fake_devices(probe_python):
@@ -318,7 +324,7 @@ def test_slurm_two_tasks_join_one_jax_job(probe_python):
     reports = []
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+        reports.append(_parse_probe(out))
     for rank, report in enumerate(reports):
         assert report["argv"] == ["-m", "bert_jax.pretrain", "--workdir=/shared/w"]
         assert report["env"]["BERT_JAX_COORDINATOR_ADDRESS"] == f"localhost:{port}"
