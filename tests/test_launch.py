@@ -164,6 +164,17 @@ def test_slurm_first_host(nodelist, first):
     assert lines[0] == f"export BERT_JAX_COORDINATOR_ADDRESS={first}:12355"
 
 
+def test_slurm_prefers_scontrol(tmp_path):
+    # Where SLURM is installed its own parser decides. This recording scontrol
+    # answers for a list the bash fallback would read as 'ib-n1^x'.
+    (tmp_path / "scontrol").write_text(
+        '#!/bin/bash\n[[ "$1 $2" == "show hostnames" ]] && printf "%s\\n" ib-n1 ib-n2\n')
+    (tmp_path / "scontrol").chmod(0o755)
+    lines = _dry_run("slurm.sbatch", "--no-srun", "pretrain", PATH=f"{tmp_path}:{os.environ['PATH']}",
+                     SLURM_NODELIST="ib-n[1-2]^x", SLURM_NTASKS="2", SLURM_PROCID="1")
+    assert lines[0] == "export BERT_JAX_COORDINATOR_ADDRESS=ib-n1:12355"
+
+
 def test_slurm_batch_step_runs_srun(tmp_path):
     assert _dry_run("slurm.sbatch", "pretrain", "--workdir=/shared/runs/b", "x y") == [
         f"srun --kill-on-bad-exit=1 bash {LAUNCH}/slurm.sbatch --no-srun pretrain "
