@@ -172,6 +172,12 @@ class PretrainingPipeline:
         e = bisect.bisect_right(self._epoch_ends, g) - 1
         return e, g - self._epoch_ends[e]
 
+    def epoch_range(self, epoch: int) -> tuple[int, int]:
+        """[first, end) global instance indices of `epoch`."""
+        while len(self._epoch_ends) <= epoch + 1:
+            self._plan(len(self._epoch_ends) - 1)
+        return self._epoch_ends[epoch], self._epoch_ends[epoch + 1]
+
     def epoch_of(self, step: int) -> int:
         return self.locate(step * self.global_batch_size)[0]
 

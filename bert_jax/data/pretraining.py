@@ -30,8 +30,9 @@ Three deliberate differences:
 - the random document is drawn uniformly among the other documents directly
   instead of retrying 10 times.
 
-MLM-only mode (nsp=False): chunks of whole contiguous sentences of one document
-up to max_seq_length - 2 tokens, `[CLS] chunk [SEP]` (RoBERTa's DOC-SENTENCES).
+MLM-only mode (nsp=False): `[CLS] chunk [SEP]`, a chunk being as many whole
+contiguous sentences of one document as fit in max_seq_length - 2 tokens (only
+a single over-long sentence is truncated), as RoBERTa's DOC-SENTENCES.
 """
 
 from __future__ import annotations
@@ -111,12 +112,14 @@ def build_plan(sentence_length: np.ndarray, document_offsets: np.ndarray, cfg: P
         i, end = docs[d], docs[d + 1]
         while i < end:
             target = u.randint(2, max_num) if u() < cfg.short_seq_prob else max_num
-            # Whole sentences until the target is reached (or the document ends).
-            e = bisect.bisect_left(cum, cum[i] + target, i + 1, end)
             if not cfg.nsp:
+                # As many whole sentences as fit (at least one; only that one is cut).
+                e = max(bisect.bisect_right(cum, cum[i] + target, i + 1, end + 1) - 1, i + 1)
                 _append(out, i, e, e, e, 0)
                 i = e
                 continue
+            # Whole sentences until the target is reached (or the document ends).
+            e = bisect.bisect_left(cum, cum[i] + target, i + 1, end)
             is_random = u() < 0.5
             if e - i == 1 and not is_random and e < end:
                 e += 1  # a lone sentence takes the next one as B (see module docstring)
