@@ -143,16 +143,20 @@ def test_first_piece_labels_match_transformers(testa, tok, vocab):
 
 
 def _gold_outputs(task, split, batch_size, with_index):
-    """Model outputs that put all mass on the gold label of each labeled token."""
+    """Model outputs that put all mass on the gold label of each labeled token,
+    optionally with the batch's feature_index (and example_weights)."""
     outs = []
     for b in task.eval_batches(split, batch_size):
         labels = b["label_ids"]
         logits = np.zeros(labels.shape + (len(LABELS),), np.float32)
         rows, cols = np.nonzero(labels >= 0)
         logits[rows, cols, labels[rows, cols]] = 1.0
+        logits[b["example_weights"] == 0, :, 4] = 1.0  # filler rows must be ignored
         out = {"logits": logits}
         if with_index:
-            out.update(feature_index=b["feature_index"], example_weights=b["example_weights"])
+            out["feature_index"] = b["feature_index"]
+            if with_index == "weights":
+                out["example_weights"] = b["example_weights"]
         outs.append(out)
     return outs
 
@@ -174,7 +178,7 @@ def test_gold_through_features_gives_f1_100(tmp_path, testa, tok, kw):
         assert len(feats.examples) > len(testa) + 500  # many sentences were split
         # Windows open on a word's first piece (labeled), never mid-word.
         assert all(ex["label_ids"][1] >= 0 for ex in feats.examples)
-    for with_index in (True, False):
+    for with_index in ("weights", "index", None):
         m = task.evaluate("dev", _gold_outputs(task, "dev", 48, with_index),
                           out_dir=str(tmp_path))
         assert (m["f1"], m["accuracy"], m["gold_chunks"]) == (100.0, 100.0, 5942.0)

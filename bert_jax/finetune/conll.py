@@ -370,8 +370,9 @@ def merge_predictions(feats: Features, outputs: Sequence[Mapping[str, np.ndarray
         logits = np.asarray(out["logits"])
         if "feature_index" in out:
             index = np.asarray(out["feature_index"])
-            keep = (np.asarray(out["example_weights"]) > 0 if "example_weights" in out
-                    else np.ones(len(index), bool))
+            keep = index >= 0  # padding rows carry -1 (see eval_batches)
+            if "example_weights" in out:
+                keep &= np.asarray(out["example_weights"]) > 0
         else:
             index = np.arange(row0, row0 + logits.shape[0])
             keep = index < len(feats.examples)
@@ -438,8 +439,10 @@ class ConllTask:
                                         seed=seed, epoch=epoch, pad_values=self._pad)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        """Every window of `split` once, in order; filler rows have feature_index -1."""
         return batching.iterate_batches(self.features(split).examples, batch_size, self._buckets,
-                                        shuffle=False, pad_values=self._pad)
+                                        shuffle=False,
+                                        pad_values={**self._pad, "feature_index": -1})
 
     def predicted_tags(self, split: str, outputs: Sequence[Mapping[str, np.ndarray]]
                        ) -> list[list[str]]:
