@@ -517,9 +517,12 @@ def tag_text(text: str, predict_fn: Callable[[Batch], Mapping[str, Any]], tokeni
     """Entities in raw text, grouped like transformers' ner pipeline with
     aggregation_strategy='first'.
 
-    Words are the tokenizer's pre-tokenized words; each takes the label and
-    softmax score of its first piece (read from the window where it has most
-    context); words whose IOB2 tags form one conlleval chunk are merged.
+    Words are the tokenizer's pre-tokenized words (whitespace and punctuation
+    split; HF instead guesses sub-words from piece lengths, which differs only
+    around [UNK] pieces); each takes the label and softmax score of its first
+    piece, read from the window where it has most context; words whose IOB2
+    tags form one chunk (B-T I-T ..., or a stray I-T run) are merged, as HF's
+    group_entities merges them.
 
     Returns:
       [{'entity_group': type, 'score': mean word score, 'word': text[start:end],
