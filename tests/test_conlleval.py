@@ -1,8 +1,9 @@
 """conlleval.py against the conlleval Perl script (version 2004-01-26) and seqeval.
 
-The expected reports below were produced by running the Perl conlleval script
-(the 2004-01-26 version distributed with glample/tagger's evaluation/ folder;
-not part of this repo) on each file, from a scratch directory:
+The expected reports below were produced by running the Perl conlleval script,
+version 2004-01-26 (the copy in pvcastro/tagger's evaluation/ folder, a fork of
+glample/tagger; its counting code is line for line the same as other copies of
+that version; not part of this repo), on each file from a scratch directory:
 `perl conlleval < FILE`. Our `report` must reproduce them byte for byte.
 """
 
