@@ -148,17 +148,29 @@ class SentencePieceTokenizer:
     def _raw(self, texts: Sequence[str]):
         out = []
         for text in texts:
-            proto = self._sp.encode(text, out_type="immutable_proto")
+            # "immutable_proto" is gone from sentencepiece 0.2.1+; "proto" pieces carry
+            # UTF-8 byte offsets, mapped here to character offsets.
+            proto = self._sp.encode(text, out_type="proto")
+            b2c = _byte_to_char(text)
             ids, offsets, word_ids = [], [], []
             word = -1
             for p in proto.pieces:
                 if p.piece.startswith("\u2581") or word < 0:
                     word += 1
                 ids.append(p.id)
-                offsets.append((p.begin, p.end))
+                offsets.append((b2c(p.begin), b2c(p.end)))
                 word_ids.append(word)
             out.append(_RawEncoding(ids, offsets, word_ids))
         return out
+
+
+def _byte_to_char(text: str):
+    """Map a UTF-8 byte offset of `text` to its character offset."""
+    if text.isascii():
+        return lambda b: b
+    table = [i for i, ch in enumerate(text) for _ in range(len(ch.encode("utf-8")))]
+    table.append(len(text))
+    return lambda b: table[min(b, len(table) - 1)]
 
 
 @dataclasses.dataclass
