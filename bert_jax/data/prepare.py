@@ -64,19 +64,14 @@ def _shard_header(unit: corpora.Unit, fingerprint: str, opts: PrepareOptions) ->
             "vocab_fingerprint": fingerprint, "options": dataclasses.asdict(opts)}
 
 
-def _split_long(ids: list[int], starts: list[bool], limit: int):
-    """Pieces of at most `limit` tokens; each piece starts a (possibly partial) word."""
-    for a in range(0, len(ids), limit):
-        yield ids[a:a + limit], [True] + starts[a + 1:a + limit]
-
-
 class _ShardBuilder:
     """Accumulates tokenized documents of one unit into flat arrays."""
 
     def __init__(self, tok, opts: PrepareOptions):
         self.tok, self.opts = tok, opts
-        self.ids: list[int] = []
-        self.starts: list[bool] = []
+        self.continues = np.asarray(tok.continues_word(), dtype=bool)
+        self.ids: list[np.ndarray] = []
+        self.starts: list[np.ndarray] = []
         self.sent_lens: list[int] = []
         self.doc_sents: list[int] = []
         self.counts = {"split_sentences": 0, "empty_sentences": 0, "empty_documents": 0}
@@ -84,36 +79,51 @@ class _ShardBuilder:
 
     def add(self, docs: list[corpora.Document]) -> None:
         texts = [s for d in docs for s in d.sentences]
-        encoded = iter(self.tok.ids_and_word_starts(texts))
+        encoded = self.tok.ids_batch(texts)
+        lens = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64,
+                           count=int(lens.sum()))
+        # Word starts from the vocabulary table; every sentence (and every piece
+        # of a split sentence) begins a word.
+        starts = ~self.continues[flat]
+        first = np.cumsum(lens) - lens
+        starts[first[lens > 0]] = True
         limit = self.opts.max_sentence_tokens
+        k = 0
         for doc in docs:
             n_before = len(self.sent_lens)
             for i in range(len(doc.sentences)):
-                ids, starts = next(encoded)
-                if not ids:
+                n, at = int(lens[k]), int(first[k])
+                k += 1
+                if n == 0:
                     self.counts["empty_sentences"] += 1
                     continue
-                if len(ids) > limit:
-                    self.counts["split_sentences"] += 1
-                    if len(self.warnings) < _MAX_WARNINGS:
-                        self.warnings.append(
-                            f"{doc.where(i)}: sentence of {len(ids)} tokens split into pieces "
-                            f"of <= {limit} tokens (policy: split)")
-                for pid, pst in _split_long(ids, starts, limit):
-                    self.ids += pid
-                    self.starts += pst
-                    self.sent_lens.append(len(pid))
+                if n > limit:
+                    self._note_split(doc, i, n, limit)
+                    starts[at:at + n:limit] = True
+                    self.sent_lens += [min(limit, n - a) for a in range(0, n, limit)]
+                else:
+                    self.sent_lens.append(n)
             if len(self.sent_lens) == n_before:
                 self.counts["empty_documents"] += 1
             else:
                 self.doc_sents.append(len(self.sent_lens) - n_before)
+        self.ids.append(flat)
+        self.starts.append(starts)
+
+    def _note_split(self, doc: corpora.Document, i: int, n: int, limit: int) -> None:
+        self.counts["split_sentences"] += 1
+        if len(self.warnings) < _MAX_WARNINGS:
+            self.warnings.append(f"{doc.where(i)}: sentence of {n} tokens split into pieces "
+                                 f"of <= {limit} tokens (policy: split)")
 
     def arrays(self) -> dict[str, np.ndarray]:
         dtype = prepared.token_dtype(self.tok.vocab_size)
         zero = np.zeros(1, np.int64)
+        cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)
         return {
-            "tokens": np.asarray(self.ids, dtype=dtype),
-            "word_starts": np.asarray(self.starts, dtype=np.uint8),
+            "tokens": cat(self.ids, dtype),
+            "word_starts": cat(self.starts, np.uint8),
             "sentence_offsets": np.concatenate([zero, np.cumsum(self.sent_lens, dtype=np.int64)]),
             "document_offsets": np.concatenate([zero, np.cumsum(self.doc_sents, dtype=np.int64)]),
         }
@@ -142,7 +152,8 @@ def build_shard(index: int, unit: corpora.Unit, vocab: str, out_dir: str,
         if n_batch >= _ENCODE_BATCH:
             builder.add(batch)
             batch, n_batch = [], 0
-    builder.add(batch)
+    if batch:
+        builder.add(batch)
     arrays = builder.arrays()
     stats_d = dataclasses.asdict(stats)
     stats_d["empty_documents"] += builder.counts.pop("empty_documents")
@@ -161,6 +172,11 @@ def build_shard(index: int, unit: corpora.Unit, vocab: str, out_dir: str,
         shutil.rmtree(final)
     os.replace(tmp, final)
     return dict(meta, reused=False)
+
+
+def _quiet_rayon() -> None:
+    """Worker processes already use the cores: one tokenizer thread each."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 def _build_shard_star(args) -> dict:
@@ -187,7 +203,7 @@ def _run_workers(jobs: list[tuple], num_workers: int, progress: bool) -> list[di
     from tqdm import tqdm
 
     metas: dict[int, dict] = {}
-    total_bytes = 0
+    total_bytes = shown = 0
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), unit="shard", desc="prepare", disable=not progress,
                file=sys.stderr)
@@ -196,14 +212,16 @@ def _run_workers(jobs: list[tuple], num_workers: int, progress: bool) -> list[di
         pool = None
     else:
         # spawn, not fork: the caller may have started JAX or tokenizers threads.
-        pool = multiprocessing.get_context("spawn").Pool(num_workers)
+        pool = multiprocessing.get_context("spawn").Pool(num_workers, initializer=_quiet_rayon)
         results = pool.imap_unordered(_build_shard_star, jobs)
     try:
         for meta in results:
             metas[int(meta["name"][6:])] = meta
             total_bytes += meta["stats"]["bytes"]
             for w in meta["warnings"]:
-                bar.write(f"warning: {w}")
+                if shown < _MAX_WARNINGS:
+                    bar.write(f"warning: {w}")
+                shown += 1
             bar.set_postfix_str(f"{total_bytes / 1e6 / (time.perf_counter() - t0):.1f} MB/s")
             bar.update(1)
     finally:

@@ -212,6 +212,24 @@ class Tokenizer:
         return [self.backend.token_to_id(t) if self.backend.token_to_id(t) is not None
                 else self.unk_id for t in tokens]
 
+    def ids_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens (no offsets kept)."""
+        if self.kind == "wordpiece":
+            return [e.ids for e in self.backend._tok.encode_batch(list(texts),
+                                                                  add_special_tokens=False)]
+        return [e.ids for e in self.backend._raw(texts)]
+
+    def continues_word(self) -> list[bool]:
+        """Per vocabulary id: True if the token can only continue a word ('##x'
+        in WordPiece, a piece without the leading '\u2581' in SentencePiece).
+        With it, word starts of a text's ids are `not continues_word[id]`, plus
+        the first token, without per-token Python work."""
+        toks = [self.id_to_token(i) for i in range(self.vocab_size)]
+        if self.kind == "wordpiece":
+            return [t.startswith("##") for t in toks]
+        return [not t.startswith("\u2581") and i not in self.special_ids
+                for i, t in enumerate(toks)]
+
     def ids_and_word_starts(self, texts: Sequence[str]) -> list[tuple[list[int], list[bool]]]:
         """Token ids without special tokens plus, per token, whether it starts a
         word (for whole-word masking). Fast path for corpus preparation."""
