@@ -348,7 +348,7 @@ def test_task_batches_and_evaluate_write_official_files(tok, tmp_path, version):
         assert b["input_ids"].shape[0] == 8 and b["input_ids"].shape[1] in c.length_buckets
         assert set(b) >= {"input_ids", "token_type_ids", "attention_mask", "start_positions",
                           "end_positions", "example_weights"}
-    eval_batches = list(task.eval_batches("validation", 16))
+    eval_batches = list(task.eval_batches("dev", 16))
     outputs = []
     for b in eval_batches:  # an oracle model: logits peak at the labels
         rows = np.arange(len(b["input_ids"]))
@@ -357,13 +357,14 @@ def test_task_batches_and_evaluate_write_official_files(tok, tmp_path, version):
         s[rows, b["start_positions"]] = 10.0
         e[rows, b["end_positions"]] = 10.0
         outputs.append({"start_logits": s, "end_logits": e})
-    metrics = task.evaluate("validation", outputs, str(tmp_path))
+    metrics = task.evaluate("dev", outputs, str(tmp_path))
     names = {"predictions.json", "nbest_predictions.json", "eval_results.json"}
-    assert set(os.listdir(tmp_path)) == names | ({"null_odds.json"} if version == "2.0" else set())
-    read = lambda n: json.loads((tmp_path / n).read_text())
+    assert set(os.listdir(tmp_path / "dev")) == names | (
+        {"null_odds.json"} if version == "2.0" else set())
+    read = lambda n: json.loads((tmp_path / "dev" / n).read_text())
     assert read("eval_results.json") == pytest.approx(metrics)
     preds = read("predictions.json")
-    gold = squad.gold_answers(task.evals["validation"].examples)
+    gold = squad.gold_answers(task.evals["dev"].examples)
     assert list(preds) == list(gold)
     assert all(set(x) == {"text", "probability", "start_logit", "end_logit"}
                for v in read("nbest_predictions.json").values() for x in v)
@@ -377,7 +378,7 @@ def test_task_batches_and_evaluate_write_official_files(tok, tmp_path, version):
         assert metrics["full_best_f1"] >= metrics["best_f1"] - 1e-9
     # Rows placed by feature_index give the same answers as the replayed plan.
     with_index = [{**o, "feature_index": b["feature_index"]} for o, b in zip(outputs, eval_batches)]
-    assert task.evaluate("validation", with_index) == metrics
+    assert task.evaluate("dev", with_index) == metrics
 
 
 def test_answer_returns_a_span_of_the_context(tok):

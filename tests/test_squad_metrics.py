@@ -138,6 +138,11 @@ def test_v1_matches_official_script():
     assert sm.evaluate_v1(gold, V1_PREDS) == EXPECTED_V1
 
 
+def test_v1_needs_a_gold_answer_per_question():
+    with pytest.raises(ValueError, match="'x' has no gold answer"):
+        sm.evaluate_v1({"x": []}, {"x": ""})
+
+
 def test_v2_matches_official_script():
     gold = sm.gold_answers(V2_DATA)
     assert sm.evaluate_v2(gold, V2_PREDS) == EXPECTED_V2_PLAIN

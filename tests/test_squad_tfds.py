@@ -62,7 +62,7 @@ def test_build_task_from_tfds(articles):
     with _mock(articles["v2.0"]):
         task = squad.build_task(cfg, tok)
     n = len(squad.examples_from_data(articles["v2.0"]))
-    assert len(task.evals["validation"].examples) == n
+    assert len(task.evals["dev"].examples) == n
     assert task.train.report.skipped == 0 and task.num_train_examples() >= n
 
 

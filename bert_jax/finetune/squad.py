@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import math
 import os
 import tempfile
@@ -39,6 +40,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from bert_jax.finetune import batching, squad_metrics
 from bert_jax.finetune.task import Batch, PredictFn
@@ -242,7 +244,8 @@ def subsample_examples(examples: Sequence[SquadExample], n: int, seed: int = 0
 
 @dataclasses.dataclass
 class InputReport:
-    """Counts of questionable input; `skipped` = examples left out of training."""
+    """Counts of questionable input; `skipped` = examples that got no window
+    (in training: every bad one; in evaluation: empty contexts)."""
 
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     skipped: int = 0
@@ -335,24 +338,24 @@ def _token_span(offsets: np.ndarray, char_start: int, char_end: int) -> tuple[in
 
 
 def _answer_tokens(ex: SquadExample, offsets: np.ndarray, report: InputReport
-                   ) -> tuple[int, int] | None | str:
-    """The first answer's token span; None for unanswerable; 'bad' when the
-    answer is missing, misplaced or covers no token (counted in report)."""
+                   ) -> tuple[tuple[int, int] | None, bool]:
+    """(first answer's token span or None, usable). Unanswerable: (None, True);
+    a missing or misplaced answer, or one covering no token: (None, False),
+    counted in `report`."""
     if ex.is_impossible:
-        return None
+        return None, True
     if not ex.answers:
         report.counts["missing_answer"] += 1
-        return "bad"
+        return None, False
     a = ex.answers[0]
     end = a.start + len(a.text)
     if a.start < 0 or end > len(ex.context) or ex.context[a.start:end] != a.text:
         report.counts["answer_start_mismatch"] += 1
-        return "bad"
+        return None, False
     span = _token_span(offsets, a.start, end)
     if span is None:
         report.counts["answer_covers_no_token"] += 1
-        return "bad"
-    return span
+    return span, span is not None
 
 
 def _strip_special(enc) -> tuple[np.ndarray, np.ndarray]:
@@ -363,8 +366,8 @@ def _strip_special(enc) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_features(examples: Sequence[SquadExample], tokenizer, max_seq_length: int = 384,
-                   doc_stride: int = 128, max_query_length: int = 64, training: bool = False
-                   ) -> SquadFeatures:
+                   doc_stride: int = 128, max_query_length: int = 64, training: bool = False,
+                   desc: str = "squad") -> SquadFeatures:
     """Windows for every example (training: only examples with usable labels).
 
     Each distinct context is tokenized once (a paragraph has ~5 questions).
@@ -375,6 +378,7 @@ def build_features(examples: Sequence[SquadExample], tokenizer, max_seq_length: 
     Args:
       tokenizer: bert_jax.data.tokenizer.Tokenizer (its offsets locate answers).
       training: skip examples with bad labels instead of only counting them.
+      desc: progress bar label.
     """
     max_tokens = max_seq_length - max_query_length - 3
     if max_tokens < 1 or doc_stride < 1:
@@ -387,10 +391,10 @@ def build_features(examples: Sequence[SquadExample], tokenizer, max_seq_length: 
     q_tok = [_strip_special(e)[0] for e in tokenizer.encode_batch([ex.question for ex in examples])]
     cls, sep = np.int32(tokenizer.cls_id), np.int32(tokenizer.sep_id)
     windows, char_offsets = [], []
-    for ei, ex in enumerate(examples):
+    for ei, ex in enumerate(tqdm(examples, desc=f"{desc} windows", unit="q", leave=False,
+                                 disable=len(examples) < 1000)):
         ids, offsets = ctx_tok[ctx_index[ex.context]]
         char_offsets.append(offsets)
-        bad = False
         if not (ex.question.isascii() and ex.context.isascii()):
             report.counts["non_ascii"] += 1
         if len(ids) == 0:
@@ -398,17 +402,16 @@ def build_features(examples: Sequence[SquadExample], tokenizer, max_seq_length: 
             report.skipped += 1
             continue
         q = q_tok[ei]
-        if len(q) > max_query_length:
+        usable = len(q) <= max_query_length
+        if not usable:
             report.counts["question_too_long"] += 1
-            bad = True
             q = q[:max_query_length]
-        span = _answer_tokens(ex, offsets, report)
-        bad = bad or span == "bad"
-        if training and bad:
+        span, answer_ok = _answer_tokens(ex, offsets, report)
+        if training and not (usable and answer_ok):
             report.skipped += 1
             continue
-        windows.extend(_windows(ei, q, ids, span if isinstance(span, tuple) else None, cls, sep,
-                                max_seq_length - len(q) - 3, doc_stride))
+        windows.extend(_windows(ei, q, ids, span, cls, sep, max_seq_length - len(q) - 3,
+                                doc_stride))
     return SquadFeatures(list(examples), windows, char_offsets, report)
 
 
@@ -566,7 +569,8 @@ def postprocess(features: SquadFeatures, start_logits: Sequence[np.ndarray],
     for i, w in enumerate(features.windows):
         by_example[w.example_index].append(i)
     out = SquadPredictions({}, {}, {}, {})
-    for ei, ex in enumerate(features.examples):
+    for ei, ex in enumerate(tqdm(features.examples, desc="squad decode", unit="q", leave=False,
+                                 disable=len(features.examples) < 1000)):
         idx = by_example.get(ei, [])
         nbest, null = decode_example(
             ex, [features.windows[i] for i in idx], features.char_offsets[ei],
@@ -661,16 +665,23 @@ class SquadTask:
 
     def __init__(self, config, tokenizer, train_examples: Sequence[SquadExample],
                  eval_examples: Mapping[str, Sequence[SquadExample]]):
+        if max(config.length_buckets) < config.max_seq_length:
+            raise ValueError(f"length_buckets={tuple(config.length_buckets)}: the largest must "
+                             f"be >= max_seq_length={config.max_seq_length}")
         self.config = config
         self.version_2 = str(config.version).startswith("2")
         self.name = f"squad_v{config.version}"
+        self.eval_splits = tuple(eval_examples)
         feat = dict(tokenizer=tokenizer, max_seq_length=config.max_seq_length,
                     doc_stride=config.doc_stride, max_query_length=config.max_query_length)
-        self.train = build_features(train_examples, training=True, **feat)
-        self.evals = {k: build_features(v, training=False, **feat)
+        self.train = build_features(train_examples, training=True, desc=f"{self.name}/train",
+                                    **feat)
+        self.evals = {k: build_features(v, training=False, desc=f"{self.name}/{k}", **feat)
                       for k, v in eval_examples.items()}
         self._train_rows = self.train.feature_dicts(with_index=False)
         self._eval_rows = {k: f.feature_dicts(with_index=True) for k, f in self.evals.items()}
+        for split, line in self.reports().items():
+            logging.info("%s/%s input: %s", self.name, split, line)
 
     def reports(self) -> dict[str, str]:
         """One line per split on skipped / questionable input."""
@@ -725,6 +736,9 @@ class SquadTask:
 
     def evaluate(self, split: str, outputs: list[Mapping[str, np.ndarray]],
                  out_dir: str | None = None) -> dict[str, float]:
+        """Official metrics of the outputs of eval_batches(split); with out_dir
+        writes predictions.json, nbest_predictions.json, null_odds.json (v2.0)
+        and eval_results.json under `<out_dir>/<split>/`."""
         features = self._split(split)[0]
         start, end = self.collect_logits(split, outputs)
         c = self.config
@@ -732,13 +746,15 @@ class SquadTask:
                             self.version_2, c.null_score_diff_threshold)
         metrics = score_predictions(features.examples, preds, self.version_2,
                                     c.null_score_diff_threshold)
+        logging.info("%s/%s: %s", self.name, split,
+                     ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
         if out_dir is not None:
-            write_prediction_files(out_dir, preds, metrics, self.version_2)
+            write_prediction_files(os.path.join(out_dir, split), preds, metrics, self.version_2)
         return metrics
 
 
 def load_examples(config) -> tuple[list[SquadExample], dict[str, list[SquadExample]]]:
-    """(train examples, {'validation': eval examples}) as the config says:
+    """(train examples, {'dev': eval examples}) as the config says:
     TFDS (`tfds`: True for squad/v<version>, or a name), the official JSON files, or the offline
     article split of one file (`article_split` 'N/M': its first N articles
     train, its last M evaluate), optionally turned into a v2.0-style set
@@ -767,7 +783,7 @@ def load_examples(config) -> tuple[list[SquadExample], dict[str, list[SquadExamp
         dev = read_squad_json(config.dev_file)
     train = subsample_examples(train, config.max_train_examples, config.seed)
     dev = subsample_examples(dev, config.max_eval_examples, config.seed)
-    return train, {"validation": dev}
+    return train, {"dev": dev}
 
 
 def build_task(config, tokenizer) -> SquadTask:

@@ -88,6 +88,9 @@ def evaluate_v1(gold: Gold, predictions: Mapping[str, str]) -> dict[str, float]:
     """
     em = f1 = 0.0
     for qid, answers in gold.items():
+        if not answers:
+            raise ValueError(f"question {qid!r} has no gold answer: v1.1 scoring needs one "
+                             f"(score unanswerable questions with evaluate_v2)")
         if qid not in predictions:
             continue
         pred = predictions[qid]
