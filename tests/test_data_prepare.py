@@ -113,12 +113,14 @@ def test_bad_input_policies(vocab, tmp_path):
         "First sentence of doc one.\nSecond sentence.\n\n\n\n"   # runs of blank lines
         "A lonely one-sentence document.\n\n"
         + "word " * 400 + "\n\n"                                 # an over-long line
+        "\x07\x07\n\u200b\n\n"                                    # nothing but control chars
         "Last document here.\nIt has two sentences.\n", encoding="utf-8")
     out = tmp_path / "prep"
     m = prepare_corpus(f"bert:{src}", vocab, out, num_workers=0, max_sentence_tokens=128,
                        progress=False)
     s = m["stats"]
     assert s["empty_files"] == 1
+    assert s["empty_documents"] == 1 and s["empty_sentences"] == 2
     assert s["one_sentence_documents"] == 2
     assert s["split_sentences"] == 1
     assert m["totals"]["documents"] == 4
@@ -160,6 +162,25 @@ def test_cli_prepare_and_inspect(novels, vocab, tmp_path):
     stats = json.loads(r.stdout)
     assert stats["sequences"] == 48
     assert 0.1 < stats["mask_rate"] < 0.2 and 0 <= stats["padding_fraction"] < 1
+    # The same through a pretraining config file with a `data` sub-config.
+    cfg = tmp_path / "pretrain_cfg.py"
+    cfg.write_text(
+        "from bert_jax.data.pipeline import default_data_config\n"
+        "import ml_collections\n\n\n"
+        "def get_config():\n"
+        "    c = ml_collections.ConfigDict()\n"
+        "    c.global_batch_size = 8\n"
+        "    c.data = default_data_config()\n"
+        f"    c.data.prepared_dir = {str(out)!r}\n"
+        "    c.data.nsp = False\n"
+        "    return c\n")
+    r = subprocess.run([sys.executable, "-m", "bert_jax.data.inspect", f"--config={cfg}",
+                        "--num_batches=2", "--config.data.max_seq_length=64"],
+                       capture_output=True, text=True, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout[r.stdout.index("{\n"):])
+    assert stats["sequences"] == 16 and "nsp_positive_fraction" not in stats
+    assert stats["mean_real_length"] <= 64 and "[MASK](=" in r.stdout
     r = subprocess.run([sys.executable, "-m", "bert_jax.data.prepare", f"--corpus={novels}",
                         f"--vocab={tmp_path / 'missing.txt'}", f"--out={tmp_path / 'x'}"],
                        capture_output=True, text=True, env=env, cwd=REPO)
