@@ -104,14 +104,16 @@ def test_tfds_text_dataset_through_data_source():
 
 
 def test_builtin_stdlib_docstrings_are_prose():
-    units = corpora.resolve("builtin:stdlib")
-    docs = list(corpora.iter_documents("builtin:stdlib,"))
-    assert len(units) > 10 and len(docs) > 300
+    units = corpora.resolve("builtin:stdlib,")
+    assert len(units) > 20
+    # Every other unit keeps the test short; the whole corpus is ~2x this.
+    docs = [d for u in units[::2] for d in corpora.read_unit(u)[0]]
+    assert len(docs) > 150
     sentences = [s for d in docs for s in d.sentences]
-    assert len(sentences) > 10_000
+    assert len(sentences) > 5_000
     assert not any(s.startswith(">>>") for s in sentences)
     words = sum(len(s.split()) for s in sentences)
-    assert words > 150_000
+    assert words > 75_000
     letters = sum(c.isalpha() or c.isspace() for s in sentences for c in s)
     assert letters > 0.9 * sum(map(len, sentences))
     with pytest.raises(corpora.CorpusError, match="the only builtin corpus is builtin:stdlib"):

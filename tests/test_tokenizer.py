@@ -37,7 +37,7 @@ def texts():
     questions = [qa["question"] for p in paragraphs for qa in p["qas"]]
     rng = random.Random(0)
     singles += rng.sample(questions, 1500)
-    contexts = rng.sample([p["context"] for p in paragraphs], 200)
+    contexts = rng.sample([p["context"] for p in paragraphs], 100)
     singles += contexts
     pairs += [(q["question"], p["context"]) for p in rng.sample(paragraphs, 200)
               for q in p["qas"][:1]]
@@ -74,8 +74,8 @@ def test_pairs_and_truncation_match_bert_tokenizer(both, texts):
     ours, ref = both
     _, pairs = texts
     assert len(pairs) >= 1400
-    for strategy in ("longest_first", "only_second"):
-        for a, b in pairs:
+    for strategy, subset in (("longest_first", pairs), ("only_second", pairs[::3])):
+        for a, b in subset:
             if strategy == "only_second" and len(ref.tokenize(a)) > 40:
                 continue  # the question alone would not fit; HF errors there too
             want = ref(a, b, max_length=64, truncation=strategy)
