@@ -81,3 +81,47 @@ def assign_params(model: nnx.Module, flat: dict[str, np.ndarray], source: str = 
         leaf = getattr(node, path[-1]) if not isinstance(path[-1], int) else node[path[-1]]
         leaf.value = jax.numpy.asarray(value)
     return missing, unexpected
+
+
+def unstack_layers(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Expand scanned (stacked) layer entries `.../encoder/layers/<name>` into one
+    canonical entry per layer; already-canonical names pass through."""
+    out = {}
+    for name, value in flat.items():
+        m = _LAYER.match(name)
+        if m and not m.group(2).split("/")[0].isdigit():
+            for i in range(value.shape[0]):
+                out[f"{m.group(1)}/{i}/{m.group(2)}"] = value[i]
+        else:
+            out[name] = value
+    return out
+
+
+def pure_to_flat(tree, prefix: str = "") -> dict:
+    """Nested pure dict (nnx.to_pure_dict) -> {'a/b/c': leaf}."""
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(pure_to_flat(v, name + "/"))
+        else:
+            out[name] = v
+    return out
+
+
+def flat_into_pure(tree, flat: dict, scanned: bool, prefix: str = "") -> dict:
+    """A copy of `tree` with leaves replaced from canonical `flat` (stacking layers
+    when the tree is scanned); leaves absent from `flat` are kept."""
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out[k] = flat_into_pure(v, flat, scanned, name + "/")
+            continue
+        m = _LAYER.match(name)
+        if scanned and m and not m.group(2).split("/")[0].isdigit():
+            keys = [f"{m.group(1)}/{i}/{m.group(2)}" for i in range(v.shape[0])]
+            out[k] = np.stack([flat[x] for x in keys]) if all(x in flat for x in keys) else v
+        else:
+            out[k] = flat.get(name, v)
+    return out

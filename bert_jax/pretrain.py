@@ -1,0 +1,296 @@
+"""BERT pretraining (MLM + NSP): `python -m bert_jax.pretrain --config=... --workdir=...`.
+
+This file is kept short: flags, distributed init and one call to `train`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from bert_jax import checkpointing, distributed, flops, losses, model_dir, sharding, training
+from bert_jax.bert_config import BertConfig
+from bert_jax.heads import BertForPreTraining
+from bert_jax.optim import build_optimizer
+
+
+def pretraining_objective(nsp: bool, gathered: bool) -> training.Objective:
+    def sums(model, batch, rng):
+        out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                    masked_positions=batch["masked_positions"] if gathered else None,
+                    dropout_rng=rng)
+        if gathered:
+            s = losses.mlm_sums(out["mlm_logits"], batch["masked_ids"], batch["masked_weights"])
+        else:
+            s = losses.dense_mlm_sums(out["mlm_logits"], batch["mlm_labels"])
+        if nsp:
+            s.update(losses.nsp_sums(out["nsp_logits"], batch["nsp_labels"]))
+        return s
+
+    def totals(batch):
+        t = {"mlm": (jnp.sum(batch["masked_weights"]) if gathered
+                     else jnp.sum(batch["mlm_labels"] != -100).astype(jnp.float32))}
+        if nsp:
+            t["nsp"] = jnp.float32(batch["nsp_labels"].shape[0])
+        return t
+
+    def loss(s, t):
+        value = s["mlm_loss"] / jnp.maximum(t["mlm"], 1.0)
+        if nsp:
+            value = value + s["nsp_loss"] / t["nsp"]
+        return value
+
+    return training.Objective(sums, totals, loss)
+
+
+def bert_config(config, vocab_size: int) -> BertConfig:
+    m = config.model
+    return BertConfig.named(
+        m.size, vocab_size=vocab_size, dtype=m.dtype, attention_impl=m.attention_impl,
+        scan_layers=m.scan_layers, remat_policy=m.remat_policy,
+        hidden_dropout_prob=m.hidden_dropout_prob,
+        attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+        max_position_embeddings=max(m.max_position_embeddings, config.data.max_seq_length))
+
+
+def summarize(sums: dict[str, float]) -> dict[str, float]:
+    """Host-side division of metric sums by their denominators."""
+    out = {}
+    if "mlm_weight" in sums:
+        w = max(sums["mlm_weight"], 1.0)
+        out["mlm_loss"] = sums["mlm_loss"] / w
+        out["mlm_accuracy"] = sums["mlm_correct"] / w
+        out["mlm_perplexity"] = math.exp(min(out["mlm_loss"], 50.0))
+    if "nsp_weight" in sums:
+        w = max(sums["nsp_weight"], 1.0)
+        out["nsp_loss"] = sums["nsp_loss"] / w
+        out["nsp_accuracy"] = sums["nsp_correct"] / w
+    return out
+
+
+def _open_pipeline(data_cfg, batch_size):
+    from bert_jax.data.pipeline import PretrainingPipeline
+    return PretrainingPipeline.from_config(data_cfg, global_batch_size=batch_size,
+                                           process_index=jax.process_index(),
+                                           process_count=jax.process_count())
+
+
+def evaluate(eval_step, state, pipe, num_batches: int, mesh) -> dict[str, float]:
+    acc: dict[str, float] = {}
+    for i in range(num_batches):
+        sums = jax.device_get(eval_step(state["params"], training.global_batch(pipe.batch(i),
+                                                                               mesh)))
+        for k, v in sums.items():
+            acc[k] = acc.get(k, 0.0) + float(v)
+    return summarize(acc)
+
+
+def train(config, workdir: str) -> dict:
+    workdir = str(workdir)
+    is_main = jax.process_index() == 0
+    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+    G = config.global_batch_size
+    if G % config.grad_accum_steps:
+        raise ValueError(f"global_batch_size={G} is not a multiple of "
+                         f"grad_accum_steps={config.grad_accum_steps}")
+
+    # ---- Mesh -------------------------------------------------------------------------
+    mesh = sharding.make_mesh(config.mesh.shape)
+    rules = sharding.DEFAULT_RULES
+
+    # ---- Data -------------------------------------------------------------------------
+    pipe = _open_pipeline(config.data, G)
+    tokenizer = pipe.tokenizer
+    eval_pipe = None
+    if config.eval_data.prepared_dir:
+        eval_cfg = config.data.copy_and_resolve_references()
+        eval_cfg.prepared_dir = config.eval_data.prepared_dir
+        eval_pipe = _open_pipeline(eval_cfg, G)
+
+    # ---- Model + optimizer ------------------------------------------------------------
+    cfg = bert_config(config, tokenizer.vocab_size)
+    gathered = config.model.mlm_head == "gathered"
+    if not gathered and not config.data.dense_labels:
+        raise ValueError("model.mlm_head=dense needs data.dense_labels=True")
+    objective = pretraining_objective(config.data.nsp, gathered)
+    optimizer, schedule = build_optimizer(config.optim, config.num_train_steps)
+
+    def model_fn(key):
+        return BertForPreTraining(cfg, rngs=nnx.Rngs(params=key))
+
+    with jax.set_mesh(mesh), sharding.axis_rules(rules):
+        spec = training.state_spec(model_fn, optimizer, mesh, rules)
+
+        # ---- Restore ------------------------------------------------------------------
+        ckpt = checkpointing.Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep,
+                                          config.checkpoint.keep_every or None,
+                                          config.checkpoint.async_save)
+        restored = ckpt.restore_latest(spec.abstract)
+        if restored is not None:
+            start_step, state, data_state = restored
+            pipe.check_state(data_state)
+            if is_main:
+                print(f"resumed from {workdir} at step {start_step}", flush=True)
+        else:
+            init_params = None
+            if config.init_from:
+                _, _, init_params = model_dir.load_flat(config.init_from)
+                if is_main:
+                    print(f"initialized weights from {config.init_from}", flush=True)
+            state = training.init_state(spec, model_fn, optimizer, config.seed, init_params)
+            start_step = 0
+        if is_main:
+            model_dir.write_meta(pathlib.Path(workdir), cfg, "pretraining",
+                                 task={"kind": "pretraining"})
+            model_dir.copy_vocab(tokenizer.vocab_file, pathlib.Path(workdir))
+            (pathlib.Path(workdir) / "config.json").write_text(config.to_json_best_effort(
+                indent=2))
+
+        # ---- Loop ---------------------------------------------------------------------
+        step_fn = training.jit_train_step(spec, mesh, objective, optimizer, schedule,
+                                          config.grad_accum_steps)
+        eval_fn = training.jit_eval_step(spec, mesh, objective) if eval_pipe else None
+        writer = training.MetricWriter(workdir, resume_step=start_step)
+        preempt = training.PreemptionFlag()
+        rng = jax.random.key(config.seed + 1)
+        n_steps = config.num_train_steps
+        seq_flops = flops.train_flops_per_sequence(
+            cfg, config.data.max_seq_length,
+            config.data.max_predictions_per_seq if gathered else config.data.max_seq_length)
+        peak = flops.device_peak_flops()
+        n_dev = jax.device_count()
+        bar = tqdm(total=n_steps, initial=start_step, disable=not is_main, unit="step",
+                   dynamic_ncols=True, desc="pretrain")
+        window: dict[str, float] = {}
+        window_steps, window_t0, window_tokens = 0, time.perf_counter(), 0
+        pending = None   # (step, metrics) of the step in flight: read one step late
+        step = start_step
+        first_log = True
+        summary: dict = {"start_step": start_step}
+        t_start = time.perf_counter()
+
+        def consume(item):
+            nonlocal window_steps, window_tokens
+            s, m, tokens = item
+            m = jax.device_get(m)
+            if not m["finite"]:
+                raise FloatingPointError(
+                    f"non-finite loss or gradient at step {s + 1} (loss={m['loss']}, "
+                    f"grad_norm={m['grad_norm']}); the last checkpoint is intact "
+                    f"(steps {ckpt.steps()})")
+            for k, v in m.items():
+                window[k] = window.get(k, 0.0) + float(v)
+            window_steps += 1
+            window_tokens += tokens
+            return s + 1, m
+
+        try:
+            for step, local in pipe.iterate(start_step, n_steps - start_step):
+                batch = training.global_batch(local, mesh)
+                with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                    state, metrics = step_fn(state, batch, rng)
+                real_tokens = int(local["attention_mask"].sum()) * jax.process_count()
+                if pending is not None:
+                    consume(pending)
+                pending = (step, metrics, real_tokens)
+                done = step + 1
+                bar.update(1)
+                must_log = done % config.log_every == 0 or done == n_steps
+                must_save = ckpt.should_save(done) or done == n_steps
+                must_eval = eval_fn is not None and (done % config.eval_every == 0
+                                                     or done == n_steps)
+                stop = preempt.set or ckpt.reached_preemption(done)
+                if must_log or must_save or must_eval or stop:
+                    _, last = consume(pending)
+                    pending = None
+                if must_log and window_steps:
+                    jax.block_until_ready(state["step"])
+                    dt = time.perf_counter() - window_t0
+                    steps_s = window_steps / dt
+                    rec = summarize(window)
+                    rec["loss"] = window["loss"] / window_steps
+                    rec.update(lr=float(last["lr"]), grad_norm=float(last["grad_norm"]),
+                               param_norm=float(last["param_norm"]),
+                               update_norm=float(last["update_norm"]),
+                               step_time=1.0 / steps_s, sequences_per_sec=G * steps_s,
+                               tokens_per_sec=G * config.data.max_seq_length * steps_s,
+                               real_tokens_per_sec=window_tokens / dt)
+                    if peak:
+                        rec["mfu"] = seq_flops * G * steps_s / (peak * n_dev)
+                    if first_log:
+                        rec["includes_compile"] = True  # first window includes compilation
+                        first_log = False
+                    writer.write(done, rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}",
+                                    mlm_acc=f"{rec.get('mlm_accuracy', 0):.3f}", refresh=False)
+                    summary["train"] = rec
+                    window.clear()
+                    window_steps, window_tokens, window_t0 = 0, 0, time.perf_counter()
+                if must_eval:
+                    ev = evaluate(eval_fn, state, eval_pipe, config.eval_batches, mesh)
+                    writer.write(done, ev, prefix="eval_")
+                    summary["eval"] = ev
+                    if is_main:
+                        tqdm.write(f"step {done}: eval " + ", ".join(
+                            f"{k}={v:.4f}" for k, v in ev.items()))
+                if must_save or stop:
+                    ckpt.save(done, state, pipe.state(done), force=True)
+                if stop:
+                    ckpt.wait()
+                    if is_main:
+                        tqdm.write(f"preemption: saved step {done}; rerun the same command to "
+                                   "continue")
+                    summary["preempted_at"] = done
+                    break
+            if pending is not None:
+                consume(pending)
+        finally:
+            bar.close()
+            preempt.restore()
+            ckpt.close()
+            writer.close()
+    summary.update(final_step=int(jax.device_get(state["step"])),
+                   wall_time_sec=time.perf_counter() - t_start,
+                   num_devices=n_dev, num_processes=jax.process_count(),
+                   model_size=config.model.size, global_batch_size=G)
+    if is_main:
+        tmp = pathlib.Path(workdir) / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2, default=float))
+        os.replace(tmp, pathlib.Path(workdir) / "summary.json")
+    return summary
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Pretraining config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, logs and metrics go here.")
+
+
+def main(argv):
+    del argv
+    if FLAGS.config is None or not FLAGS.workdir:
+        raise app.UsageError("--config and --workdir are required")
+    d = FLAGS.config.distributed
+    distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
+    try:
+        train(FLAGS.config, FLAGS.workdir)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    app.run(main)

@@ -1,0 +1,306 @@
+"""The shared training machinery: sharded state, the pure jitted train step,
+evaluation, and the step loop with logging, checkpoints and preemption.
+
+Pretraining and the fine-tuning tasks differ only in an `Objective`: how to
+run the model on a batch into metric sums, which denominators normalize them,
+and how the sums combine into the scalar loss.
+
+State is a plain pytree {'step', 'params' (nnx pure dict), 'opt_state'}; the
+model graph is static. `train_step(state, batch, rng) -> (state, metrics)` is
+pure: dropout keys are `fold_in(rng, step)`, so a resumed run replays the
+uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from bert_jax import sharding
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """sums(model, batch, dropout_rng) -> dict of metric sums;
+    totals(batch) -> dict of global denominators (computed on the whole batch, so
+    micro-batching does not change the loss); loss(sums, totals) -> scalar,
+    linear in `sums`."""
+
+    sums: Callable[[nnx.Module, dict, jax.Array | None], dict]
+    totals: Callable[[dict], dict]
+    loss: Callable[[dict, dict], jax.Array]
+
+
+# ---- Sharded state ------------------------------------------------------------------
+
+
+def _pure_specs(abs_state: nnx.State, mesh, rules) -> dict:
+    specs = sharding.state_specs(abs_state, rules)
+    flat = {"/".join(map(str, p)): NamedSharding(mesh, s)
+            for p, s in nnx.to_flat_state(specs)}
+    pure = nnx.to_pure_dict(abs_state)
+
+    def build(tree, prefix=""):
+        return {k: build(v, f"{prefix}{k}/") if isinstance(v, dict) else flat[f"{prefix}{k}"]
+                for k, v in tree.items()}
+    return build(pure)
+
+
+@dataclasses.dataclass
+class StateSpec:
+    graphdef: Any
+    abstract: PyTree      # ShapeDtypeStructs with shardings
+    shardings: PyTree     # NamedShardings, same structure as the state
+    scanned: bool
+
+
+def state_spec(model_fn: Callable[[jax.Array], nnx.Module], optimizer, mesh,
+               rules=sharding.DEFAULT_RULES) -> StateSpec:
+    abstract_model = nnx.eval_shape(lambda: model_fn(jax.random.key(0)))
+    graphdef, abs_params = nnx.split(abstract_model, nnx.Param)
+    param_sh = _pure_specs(abs_params, mesh, rules)
+    pure_abs = nnx.to_pure_dict(abs_params)
+    abs_opt = jax.eval_shape(optimizer.init, pure_abs)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abs_opt, param_sh,
+                                   transform_non_params=lambda _: replicated)
+    shardings = {"step": replicated, "params": param_sh, "opt_state": opt_sh}
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": pure_abs, "opt_state": abs_opt},
+        shardings)
+    scanned = bool(getattr(getattr(abstract_model, "cfg", None), "scan_layers", False))
+    return StateSpec(graphdef, abstract, shardings, scanned)
+
+
+def init_state(spec: StateSpec, model_fn, optimizer, seed: int,
+               init_params: dict[str, np.ndarray] | None = None) -> PyTree:
+    """Parameters are born sharded: the whole init runs inside jit with the
+    state's out_shardings. `init_params` (canonical names, host arrays) then
+    replaces the matching leaves, placed straight onto their shardings."""
+
+    @functools.partial(jax.jit, out_shardings=spec.shardings)
+    def init(key):
+        params = nnx.to_pure_dict(nnx.state(model_fn(key), nnx.Param))
+        return {"step": jnp.zeros((), jnp.int32), "params": params,
+                "opt_state": optimizer.init(params)}
+
+    state = init(jax.random.key(seed))
+    if init_params:
+        given = _only_given(spec.abstract["params"], init_params, spec.scanned)
+        params = jax.tree.map(
+            lambda cur, new, sh, abs_: cur if new is None else jax.make_array_from_callback(
+                abs_.shape, sh, lambda idx, n=new: np.asarray(n, abs_.dtype)[idx]),
+            state["params"], given, spec.shardings["params"], spec.abstract["params"],
+            is_leaf=lambda x: x is None)
+        state = {**state, "params": params, "opt_state": jax.jit(
+            optimizer.init, out_shardings=spec.shardings["opt_state"])(params)}
+    return state
+
+
+def _only_given(tree, flat, scanned, prefix=""):
+    """`tree`'s structure with leaves from canonical `flat` (stacked for scanned
+    layers), None where `flat` has no value."""
+    from bert_jax.params import _LAYER
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out[k] = _only_given(v, flat, scanned, name + "/")
+            continue
+        m = _LAYER.match(name)
+        if scanned and m and not m.group(2).split("/")[0].isdigit():
+            keys = [f"{m.group(1)}/{i}/{m.group(2)}" for i in range(v.shape[0])]
+            out[k] = np.stack([flat[x] for x in keys]) if all(x in flat for x in keys) else None
+        else:
+            out[k] = flat.get(name)
+    return out
+
+
+# ---- Steps --------------------------------------------------------------------------
+
+
+def _tree_where(pred, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def train_step(state, batch, rng, *, graphdef, objective: Objective, optimizer, schedule,
+               accum_steps: int = 1):
+    """One optimizer step on the global batch, averaged over `accum_steps`
+    micro-batches. A non-finite loss or gradient leaves the state unchanged and
+    reports finite=0, so no NaN ever reaches a checkpoint."""
+    step = state["step"]
+    rng = jax.random.fold_in(rng, step)
+    totals = objective.totals(batch)
+
+    def loss_fn(params, micro, key):
+        sums = objective.sums(nnx.merge(graphdef, params), micro, key)
+        return objective.loss(sums, totals), sums
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    params = state["params"]
+    if accum_steps == 1:
+        (_, sums), grads = grad_fn(params, batch, rng)
+    else:
+        # Micro-batch j takes rows j, j+k, j+2k, ...: every device's contiguous
+        # block of the batch contributes to every micro-batch, so no resharding.
+        def split(x):
+            return jnp.swapaxes(x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]),
+                                0, 1)
+        micro = jax.tree.map(split, batch)
+        sums_shape = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro),
+                                                    rng)[0][1])
+        zeros = (jax.tree.map(jnp.zeros_like, params),
+                 jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape))
+
+        def body(carry, xs):
+            mb, i = xs
+            (_, s), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, carry, (g, s)), None
+        (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum_steps)))
+    loss = objective.loss(sums, totals)
+    grad_norm = optax.global_norm(grads)
+    updates, new_opt = optimizer.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = {"step": step + 1,
+                 "params": _tree_where(finite, new_params, params),
+                 "opt_state": _tree_where(finite, new_opt, state["opt_state"])}
+    metrics = {**sums, **{f"total_{k}": v for k, v in totals.items()}, "loss": loss,
+               "grad_norm": grad_norm, "param_norm": optax.global_norm(new_params),
+               "update_norm": optax.global_norm(updates), "lr": schedule(step),
+               "finite": finite.astype(jnp.float32)}
+    return new_state, metrics
+
+
+def eval_step(params, batch, *, graphdef, objective: Objective):
+    return objective.sums(nnx.merge(graphdef, params), batch, None)
+
+
+def jit_train_step(spec: StateSpec, mesh, objective, optimizer, schedule, accum_steps=1):
+    fn = functools.partial(train_step, graphdef=spec.graphdef, objective=objective,
+                           optimizer=optimizer, schedule=schedule, accum_steps=accum_steps)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(fn, in_shardings=(spec.shardings, None, replicated),
+                   out_shardings=(spec.shardings, replicated), donate_argnums=0)
+
+
+def jit_eval_step(spec: StateSpec, mesh, objective):
+    fn = functools.partial(eval_step, graphdef=spec.graphdef, objective=objective)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(fn, in_shardings=(spec.shardings["params"], None), out_shardings=replicated)
+
+
+def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """Assemble the global batch from this process's rows (sharded over data x fsdp)."""
+    out = {}
+    for k, v in local.items():
+        sh = sharding.batch_sharding(mesh, v.ndim)
+        shape = (v.shape[0] * jax.process_count(),) + v.shape[1:]
+        out[k] = jax.make_array_from_process_local_data(sh, v, shape)
+    return out
+
+
+# ---- Logging ------------------------------------------------------------------------
+
+
+class MetricWriter:
+    """metrics.jsonl (one object per logged step) + TensorBoard events (tensorboardX,
+    no TensorFlow), written by process 0 only. On resume from step s, entries
+    after s are dropped so every step appears exactly once."""
+
+    def __init__(self, workdir, resume_step: int = 0, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            kept = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                if rec.get("step", 0) <= resume_step:
+                    kept.append(line)
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(x + "\n" for x in kept))
+            os.replace(tmp, self.path)
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"), purge_step=resume_step + 1)
+        self._f = open(self.path, "a")
+
+    def write(self, step: int, metrics: dict[str, float], prefix: str = ""):
+        if not self.enabled:
+            return
+        rec = {"step": int(step), **{f"{prefix}{k}": _jsonable(v) for k, v in metrics.items()}}
+        self._f.write(json.dumps(rec) + "\n")
+        self._f.flush()
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self._tb.add_scalar(f"{prefix}{k}", v, step)
+
+    def close(self):
+        if self.enabled:
+            self._f.close()
+            self._tb.close()
+
+
+def _jsonable(v):
+    v = float(v) if isinstance(v, (np.floating, np.integer, jax.Array)) else v
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+# ---- Preemption ---------------------------------------------------------------------
+
+
+class PreemptionFlag:
+    """Set by SIGTERM (what schedulers and spot VMs send before killing us)."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread
+            pass
+
+    def _handler(self, signum, frame):
+        del signum, frame
+        self.set = True
+
+    def restore(self):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def timed(it: Iterator) -> Iterator[tuple[float, Any]]:
+    """Yield (seconds spent waiting for the item, item)."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        yield time.perf_counter() - t0, item
