@@ -19,7 +19,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from bert_jax import hf_format, model_dir
 from bert_jax.bert_config import BertConfig
@@ -67,9 +67,14 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
     elif is_tf1_dir(p):
         from bert_jax import tf1_format
         cfg, flat, unexpected = tf1_format.read_tf1_dir(p)
-        head = head or "pretraining"
-        target = _fresh_target(cfg, head, 0, seed)
-        meta = {"format": "tf1", "head": head, "num_labels": 0, "label_names": []}
+        src_head = tf1_format.source_head(flat)
+        head = head or src_head
+        num_labels = flat["classifier/kernel"].shape[-1] if "classifier/kernel" in flat else 0
+        target = _fresh_target(cfg, head, num_labels, seed)
+        # Weights of a head other than the one asked for are left out, as for HF.
+        unexpected += sorted(k for k in flat if k not in target)
+        flat = {k: v for k, v in flat.items() if k in target}
+        meta = {"format": "tf1", "head": head, "num_labels": num_labels, "label_names": []}
     else:
         raise ValueError(f"{p}: not a HF dir (config.json + model.safetensors/pytorch_model.bin), "
                          "a bert_jax dir (bert_jax.json) or a TF1 dir (bert_config.json + "
@@ -136,6 +141,7 @@ flags.DEFINE_integer("seed", 0, "Seed for parameters the source lacks.")
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save/restore at INFO
     if len(argv) != 3:
         raise app.UsageError("usage: python -m bert_jax.convert SRC DST --to {bert_jax,hf,tf1}")
     try:

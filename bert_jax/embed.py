@@ -26,7 +26,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from flax import nnx
 from tqdm import tqdm
 
@@ -151,6 +151,7 @@ flags.DEFINE_string("vocab", None, "Vocabulary, if the checkpoint has none.")
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save/restore at INFO
     for name in ("checkpoint", "input", "output"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")

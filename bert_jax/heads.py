@@ -137,7 +137,8 @@ HEADS = {
 
 
 def build_model(cfg: BertConfig, head: str = "pretraining", num_labels: int = 0,
-                seed: int = 0) -> nnx.Module:
+                seed: int | jax.Array = 0) -> nnx.Module:
+    """`seed` is an int or a PRNG key (inside jit, for sharded init)."""
     rngs = nnx.Rngs(params=seed)
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; expected one of {sorted(HEADS)}")

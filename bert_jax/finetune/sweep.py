@@ -1,0 +1,61 @@
+"""Learning-rate x seed sweeps, reported as best and mean per metric (the way
+the HF Flax GLUE table reports its runs)."""
+
+from __future__ import annotations
+
+import pathlib
+import statistics
+
+from bert_jax.finetune import trainer
+
+
+def _final_metrics(summary: dict) -> dict[str, float]:
+    out = {}
+    for split, res in summary.get("final", {}).items():
+        if isinstance(res, dict):
+            for k, v in res.items():
+                if isinstance(v, (int, float)):
+                    out[f"{split}/{k}"] = float(v)
+    return out
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """runs: [{'lr', 'seed', 'metrics': {name: value}}] -> per lr: mean/std/n per
+    metric; overall best (single run) and best mean over seeds."""
+    by_lr: dict[float, list[dict]] = {}
+    for r in runs:
+        by_lr.setdefault(r["lr"], []).append(r["metrics"])
+    table = {}
+    for lr, ms in by_lr.items():
+        names = sorted(set().union(*ms))
+        table[str(lr)] = {
+            n: {"mean": statistics.fmean(m[n] for m in ms if n in m),
+                "std": statistics.stdev([m[n] for m in ms if n in m]) if len(ms) > 1 else 0.0,
+                "n": sum(n in m for m in ms)} for n in names}
+    names = sorted(set().union(*(r["metrics"] for r in runs))) if runs else []
+    best = {n: max(r["metrics"].get(n, float("-inf")) for r in runs) for n in names}
+    best_mean = {n: max(v[n]["mean"] for v in table.values() if n in v) for n in names}
+    return {"runs": runs, "by_lr": table, "best": best, "best_mean_over_seeds": best_mean}
+
+
+def run_sweep(config, workdir) -> dict:
+    runs = []
+    for lr in config.sweep.lrs:
+        for seed in config.sweep.seeds:
+            c = config.copy_and_resolve_references()
+            with c.unlocked():
+                c.learning_rate = float(lr)
+                c.seed = int(seed)
+            summary = trainer.finetune(c, pathlib.Path(workdir) / f"lr{lr}_seed{seed}")
+            runs.append({"lr": float(lr), "seed": int(seed), "metrics": _final_metrics(summary)})
+    return aggregate(runs)
+
+
+def format_table(result: dict) -> str:
+    lines = ["lr\tmetric\tmean\tstd\tn"]
+    for lr, metrics in result["by_lr"].items():
+        for name, v in metrics.items():
+            lines.append(f"{lr}\t{name}\t{v['mean']:.4f}\t{v['std']:.4f}\t{v['n']}")
+    lines.append("best single run: " + ", ".join(f"{k}={v:.4f}" for k, v in
+                                                 result["best"].items()))
+    return "\n".join(lines)

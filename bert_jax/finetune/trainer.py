@@ -1,0 +1,257 @@
+"""The fine-tuning loop shared by GLUE, SQuAD and CoNLL-2003.
+
+It reuses the pretraining machinery (mesh, sharded state, the pure jitted
+train step, optax, orbax model dirs, metrics.jsonl + TensorBoard); a task
+brings only its data, head, loss and metrics (`bert_jax/finetune/task.py`).
+
+Outputs under workdir: metrics.jsonl, tb/, eval/epoch_<k>/<split>/..., the
+final fine-tuned model dir in model/ (with label names and task config, read by
+`python -m bert_jax.predict`), summary.json, and test-set predictions where the
+task has them (GLUE submission files in test_predictions/).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from bert_jax import losses, model_dir, sharding, training
+from bert_jax.heads import build_model
+from bert_jax.optim import build_optimizer
+
+# Keys of a batch the model never sees.
+_AUX_KEYS = ("feature_index",)
+
+
+def task_module(config):
+    from bert_jax.finetune import conll, glue, squad
+    task = str(config.task).lower()
+    if task == "squad":
+        return squad
+    if task in ("conll2003", "conll"):
+        return conll
+    return glue
+
+
+def objective_for(head: str) -> training.Objective:
+    def forward(model, batch, rng):
+        return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                     dropout_rng=rng)
+
+    if head == "classification":
+        def sums(model, batch, rng):
+            return losses.classification_sums(forward(model, batch, rng)["logits"],
+                                              batch["labels"], batch["example_weights"])
+    elif head == "regression":
+        def sums(model, batch, rng):
+            return losses.regression_sums(forward(model, batch, rng)["logits"][..., 0],
+                                          batch["labels"], batch["example_weights"])
+    elif head == "span":
+        def sums(model, batch, rng):
+            out = forward(model, batch, rng)
+            return losses.span_sums(out["start_logits"], out["end_logits"],
+                                    batch["start_positions"], batch["end_positions"],
+                                    batch["example_weights"])
+    elif head == "tagging":
+        def sums(model, batch, rng):
+            return losses.tagging_sums(forward(model, batch, rng)["logits"], batch["label_ids"],
+                                       batch["example_weights"])
+    else:
+        raise ValueError(f"unknown head {head!r}")
+
+    def totals(batch):
+        if head == "tagging":
+            valid = (batch["label_ids"] != -100) & (batch["example_weights"][:, None] > 0)
+            return {"n": jnp.sum(valid).astype(jnp.float32)}
+        return {"n": jnp.sum(batch["example_weights"]).astype(jnp.float32)}
+
+    def loss(s, t):
+        return s["loss"] / jnp.maximum(t["n"], 1.0)
+
+    return training.Objective(sums, totals, loss)
+
+
+def _local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every process builds the same global batch; each feeds its own rows."""
+    n, p = jax.process_count(), jax.process_index()
+    if n == 1:
+        return batch
+    b = next(iter(batch.values())).shape[0]
+    if b % n:
+        raise ValueError(f"batch size {b} is not a multiple of {n} processes")
+    k = b // n
+    return {key: v[p * k:(p + 1) * k] for key, v in batch.items()}
+
+
+def make_predict_fn(graphdef, params_sharding, mesh):
+    """jitted forward on a batch dict -> dict of host numpy outputs."""
+
+    @jax.jit
+    def forward(params, batch):
+        model = nnx.merge(graphdef, params)
+        return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+
+    def predict(params, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        model_in = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+        out = jax.device_get(forward(params, training.global_batch(_local_rows(model_in), mesh)))
+        out = {k: np.asarray(v) for k, v in out.items()}
+        for k in (*_AUX_KEYS, "example_weights"):
+            if k in batch:
+                out[k] = batch[k]
+        return out
+    del params_sharding
+    return predict
+
+
+def init_weights(config):
+    """(BertConfig, encoder params, vocab path) from config.init_checkpoint."""
+    from bert_jax import convert
+    if not config.init_checkpoint:
+        raise ValueError("config.init_checkpoint is required: a bert_jax model dir or workdir, "
+                         "a HF dir or a TF1 dir")
+    cfg, meta, flat = convert.read_any(config.init_checkpoint)
+    vocab = config.get("vocab") or meta.get("vocab") or model_dir.vocab_path(
+        config.init_checkpoint)
+    if not vocab:
+        raise ValueError(f"{config.init_checkpoint}: no vocab.txt inside; set config.vocab")
+    encoder = {k: v for k, v in flat.items() if k.startswith("bert/")}
+    return cfg, encoder, str(vocab)
+
+
+def evaluate_task(task, predict, params, out_dir, eval_batch_size) -> dict[str, dict]:
+    results = {}
+    for split in getattr(task, "eval_splits", ("dev",)):
+        outputs = [predict(params, b) for b in task.eval_batches(split, eval_batch_size)]
+        results[split] = task.evaluate(split, outputs, out_dir=out_dir)
+    return results
+
+
+def finetune(config, workdir) -> dict:
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    from bert_jax.data.tokenizer import load_tokenizer
+
+    # ---- Data + task ------------------------------------------------------------------
+    cfg, encoder, vocab = init_weights(config)
+    runtime = {k: config.model[k] for k in ("dtype", "attention_impl", "scan_layers",
+                                            "remat_policy") if "model" in config and k in
+               config.model}
+    cfg = cfg.replace(**runtime)
+    tokenizer = load_tokenizer(vocab)
+    module = task_module(config)
+    task = module.build_task(config, tokenizer)
+    head, num_labels = task.head, task.num_labels
+
+    # ---- Mesh, model, optimizer -------------------------------------------------------
+    mesh_shape = tuple(config.mesh.shape) if "mesh" in config else (-1, 1, 1)
+    mesh = sharding.make_mesh(mesh_shape)
+    batch_size = config.batch_size
+    steps_per_epoch = math.ceil(task.num_train_examples() / batch_size)
+    total_steps = steps_per_epoch * config.num_epochs
+    optim_cfg = {"name": config.get("optimizer", "adamw"), "lr": config.learning_rate,
+                 "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay,
+                 "eps": config.get("adam_eps", 1e-6), "clip_norm": config.get("clip_norm", 1.0)}
+    from ml_collections import ConfigDict
+    optimizer, schedule = build_optimizer(ConfigDict(optim_cfg), total_steps)
+    model_head = head
+
+    def model_fn(key):
+        return build_model(cfg, model_head, num_labels, seed=key)
+
+    objective = objective_for(head)
+    with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
+        spec = training.state_spec(model_fn, optimizer, mesh)
+        state = training.init_state(spec, model_fn, optimizer, config.seed,
+                                    init_params=encoder)
+        step_fn = training.jit_train_step(spec, mesh, objective, optimizer, schedule)
+        predict = make_predict_fn(spec.graphdef, spec.shardings["params"], mesh)
+        writer = training.MetricWriter(workdir)
+        rng = jax.random.key(config.seed + 1)
+        bar = tqdm(total=total_steps, disable=not is_main, unit="step", dynamic_ncols=True,
+                   desc=f"finetune {task.name}")
+        log_every = config.get("log_every", 50)
+        window: dict[str, float] = {}
+        n_window, t0, tokens = 0, time.perf_counter(), 0
+        t_start = time.perf_counter()
+        history = []
+        step = 0
+        for epoch in range(config.num_epochs):
+            for batch in task.train_batches(batch_size, config.seed, epoch):
+                model_batch = {k: v for k, v in batch.items() if k not in _AUX_KEYS}
+                gb = training.global_batch(_local_rows(model_batch), mesh)
+                state, metrics = step_fn(state, gb, rng)
+                tokens += int(batch["input_ids"].size)
+                m = jax.device_get(metrics)
+                if not m["finite"]:
+                    raise FloatingPointError(f"non-finite loss or gradient at step {step + 1}")
+                for k, v in m.items():
+                    window[k] = window.get(k, 0.0) + float(v)
+                n_window += 1
+                step += 1
+                bar.update(1)
+                if step % log_every == 0 or step == total_steps:
+                    dt = time.perf_counter() - t0
+                    rec = {"epoch": epoch, "loss": window["loss"] / n_window,
+                           "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
+                           "steps_per_sec": n_window / dt,
+                           "examples_per_sec": n_window * batch_size / dt,
+                           "padded_tokens_per_sec": tokens / dt}
+                    if "correct" in window:
+                        rec["accuracy"] = window["correct"] / max(window["weight"], 1.0)
+                    writer.write(step, rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
+                    window.clear()
+                    n_window, t0, tokens = 0, time.perf_counter(), 0
+            # ---- Evaluate at each epoch end ----------------------------------------------
+            out_dir = workdir / "eval" / f"epoch_{epoch + 1}"
+            results = evaluate_task(task, predict, state["params"], out_dir,
+                                    config.eval_batch_size)
+            for split, res in results.items():
+                writer.write(step, {k: v for k, v in res.items()
+                                    if isinstance(v, (int, float))}, prefix=f"eval_{split}_")
+            history.append({"epoch": epoch + 1, "step": step, **results})
+            if is_main:
+                tqdm.write(f"epoch {epoch + 1}: " + json.dumps(results, default=float)[:400])
+        bar.close()
+        writer.close()
+        train_time = time.perf_counter() - t_start
+
+        # ---- Test predictions + final model ------------------------------------------
+        if hasattr(task, "write_test_predictions"):
+            for split in getattr(task, "test_splits", ()):
+                try:
+                    outputs = [predict(state["params"], b)
+                               for b in task.eval_batches(split, config.eval_batch_size)]
+                except FileNotFoundError:
+                    continue
+                task.write_test_predictions(split, outputs, workdir / "test_predictions")
+        flat = _host_params(state["params"], spec.scanned)
+    if is_main:
+        task_meta = {"kind": module.__name__.rsplit(".", 1)[-1],
+                     "config": json.loads(config.to_json_best_effort())}
+        model_dir.save_model_dir(workdir / "model", cfg.replace(scan_layers=False), flat,
+                                 model_head, num_labels, list(task.label_names), task_meta,
+                                 vocab)
+        summary = {"task": task.name, "steps": step, "train_time_sec": train_time,
+                   "final": history[-1] if history else {}, "history": history}
+        tmp = workdir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2, default=float))
+        os.replace(tmp, workdir / "summary.json")
+        return summary
+    return {}
+
+
+def _host_params(params, scanned: bool) -> dict[str, np.ndarray]:
+    from bert_jax.params import pure_to_flat, unstack_layers
+    flat = {k: np.asarray(jax.device_get(v)) for k, v in pure_to_flat(params).items()}
+    return unstack_layers(flat) if scanned else flat

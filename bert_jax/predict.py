@@ -1,0 +1,174 @@
+"""Predictions from a fine-tuned model (the `model/` dir a fine-tuning run writes).
+
+Classification / regression (GLUE), one example per line, a tab separates a pair:
+    python -m bert_jax.predict --checkpoint=runs/sst2/model --input=lines.txt [--json]
+Span QA (SQuAD):
+    python -m bert_jax.predict --checkpoint=runs/squad/model --question=Q --context=C
+    python -m bert_jax.predict --checkpoint=runs/squad/model --input=qa.json   # SQuAD JSON
+NER (CoNLL-2003), raw text per line:
+    python -m bert_jax.predict --checkpoint=runs/ner/model --input=text.txt [--json]
+Lines also come from positional arguments or, with --input=-, standard input.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import ConfigDict
+
+
+class Predictor:
+    def __init__(self, checkpoint: str | pathlib.Path):
+        from bert_jax import model_dir
+        from bert_jax.data.tokenizer import load_tokenizer
+
+        path = pathlib.Path(checkpoint)
+        if (path / "model" / model_dir.META_FILE).exists():
+            path = path / "model"  # a fine-tuning workdir
+        model, meta, _ = model_dir.load_model(path)
+        self.meta = meta
+        self.head = meta["head"]
+        if self.head in ("pretraining", "encoder"):
+            raise ValueError(f"{path}: a {self.head} checkpoint has no task head; fine-tune "
+                             "it first (python -m bert_jax.finetune)")
+        self.label_names = meta.get("label_names", [])
+        self.task_config = ConfigDict(meta.get("task", {}).get("config", {}))
+        vocab = model_dir.vocab_path(path)
+        if vocab is None:
+            raise FileNotFoundError(f"{path}: no vocab.txt inside")
+        self.tokenizer = load_tokenizer(vocab)
+        graphdef, state = nnx.split(model)
+
+        @jax.jit
+        def forward(state, ids, types, mask):
+            return nnx.merge(graphdef, state)(ids, types, mask)
+
+        self._state, self._forward = state, forward
+
+    def predict_fn(self, batch) -> dict[str, np.ndarray]:
+        out = self._forward(self._state, batch["input_ids"], batch["token_type_ids"],
+                            batch["attention_mask"])
+        return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+
+    def classify(self, texts: list[str], pairs: list[str | None] | None = None,
+                 batch_size: int = 32) -> list[dict]:
+        max_len = int(self.task_config.get("max_seq_length", 128))
+        encs = self.tokenizer.encode_batch(texts, pairs, max_length=max_len)
+        results = []
+        for s in range(0, len(encs), batch_size):
+            chunk = encs[s:s + batch_size]
+            t = max(len(e) for e in chunk)
+            t = -(-t // 16) * 16
+            batch = {k: np.zeros((batch_size, t), np.int32)
+                     for k in ("input_ids", "token_type_ids", "attention_mask")}
+            for i, e in enumerate(chunk):
+                batch["input_ids"][i, :len(e)] = e.ids
+                batch["token_type_ids"][i, :len(e)] = e.type_ids
+                batch["attention_mask"][i, :len(e)] = 1
+            logits = self.predict_fn(batch)["logits"][:len(chunk)]
+            for row in logits:
+                if self.head == "regression":
+                    results.append({"label": None, "score": float(row[0])})
+                else:
+                    z = np.exp(row - row.max())
+                    p = z / z.sum()
+                    k = int(p.argmax())
+                    name = self.label_names[k] if k < len(self.label_names) else str(k)
+                    results.append({"label": name, "score": float(p[k]),
+                                    "probabilities": {
+                                        (self.label_names[i] if i < len(self.label_names)
+                                         else str(i)): float(x) for i, x in enumerate(p)}})
+        return results
+
+    def answer(self, question: str, context: str) -> dict:
+        from bert_jax.finetune import squad
+        text, score, start, end = squad.answer(question, context, self.predict_fn,
+                                               self.tokenizer, self.task_config)
+        return {"answer": text, "score": float(score), "start": start, "end": end}
+
+    def entities(self, text: str) -> list[dict]:
+        from bert_jax.finetune import conll
+        c = self.task_config
+        return conll.tag_text(text, self.predict_fn, self.tokenizer, self.label_names,
+                              max_seq_length=int(c.get("max_seq_length", 128)),
+                              window_stride=int(c.get("window_stride", 64)),
+                              length_buckets=tuple(c.get("length_buckets", (32, 64, 128))))
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "Fine-tuned model dir (or its fine-tuning workdir).")
+flags.DEFINE_string("input", None, "Input file ('-' = stdin): lines, or SQuAD JSON for QA.")
+flags.DEFINE_string("question", None, "QA: the question.")
+flags.DEFINE_string("context", None, "QA: the context paragraph.")
+flags.DEFINE_bool("json", False, "Print JSON lines.")
+
+
+def _lines(argv) -> list[str]:
+    if FLAGS.input:
+        f = sys.stdin if FLAGS.input == "-" else open(FLAGS.input, encoding="utf-8")
+        with f:
+            lines = [line.rstrip("\n") for line in f]
+    else:
+        lines = list(argv[1:])
+    return [line for line in lines if line.strip()]
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)
+    if not FLAGS.checkpoint:
+        raise app.UsageError("--checkpoint is required")
+    try:
+        pred = Predictor(FLAGS.checkpoint)
+        if pred.head == "span":
+            if FLAGS.question is not None:
+                items = [("q", FLAGS.question, FLAGS.context or "")]
+            else:
+                from bert_jax.finetune import squad
+                examples = squad.read_squad_json(FLAGS.input)
+                items = [(e.qas_id, e.question, e.context) for e in examples]
+            for qid, q, c in items:
+                r = pred.answer(q, c)
+                print(json.dumps({"id": qid, **r}) if FLAGS.json else
+                      f"{qid}\t{r['answer']}\t{r['score']:.3f}\t[{r['start']}, {r['end']})")
+            return 0
+        lines = _lines(argv)
+        if not lines:
+            raise ValueError("no input: pass --input=FILE or text arguments")
+        if pred.head == "tagging":
+            for line in lines:
+                ents = pred.entities(line)
+                if FLAGS.json:
+                    print(json.dumps({"text": line, "entities": ents}))
+                else:
+                    print(line)
+                    for e in ents:
+                        print(f"  {e['entity_group']}\t{e['word']}\t{e['score']:.3f}\t"
+                              f"[{e['start']}, {e['end']})")
+            return 0
+        texts, pairs = [], []
+        for line in lines:
+            a, sep, b = line.partition("\t")
+            texts.append(a)
+            pairs.append(b if sep else None)
+        results = pred.classify(texts, pairs if any(p is not None for p in pairs) else None)
+        for line, r in zip(lines, results):
+            if FLAGS.json:
+                print(json.dumps({"text": line, **r}))
+            elif r["label"] is None:
+                print(f"{r['score']:.4f}\t{line}")
+            else:
+                print(f"{r['label']}\t{r['score']:.4f}\t{line}")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
