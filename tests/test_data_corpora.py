@@ -118,3 +118,14 @@ def test_builtin_stdlib_docstrings_are_prose():
     assert letters > 0.9 * sum(map(len, sentences))
     with pytest.raises(corpora.CorpusError, match="the only builtin corpus is builtin:stdlib"):
         corpora.resolve("builtin:wiki")
+
+
+def test_stdlib_train_heldout_split_is_a_partition():
+    from bert_jax.data import corpora
+    everything = set(corpora.stdlib_files())
+    train, heldout = set(corpora.stdlib_files("train")), set(corpora.stdlib_files("heldout"))
+    assert train and heldout and not (train & heldout)
+    assert train | heldout == everything
+    assert 0.08 < len(heldout) / len(everything) < 0.12
+    with pytest.raises(corpora.CorpusError, match="builtin:stdlib:heldout"):
+        corpora.resolve("builtin:stdlib:validation")

@@ -24,22 +24,13 @@ Pearson/Spearman 88.6/88.5, QQP acc/F1 90.7/87.5, MNLI-m acc 83.9, QNLI acc
 
 from ml_collections import config_dict
 
+from bert_jax.config_args import parse_arg
+
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 
 
-def parse_arg(arg: str | None) -> dict:
-    """'task=sst2,runlocal' -> {'task': 'sst2', 'runlocal': True}."""
-    out = {"task": "sst2", "runlocal": False}
-    for item in filter(None, (arg or "").split(",")):
-        key, eq, value = item.partition("=")
-        if key not in out:
-            raise ValueError(f"config arg {item!r}: known keys are {', '.join(out)}")
-        out[key] = value if eq else True
-    return out
-
-
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-    args = parse_arg(arg)
+    args = parse_arg(arg, task="sst2", runlocal=False)
     task = args["task"].lower().replace("-", "")
     if task not in TASKS:
         raise ValueError(f"config arg task={args['task']!r}: one of {', '.join(TASKS)}")

@@ -29,25 +29,14 @@ instead of 87,599 and evaluates 1,988 (v2.0: 3,135), so expect several points le
 
 from ml_collections import config_dict
 
+from bert_jax.config_args import parse_arg
 from bert_jax.shared_data import shared_data_dir
 
 SOURCES = ("dev_split", "json", "tfds")
 
 
-def parse_arg(arg: str | None) -> dict:
-    """'version=2.0,source=tfds,runlocal' -> {'version': '2.0', 'source': 'tfds',
-    'runlocal': True}."""
-    out = {"version": "1.1", "source": "dev_split", "runlocal": False}
-    for item in filter(None, (arg or "").split(",")):
-        key, eq, value = item.partition("=")
-        if key not in out:
-            raise ValueError(f"config arg {item!r}: known keys are {', '.join(out)}")
-        out[key] = value if eq else True
-    return out
-
-
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-    args = parse_arg(arg)
+    args = parse_arg(arg, version="1.1", source="dev_split", runlocal=False)
     version = {"1": "1.1", "1.1": "1.1", "2": "2.0", "2.0": "2.0"}.get(args["version"])
     if version is None:
         raise ValueError(f"config arg version={args['version']!r}: 1.1 or 2.0")
