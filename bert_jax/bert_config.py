@@ -91,7 +91,9 @@ class BertConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kw = {}
         for k, v in d.items():
-            if k not in fields:
+            # Only the architecture comes from a file: HF configs carry their own
+            # 'dtype' (a torch dtype or None) and much else we do not use.
+            if k not in _ARCH_FIELDS:
                 continue
             default = fields[k].default
             if isinstance(default, bool):
