@@ -185,12 +185,14 @@ def finetune(config, workdir) -> dict:
         t_start = time.perf_counter()
         history = []
         step = 0
+        total_tokens = 0  # padded tokens the model processed (what bucketing saves)
         for epoch in range(config.num_epochs):
             for batch in task.train_batches(batch_size, config.seed, epoch):
                 model_batch = {k: v for k, v in batch.items() if k not in _AUX_KEYS}
                 gb = training.global_batch(_local_rows(model_batch), mesh)
                 state, metrics = step_fn(state, gb, rng)
                 tokens += int(batch["input_ids"].size)
+                total_tokens += int(batch["input_ids"].size)
                 m = jax.device_get(metrics)
                 if not m["finite"]:
                     raise FloatingPointError(f"non-finite loss or gradient at step {step + 1}")
@@ -243,6 +245,7 @@ def finetune(config, workdir) -> dict:
                                  model_head, num_labels, list(task.label_names), task_meta,
                                  vocab)
         summary = {"task": task.name, "steps": step, "train_time_sec": train_time,
+                   "train_tokens_processed": total_tokens,
                    "final": history[-1] if history else {}, "history": history}
         tmp = workdir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2, default=float))
