@@ -6,8 +6,8 @@
 #   launch/tpu_vm.sh --name NAME --zone ZONE --accelerator-type TYPE [OPTIONS] JOB [ARGS...]
 #
 # On TPU VMs jax.distributed.initialize() finds its peers by itself, so no
-# coordinator flags are passed. Data and workdir go in ARGS, on GCS (gs://...)
-# so that every worker reads and writes the same place.
+# coordinator flags are passed. Data and workdir go in ARGS: the workdir on a
+# GCS bucket mounted with gcsfuse at the same path on every worker (docs/launch.md).
 set -euo pipefail
 
 usage() {
@@ -45,7 +45,7 @@ jax[tpu]; the job runs from ~/bert_jax.
 Example (a v4-32 pod slice, 4 hosts):
   launch/tpu_vm.sh --name bert --zone us-central2-b --accelerator-type v4-32 \
     --delete pretrain --config=configs/pretrain/bert.py \
-    --workdir=gs://BUCKET/runs/bert_base
+    --workdir=/gcs/runs/bert_base
 USAGE
 }
 
