@@ -17,6 +17,7 @@ import pathlib
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
@@ -24,14 +25,16 @@ from ml_collections import ConfigDict
 
 
 class Predictor:
+    """A fine-tuned model dir (or its fine-tuning workdir) ready to predict."""
+
     def __init__(self, checkpoint: str | pathlib.Path):
-        from bert_jax import model_dir
+        from bert_jax import convert, model_dir
         from bert_jax.data.tokenizer import load_tokenizer
 
         path = pathlib.Path(checkpoint)
         if (path / "model" / model_dir.META_FILE).exists():
             path = path / "model"  # a fine-tuning workdir
-        model, meta, _ = model_dir.load_model(path)
+        cfg, meta, flat = convert.read_any(path)
         self.meta = meta
         self.head = meta["head"]
         if self.head in ("pretraining", "encoder"):
@@ -43,7 +46,7 @@ class Predictor:
         if vocab is None:
             raise FileNotFoundError(f"{path}: no vocab.txt inside")
         self.tokenizer = load_tokenizer(vocab)
-        graphdef, state = nnx.split(model)
+        graphdef, state = _restore(cfg, self.head, meta.get("num_labels", 0), flat, str(path))
 
         @jax.jit
         def forward(state, ids, types, mask):
@@ -101,6 +104,34 @@ class Predictor:
                               length_buckets=tuple(c.get("length_buckets", (32, 64, 128))))
 
 
+def _restore(cfg, head: str, num_labels: int, flat: dict[str, np.ndarray], source: str):
+    """(graphdef, state) of the model with the checkpoint's parameters.
+
+    The model is built abstractly (nnx.eval_shape) and filled from `flat`: an
+    eager build would compile and run every initializer op by op, which costs
+    more start-up time than the predictions themselves."""
+    from bert_jax.heads import build_model
+    from bert_jax.params import flat_into_pure, pure_to_flat
+
+    abstract = nnx.eval_shape(lambda: build_model(cfg.replace(scan_layers=False), head,
+                                                  num_labels))
+    graphdef, state = nnx.split(abstract)
+    pure = nnx.to_pure_dict(state)
+    want = pure_to_flat(pure)
+    missing = sorted(set(want) - set(flat))
+    if missing:
+        raise ValueError(f"{source}: checkpoint lacks {len(missing)} parameters of the "
+                         f"{head} model, e.g. {missing[0]}")
+    for name, abs_value in want.items():
+        if tuple(flat[name].shape) != tuple(abs_value.shape):
+            raise ValueError(f"{source}: parameter {name} has shape {tuple(flat[name].shape)}, "
+                             f"the model expects {tuple(abs_value.shape)}")
+    filled = flat_into_pure(pure, {k: jnp.asarray(v, want[k].dtype) for k, v in flat.items()
+                                   if k in want}, scanned=False)
+    nnx.replace_by_pure_dict(state, filled)
+    return graphdef, state
+
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Fine-tuned model dir (or its fine-tuning workdir).")
 flags.DEFINE_string("input", None, "Input file ('-' = stdin): lines, or SQuAD JSON for QA.")
@@ -127,11 +158,16 @@ def main(argv):
         pred = Predictor(FLAGS.checkpoint)
         if pred.head == "span":
             if FLAGS.question is not None:
-                items = [("q", FLAGS.question, FLAGS.context or "")]
-            else:
+                if not (FLAGS.context or "").strip():
+                    raise ValueError("--question needs a non-empty --context")
+                items = [("q", FLAGS.question, FLAGS.context)]
+            elif FLAGS.input:
                 from bert_jax.finetune import squad
                 examples = squad.read_squad_json(FLAGS.input)
                 items = [(e.qas_id, e.question, e.context) for e in examples]
+            else:
+                raise ValueError("a QA model needs --question and --context, or --input=FILE "
+                                 "(SQuAD JSON)")
             for qid, q, c in items:
                 r = pred.answer(q, c)
                 print(json.dumps({"id": qid, **r}) if FLAGS.json else

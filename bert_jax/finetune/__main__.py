@@ -9,6 +9,7 @@ import os
 import pathlib
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -30,11 +31,12 @@ def main(argv):
     try:
         if FLAGS.sweep:
             result = sweep.run_sweep(FLAGS.config, FLAGS.workdir)
-            out = pathlib.Path(FLAGS.workdir) / "sweep_results.json"
-            tmp = out.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(result, indent=2, default=float))
-            os.replace(tmp, out)
-            print(sweep.format_table(result))
+            if jax.process_index() == 0:  # the others saw no metrics (trainer returns {})
+                out = pathlib.Path(FLAGS.workdir) / "sweep_results.json"
+                tmp = out.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(result, indent=2, default=float))
+                os.replace(tmp, out)
+                print(sweep.format_table(result))
         else:
             trainer.finetune(FLAGS.config, FLAGS.workdir)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:

@@ -12,6 +12,7 @@ task has them (GLUE submission files in test_predictions/).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from bert_jax import losses, model_dir, sharding, training
@@ -95,7 +97,10 @@ def _local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def make_predict_fn(graphdef, params_sharding, mesh):
     """jitted forward on a batch dict -> dict of host numpy outputs."""
 
-    @jax.jit
+    # Replicated outputs: with several processes every host can then read the
+    # whole batch's logits (a batch-sharded result is not fully addressable).
+    @functools.partial(jax.jit, in_shardings=(params_sharding, None),
+                       out_shardings=NamedSharding(mesh, PartitionSpec()))
     def forward(params, batch):
         model = nnx.merge(graphdef, params)
         return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
@@ -108,7 +113,6 @@ def make_predict_fn(graphdef, params_sharding, mesh):
             if k in batch:
                 out[k] = batch[k]
         return out
-    del params_sharding
     return predict
 
 
@@ -181,19 +185,26 @@ def finetune(config, workdir) -> dict:
                    desc=f"finetune {task.name}")
         log_every = config.get("log_every", 50)
         window: dict[str, float] = {}
-        n_window, t0, tokens = 0, time.perf_counter(), 0
+        # Throughput counts only the steps after the first (which compiles) and
+        # not the evaluations between epochs.
+        n_window, timed_steps, timed_sec, tokens = 0, 0, 0.0, 0
         t_start = time.perf_counter()
         history = []
         step = 0
         total_tokens = 0  # padded tokens the model processed (what bucketing saves)
         for epoch in range(config.num_epochs):
+            t_prev = time.perf_counter()
             for batch in task.train_batches(batch_size, config.seed, epoch):
                 model_batch = {k: v for k, v in batch.items() if k not in _AUX_KEYS}
                 gb = training.global_batch(_local_rows(model_batch), mesh)
                 state, metrics = step_fn(state, gb, rng)
-                tokens += int(batch["input_ids"].size)
                 total_tokens += int(batch["input_ids"].size)
                 m = jax.device_get(metrics)
+                t_now = time.perf_counter()
+                if step > 0:
+                    timed_steps, timed_sec = timed_steps + 1, timed_sec + t_now - t_prev
+                    tokens += int(batch["input_ids"].size)
+                t_prev = t_now
                 if not m["finite"]:
                     raise FloatingPointError(f"non-finite loss or gradient at step {step + 1}")
                 for k, v in m.items():
@@ -202,20 +213,21 @@ def finetune(config, workdir) -> dict:
                 step += 1
                 bar.update(1)
                 if step % log_every == 0 or step == total_steps:
-                    dt = time.perf_counter() - t0
                     rec = {"epoch": epoch, "loss": window["loss"] / n_window,
-                           "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
-                           "steps_per_sec": n_window / dt,
-                           "examples_per_sec": n_window * batch_size / dt,
-                           "padded_tokens_per_sec": tokens / dt}
+                           "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"])}
+                    if timed_steps:
+                        rec.update(steps_per_sec=timed_steps / timed_sec,
+                                   examples_per_sec=timed_steps * batch_size / timed_sec,
+                                   padded_tokens_per_sec=tokens / timed_sec)
                     if "correct" in window:
                         rec["accuracy"] = window["correct"] / max(window["weight"], 1.0)
                     writer.write(step, rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
                     window.clear()
-                    n_window, t0, tokens = 0, time.perf_counter(), 0
+                    n_window, timed_steps, timed_sec, tokens = 0, 0, 0.0, 0
             # ---- Evaluate at each epoch end ----------------------------------------------
-            out_dir = workdir / "eval" / f"epoch_{epoch + 1}"
+            # Every process runs the (collective) forward passes; one writes files.
+            out_dir = workdir / "eval" / f"epoch_{epoch + 1}" if is_main else None
             results = evaluate_task(task, predict, state["params"], out_dir,
                                     config.eval_batch_size)
             for split, res in results.items():
@@ -236,7 +248,8 @@ def finetune(config, workdir) -> dict:
                                for b in task.eval_batches(split, config.eval_batch_size)]
                 except FileNotFoundError:
                     continue
-                task.write_test_predictions(split, outputs, workdir / "test_predictions")
+                if is_main:
+                    task.write_test_predictions(split, outputs, workdir / "test_predictions")
         flat = _host_params(state["params"], spec.scanned)
     if is_main:
         task_meta = {"kind": module.__name__.rsplit(".", 1)[-1],
