@@ -92,30 +92,34 @@ def tf1_name(name: str) -> str:
     raise KeyError(f"parameter {name} has no Google TF1 variable name")
 
 
-def to_tf1(name: str, value: np.ndarray) -> np.ndarray:
-    """A canonical tensor in Google's layout: 2-D kernels, flat biases, fp32."""
-    value = np.asarray(value)
+def _tf1_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of canonical parameter `name` in Google's layout: 2-D kernels
+    ([out, in] for the output_weights heads), flat biases."""
+    shape = tuple(int(x) for x in shape)
     if name.endswith(_TRANSPOSED):
-        value = value.T
-    elif name.endswith("/kernel"):
+        return shape[::-1]
+    if name.endswith("/kernel"):
         # attention_output is [heads, head_dim, hidden]: two input axes.
         n_in = 2 if name.endswith("attention_output/kernel") else 1
-        value = value.reshape(int(np.prod(value.shape[:n_in])), -1)
-    elif name.endswith("/bias") or name == "output_bias":
-        value = value.reshape(-1)
+        return (int(np.prod(shape[:n_in])), int(np.prod(shape[n_in:])))
+    if name.endswith("/bias") or name == "output_bias":
+        return (int(np.prod(shape)),)
+    return shape
+
+
+def to_tf1(name: str, value: np.ndarray) -> np.ndarray:
+    """A canonical tensor in Google's layout, fp32."""
+    value = np.asarray(value)
+    value = value.T if name.endswith(_TRANSPOSED) else value.reshape(_tf1_shape(name, value.shape))
     return np.ascontiguousarray(value, dtype=np.float32)
 
 
 def from_tf1(name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A TF1 tensor (already checked to hold the right number of values) in the
+    """A TF1 tensor (already checked to have `_tf1_shape(name, shape)`) in the
     canonical layout `shape`."""
     if name.endswith(_TRANSPOSED):
         return np.ascontiguousarray(value.T)
     return value.reshape(shape)
-
-
-def _tf1_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    return to_tf1(name, np.empty(shape, np.float32)).shape
 
 
 def _tf_head(tf_shapes: dict) -> tuple[str, int]:
@@ -139,7 +143,7 @@ def source_head(flat: dict[str, np.ndarray]) -> str:
     return "pretraining"
 
 
-def _model_shapes(cfg: BertConfig, head: str, num_labels: int) -> dict[str, tuple[int, ...]]:
+def model_shapes(cfg: BertConfig, head: str, num_labels: int) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape of the model for `head`, without allocating it."""
     from flax import nnx
 
@@ -182,7 +186,7 @@ def read_tf1_dir(path: str | os.PathLike) -> tuple[BertConfig, dict[str, np.ndar
         raise ValueError(f"{prefix}: cannot read TF1 checkpoint: {_first_line(e)}") from None
     tf_shapes = reader.get_variable_to_shape_map()
     head, num_labels = _tf_head(tf_shapes)
-    shapes = _model_shapes(cfg, head, num_labels)
+    shapes = model_shapes(cfg, head, num_labels)
     by_tf = {tf1_name(name): name for name in shapes}
     flat: dict[str, np.ndarray] = {}
     unexpected = []
@@ -216,9 +220,13 @@ def write_tf1_dir(out_dir: str | os.PathLike, cfg: BertConfig,
     """Write `bert_config.json` and `bert_model.ckpt` (fp32, Google's variable
     names, V2 bundle as tf.compat.v1.train.Saver writes it) into `out_dir`.
     Callers make this atomic by writing into a temp dir (convert does).
-    Returns the TF variable names written."""
+    A token-classification head goes out under run_classifier.py's names, as
+    Google's code has no tagging head. Returns the TF variable names written."""
     out_dir = pathlib.Path(out_dir)
-    names = {tf1_name(name): name for name in flat}  # KeyError names an unmapped parameter
+    try:
+        names = {tf1_name(name): name for name in flat}
+    except KeyError as e:
+        raise ValueError(f"{out_dir}: {e.args[0]}") from None
     tf = _tf()
     variables = {key: tf.Variable(to_tf1(name, flat[name]), name=key, trainable=False)
                  for key, name in sorted(names.items())}
