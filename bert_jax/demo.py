@@ -18,8 +18,10 @@ import sys
 
 from absl import app, flags, logging
 
+# pretrain defines --workdir (and --config); the demo reuses its --workdir.
+from bert_jax import pretrain
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "runs/demo", "Where vocab, data, checkpoints and plots go.")
 flags.DEFINE_integer("steps", 0, "Override the number of pretraining steps (0 = config's).")
 flags.DEFINE_integer("vocab_size", 8000, "WordPiece vocabulary size.")
 
@@ -47,11 +49,10 @@ def _config(workdir: pathlib.Path):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from bert_jax import pretrain
     from bert_jax.data.prepare import prepare_corpus
     from bert_jax.data.vocab import train_vocab
 
-    workdir = pathlib.Path(FLAGS.workdir)
+    workdir = pathlib.Path(FLAGS.workdir or "runs/demo")
     workdir.mkdir(parents=True, exist_ok=True)
     vocab = workdir / "vocab.txt"
     if not vocab.exists():

@@ -15,12 +15,12 @@ def get_config(arg: str | None = None):
     c = bert.get_config("size=tiny")
     c.model.dtype = "float32"   # bf16 matmuls are emulated (slow) on CPU
     c.global_batch_size = 64
-    c.num_train_steps = 1200
+    c.num_train_steps = 800
     c.optim.lr = 1e-3            # small models tolerate (and need) a larger lr
     c.optim.warmup_steps = 100
-    c.checkpoint.every = 300
+    c.checkpoint.every = 200
     c.log_every = 20
-    c.eval_every = 300
+    c.eval_every = 200
     c.eval_batches = 8
     if args["runlocal"]:
         bert.shrink(c)
