@@ -113,9 +113,16 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
 
 
+# Module-scoped fixtures that the other fine-tuning test modules import: each
+# module gets its own tiny init checkpoint and compilation cache.
 @pytest.fixture(scope="module")
 def tiny_init(tmp_path_factory) -> pathlib.Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "init")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    return cli_env(tmp_path_factory.mktemp("jax_cache"))
 
 
 # ------------------------------------------------------------------ _local_rows
@@ -227,11 +234,6 @@ def test_stsb_regression_in_process(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ bad input
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return cli_env(tmp_path_factory.mktemp("jax_cache"))
 
 
 def test_cli_missing_init_checkpoint(env, tmp_path):

@@ -14,15 +14,13 @@ import math
 
 import numpy as np
 import pytest
+import test_finetune_common
 from conftest import data_path
-from test_finetune_common import (
-    check_ok,
-    cli_env,
-    read_jsonl,
-    read_tsv,
-    run_module,
-    save_tiny_model,
-)
+from test_finetune_common import check_ok, read_jsonl, read_tsv, run_module
+
+# The shared module-scoped fixtures (this module gets its own instances).
+env = test_finetune_common.env
+tiny_init = test_finetune_common.tiny_init
 
 RTE_LABELS = ["entailment", "not_entailment"]
 # Shapes shared by every run of this module (batch rows, one length bucket).
@@ -31,23 +29,13 @@ SHAPES = ("--config.batch_size=32", "--config.eval_batch_size=64",
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return cli_env(tmp_path_factory.mktemp("jax_cache"))
-
-
-@pytest.fixture(scope="module")
-def init(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("glue_init") / "init")
-
-
-@pytest.fixture(scope="module")
 def glue_dir():
     return data_path("glue")
 
 
-def finetune_cli(task: str, workdir, init, glue_dir, env, *overrides: str, sweep=False):
+def finetune_cli(task: str, workdir, tiny_init, glue_dir, env, *overrides: str, sweep=False):
     r = run_module("bert_jax.finetune", f"--config=configs/finetune/glue.py:task={task},runlocal",
-                   f"--workdir={workdir}", f"--config.init_checkpoint={init}",
+                   f"--workdir={workdir}", f"--config.init_checkpoint={tiny_init}",
                    f"--config.data_dir={glue_dir}", *SHAPES, *overrides,
                    *(["--sweep"] if sweep else []), env=env)
     check_ok(r)
@@ -55,9 +43,9 @@ def finetune_cli(task: str, workdir, init, glue_dir, env, *overrides: str, sweep
 
 
 @pytest.fixture(scope="module")
-def rte(tmp_path_factory, init, glue_dir, env):
+def rte(tmp_path_factory, tiny_init, glue_dir, env):
     workdir = tmp_path_factory.mktemp("rte") / "run"
-    finetune_cli("rte", workdir, init, glue_dir, env, "--config.max_train_examples=64",
+    finetune_cli("rte", workdir, tiny_init, glue_dir, env, "--config.max_train_examples=64",
                  "--config.num_epochs=1")
     return workdir
 
@@ -135,13 +123,13 @@ def test_rte_predict_cli(rte, glue_dir, env, tmp_path):
         assert o["probabilities"]["entailment"] == pytest.approx(float(ev[3]), abs=2e-5)
 
 
-def test_rte_sweep_cli(rte, tmp_path, init, glue_dir, env):
+def test_rte_sweep_cli(rte, tmp_path, tiny_init, glue_dir, env):
     """--sweep over 2 learning rates x 1 seed: one run dir per point, and
     sweep_results.json's best and mean agree with the runs' own eval files.
     The 2e-5 point is the same run as the single one above, so it must
     reproduce its accuracy exactly (determinism)."""
     workdir = tmp_path / "sweep"
-    r = finetune_cli("rte", workdir, init, glue_dir, env, "--config.max_train_examples=64",
+    r = finetune_cli("rte", workdir, tiny_init, glue_dir, env, "--config.max_train_examples=64",
                      "--config.num_epochs=1", "--config.sweep.lrs=(2e-5,5e-4)",
                      "--config.sweep.seeds=(0,)", sweep=True)
     result = json.loads((workdir / "sweep_results.json").read_text())
@@ -163,14 +151,14 @@ def test_rte_sweep_cli(rte, tmp_path, init, glue_dir, env):
     assert "best single run: " in r.stdout
 
 
-def test_sst2_learns(tmp_path, init, glue_dir, env):
+def test_sst2_learns(tmp_path, tiny_init, glue_dir, env):
     """The loop learns: from a random tiny BERT, 1,000 real SST-2 sentences x 4
     epochs reach a dev accuracy well above the majority class (0.509), and
     the training loss falls."""
     gold = [r[1] for r in read_tsv(glue_dir / "SST-2" / "dev.tsv")[1:]]
     majority = max(gold.count("0"), gold.count("1")) / len(gold)
     workdir = tmp_path / "sst2"
-    finetune_cli("sst2", workdir, init, glue_dir, env, "--config.max_train_examples=1000",
+    finetune_cli("sst2", workdir, tiny_init, glue_dir, env, "--config.max_train_examples=1000",
                  "--config.num_epochs=4", "--config.learning_rate=3e-3")
     res = json.loads((workdir / "eval" / "epoch_4" / "dev" / "eval_results.json").read_text())
     assert res["num_examples"] == 872

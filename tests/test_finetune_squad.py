@@ -15,8 +15,13 @@ import re
 import string
 
 import pytest
+import test_finetune_common
 from conftest import data_path
-from test_finetune_common import check_ok, cli_env, run_module, save_tiny_model
+from test_finetune_common import check_ok, run_module
+
+# The shared module-scoped fixtures (this module gets its own instances).
+env = test_finetune_common.env
+tiny_init = test_finetune_common.tiny_init
 
 N_EVAL = 32  # runlocal's max_eval_examples
 
@@ -61,20 +66,10 @@ def dev(dev_file):
     return data, out
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return cli_env(tmp_path_factory.mktemp("jax_cache"))
-
-
-@pytest.fixture(scope="module")
-def init(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("squad_init") / "init")
-
-
-def finetune(version: str, workdir, init, dev_file, env):
+def finetune(version: str, workdir, tiny_init, dev_file, env):
     r = run_module("bert_jax.finetune",
                    f"--config=configs/finetune/squad.py:version={version},runlocal",
-                   f"--workdir={workdir}", f"--config.init_checkpoint={init}",
+                   f"--workdir={workdir}", f"--config.init_checkpoint={tiny_init}",
                    f"--config.dev_file={dev_file}", "--config.length_buckets=(128,)",
                    "--config.learning_rate=1e-3", env=env)
     check_ok(r)
@@ -82,9 +77,9 @@ def finetune(version: str, workdir, init, dev_file, env):
 
 
 @pytest.fixture(scope="module")
-def v1(tmp_path_factory, init, dev_file, env):
+def v1(tmp_path_factory, tiny_init, dev_file, env):
     workdir = tmp_path_factory.mktemp("squad_v1") / "run"
-    return workdir, finetune("1.1", workdir, init, dev_file, env)
+    return workdir, finetune("1.1", workdir, tiny_init, dev_file, env)
 
 
 def check_nbest(preds: dict, nbest: dict, contexts: dict[str, str]) -> None:
@@ -125,12 +120,12 @@ def test_squad_v1_outputs(v1, dev):
     assert 0 <= res["exact_match"] <= res["f1"] <= 100
 
 
-def test_squad_v2_outputs(tmp_path, init, dev_file, dev, env):
+def test_squad_v2_outputs(tmp_path, tiny_init, dev_file, dev, env):
     """v2.0 from dev-v1.1 with unanswerable questions paired in: null_odds.json,
     the HasAns / NoAns breakdown and the headline scores as evaluate-v2.0
     computes them with the null-odds file and threshold 0."""
     data, gold = dev
-    out = finetune("2.0", tmp_path / "run", init, dev_file, env)
+    out = finetune("2.0", tmp_path / "run", tiny_init, dev_file, env)
     preds = json.loads((out / "predictions.json").read_text())
     nbest = json.loads((out / "nbest_predictions.json").read_text())
     odds = json.loads((out / "null_odds.json").read_text())
