@@ -13,6 +13,7 @@ Lines also come from positional arguments or, with --input=-, standard input.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 
@@ -150,16 +151,31 @@ def _lines(argv) -> list[str]:
     return [line for line in lines if line.strip()]
 
 
+def _check_input(argv) -> None:
+    """Reject missing input before loading the model, which takes seconds."""
+    if FLAGS.question is not None:
+        if not (FLAGS.context or "").strip():
+            raise ValueError("--question needs a non-empty --context")
+    elif FLAGS.input:
+        if FLAGS.input != "-" and not os.path.isfile(FLAGS.input):
+            raise FileNotFoundError(f"{FLAGS.input}: no such input file")
+    elif len(argv) < 2:
+        raise ValueError("no input: pass --input=FILE ('-' = stdin), text arguments, or "
+                         "--question and --context")
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)
     if not FLAGS.checkpoint:
         raise app.UsageError("--checkpoint is required")
     try:
+        _check_input(argv)
         pred = Predictor(FLAGS.checkpoint)
+        if pred.head != "span" and FLAGS.question is not None:
+            raise ValueError(f"--question/--context are for QA models; {FLAGS.checkpoint} is "
+                             f"a {pred.head} model")
         if pred.head == "span":
             if FLAGS.question is not None:
-                if not (FLAGS.context or "").strip():
-                    raise ValueError("--question needs a non-empty --context")
                 items = [("q", FLAGS.question, FLAGS.context)]
             elif FLAGS.input:
                 from bert_jax.finetune import squad
@@ -175,7 +191,7 @@ def main(argv):
             return 0
         lines = _lines(argv)
         if not lines:
-            raise ValueError("no input: pass --input=FILE or text arguments")
+            raise ValueError("no input: the input has only empty lines")
         if pred.head == "tagging":
             for line in lines:
                 ents = pred.entities(line)

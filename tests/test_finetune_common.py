@@ -245,16 +245,6 @@ def test_cli_missing_init_checkpoint(env, tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_cli_nonexistent_init_checkpoint(env, tmp_path):
-    missing = tmp_path / "no_such_model"
-    r = run_module("bert_jax.finetune", "--config=configs/finetune/glue.py:task=rte,runlocal",
-                   f"--workdir={tmp_path / 'w'}", f"--config.init_checkpoint={missing}",
-                   env=env)
-    assert r.returncode == 1
-    assert error_lines(r) == [f"error: {missing}: no such checkpoint"]
-    assert "Traceback" not in r.stderr
-
-
 def test_cli_missing_data_file(env, tiny_init, tmp_path):
     """A GLUE dir without RTE/train.tsv: one line naming the file."""
     empty = tmp_path / "glue"
@@ -267,22 +257,22 @@ def test_cli_missing_data_file(env, tiny_init, tmp_path):
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("task", ["squad", "conll2003"])
-def test_missing_data_file_in_process(task, tiny_init, tmp_path):
-    """SQuAD / CoNLL: a missing data file stops the run before any training,
-    with an error naming the file."""
+@pytest.mark.parametrize("missing_file", ["init_checkpoint", "squad", "conll2003"])
+def test_missing_file_in_process(missing_file, tiny_init, tmp_path):
+    """A missing checkpoint or data file stops the run before any training,
+    with an error naming the path."""
     from bert_jax.finetune import trainer
     from configs.finetune import conll2003 as conll_config
     from configs.finetune import squad as squad_config
 
     missing = tmp_path / "no_such_file.txt"
-    if task == "squad":
+    if missing_file == "squad":
         c = squad_config.get_config("version=1.1,runlocal")
         c.dev_file = str(missing)
     else:
         c = conll_config.get_config("runlocal")
         c.train_file = str(missing)
-    c.init_checkpoint = str(tiny_init)
+    c.init_checkpoint = str(missing if missing_file == "init_checkpoint" else tiny_init)
     with pytest.raises(FileNotFoundError, match=str(missing)):
         trainer.finetune(c, tmp_path / "w")
     assert not (tmp_path / "w" / "model").exists()
