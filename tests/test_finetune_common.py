@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
@@ -170,8 +171,8 @@ def test_local_rows_rejects_indivisible_batch(monkeypatch):
 
 
 def test_stsb_regression_in_process(tmp_path, monkeypatch):
-    """STS-B through `trainer.finetune` on the 8-device test mesh (the batch is
-    sharded over 'data'): Pearson / Spearman in eval_results.json equal scipy's
+    """STS-B through `trainer.finetune` on the 8-device test mesh (batch rows
+    over data x fsdp, parameters over fsdp): Pearson / Spearman in eval_results.json equal scipy's
     on the model's dev outputs against the gold scores read from dev.tsv."""
     from bert_jax.finetune import glue as glue_task
     from bert_jax.finetune import trainer
@@ -198,6 +199,8 @@ def test_stsb_regression_in_process(tmp_path, monkeypatch):
     c.eval_batch_size = 64
     c.length_buckets = (64,)   # one shape: one compilation of each program
     c.learning_rate = 1e-3
+    with c.unlocked():  # rows over data x fsdp, parameters sharded 4 ways over fsdp
+        c.mesh = ml_collections.ConfigDict({"shape": (2, 4, 1)})
     workdir = tmp_path / "run"
     summary = trainer.finetune(c, workdir)
 

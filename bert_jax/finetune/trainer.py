@@ -267,7 +267,16 @@ def finetune(config, workdir) -> dict:
     return {}
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host. A parameter sharded over devices of other
+    processes (fsdp across hosts) is gathered; every process must call this."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def _host_params(params, scanned: bool) -> dict[str, np.ndarray]:
     from bert_jax.params import pure_to_flat, unstack_layers
-    flat = {k: np.asarray(jax.device_get(v)) for k, v in pure_to_flat(params).items()}
+    flat = {k: _to_host(v) for k, v in pure_to_flat(params).items()}
     return unstack_layers(flat) if scanned else flat
