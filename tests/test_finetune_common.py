@@ -279,3 +279,31 @@ def test_missing_file_in_process(missing_file, tiny_init, tmp_path):
     with pytest.raises(FileNotFoundError, match=str(missing)):
         trainer.finetune(c, tmp_path / "w")
     assert not (tmp_path / "w" / "model").exists()
+
+
+# ------------------------------------------------------------------- sweeps
+
+
+def test_sweep_aggregate_best_and_mean():
+    """Per learning rate: mean / sample std / n over seeds; best single run and
+    best mean; a NaN (a diverged or constant-output run) counts as missing."""
+    from bert_jax.finetune import sweep
+
+    runs = [{"lr": 2e-5, "seed": 0, "metrics": {"dev/accuracy": 0.60, "dev/f1": 0.50}},
+            {"lr": 2e-5, "seed": 1, "metrics": {"dev/accuracy": 0.70, "dev/f1": 0.52}},
+            {"lr": 2e-5, "seed": 2, "metrics": {"dev/accuracy": 0.65, "dev/f1": float("nan")}},
+            {"lr": 5e-5, "seed": 0, "metrics": {"dev/accuracy": float("nan"), "dev/f1": 0.40}},
+            {"lr": 5e-5, "seed": 1, "metrics": {"dev/accuracy": 0.68}}]
+    res = sweep.aggregate(runs)
+    acc = res["by_lr"]["2e-05"]["dev/accuracy"]
+    assert acc["n"] == 3 and acc["mean"] == pytest.approx(0.65)
+    assert acc["std"] == pytest.approx(np.std([0.60, 0.70, 0.65], ddof=1))
+    assert res["by_lr"]["2e-05"]["dev/f1"] == {"mean": pytest.approx(0.51),
+                                               "std": pytest.approx(np.std([0.5, 0.52], ddof=1)),
+                                               "n": 2}
+    assert res["by_lr"]["5e-05"]["dev/accuracy"] == {"mean": 0.68, "std": 0.0, "n": 1}
+    assert res["best"] == {"dev/accuracy": 0.70, "dev/f1": 0.52}
+    assert res["best_mean_over_seeds"] == {"dev/accuracy": pytest.approx(0.68),
+                                           "dev/f1": pytest.approx(0.51)}
+    assert json.loads(json.dumps(res["by_lr"])) == res["by_lr"]  # no NaN left in the table
+    assert "best single run: dev/accuracy=0.7000, dev/f1=0.5200" in sweep.format_table(res)

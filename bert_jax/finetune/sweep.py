@@ -3,6 +3,7 @@ the HF Flax GLUE table reports its runs)."""
 
 from __future__ import annotations
 
+import math
 import pathlib
 import statistics
 
@@ -21,20 +22,30 @@ def _final_metrics(summary: dict) -> dict[str, float]:
 
 def aggregate(runs: list[dict]) -> dict:
     """runs: [{'lr', 'seed', 'metrics': {name: value}}] -> per lr: mean/std/n per
-    metric; overall best (single run) and best mean over seeds."""
+    metric; overall best (single run) and best mean over seeds.
+
+    A NaN metric (e.g. Pearson of a run that predicts a constant, as a too
+    large learning rate can cause) counts as missing: `n` is the number of
+    runs with a finite value, and a NaN never hides the best run."""
+    def finite(ms: list[dict], name: str) -> list[float]:
+        return [m[name] for m in ms if name in m and math.isfinite(m[name])]
+
     by_lr: dict[float, list[dict]] = {}
     for r in runs:
         by_lr.setdefault(r["lr"], []).append(r["metrics"])
+    names = sorted(set().union(*(r["metrics"] for r in runs))) if runs else []
     table = {}
     for lr, ms in by_lr.items():
-        names = sorted(set().union(*ms))
-        table[str(lr)] = {
-            n: {"mean": statistics.fmean(m[n] for m in ms if n in m),
-                "std": statistics.stdev([m[n] for m in ms if n in m]) if len(ms) > 1 else 0.0,
-                "n": sum(n in m for m in ms)} for n in names}
-    names = sorted(set().union(*(r["metrics"] for r in runs))) if runs else []
-    best = {n: max(r["metrics"].get(n, float("-inf")) for r in runs) for n in names}
-    best_mean = {n: max(v[n]["mean"] for v in table.values() if n in v) for n in names}
+        table[str(lr)] = {}
+        for n in names:
+            vals = finite(ms, n)
+            if vals:
+                table[str(lr)][n] = {"mean": statistics.fmean(vals),
+                                     "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                                     "n": len(vals)}
+    all_metrics = [r["metrics"] for r in runs]
+    best = {n: max(finite(all_metrics, n)) for n in names if finite(all_metrics, n)}
+    best_mean = {n: max(v[n]["mean"] for v in table.values() if n in v) for n in best}
     return {"runs": runs, "by_lr": table, "best": best, "best_mean_over_seeds": best_mean}
 
 
