@@ -15,7 +15,9 @@ def _final_metrics(summary: dict) -> dict[str, float]:
     for split, res in summary.get("final", {}).items():
         if isinstance(res, dict):
             for k, v in res.items():
-                if isinstance(v, (int, float)):
+                # NaN (undefined, e.g. Pearson of constant predictions) is left
+                # out, so sweep_results.json stays strict JSON.
+                if isinstance(v, (int, float)) and math.isfinite(v):
                     out[f"{split}/{k}"] = float(v)
     return out
 
