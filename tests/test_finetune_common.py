@@ -205,6 +205,9 @@ def test_stsb_regression_in_process(tmp_path, monkeypatch):
     summary = trainer.finetune(c, workdir)
 
     assert summary["steps"] == 4
+    strict = json.loads((workdir / "summary.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))
+    assert strict["final"]["dev"]["pearson"] == summary["final"]["dev"]["pearson"]
     res = json.loads((workdir / "eval" / "epoch_1" / "dev" / "eval_results.json").read_text())
     assert res["num_examples"] == 1500
     assert summary["final"]["dev"]["pearson"] == pytest.approx(res["pearson"])

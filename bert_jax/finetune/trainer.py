@@ -261,10 +261,22 @@ def finetune(config, workdir) -> dict:
                    "train_tokens_processed": total_tokens,
                    "final": history[-1] if history else {}, "history": history}
         tmp = workdir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, default=float))
+        tmp.write_text(json.dumps(_strict_json(summary), indent=2))
         os.replace(tmp, workdir / "summary.json")
         return summary
     return {}
+
+
+def _strict_json(obj):
+    """`obj` with numpy scalars as Python numbers and NaN / inf as None (null),
+    as the GLUE eval_results.json writes an undefined metric."""
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj.item() if isinstance(obj, np.generic) else obj
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
