@@ -9,29 +9,39 @@ fails to restore and we fall back to the previous one with a warning.
 
 from __future__ import annotations
 
-import logging
 import os
 import pathlib
+import sys
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-
-log = logging.getLogger(__name__)
 
 
 def _dir(workdir) -> pathlib.Path:
     return pathlib.Path(os.path.abspath(workdir)) / "checkpoints"
 
 
+def _warn_unreadable(step: int, e: Exception) -> None:
+    first = (str(e).splitlines() or [""])[0][:200]
+    print(f"warning: checkpoint step {step} is unreadable ({type(e).__name__}: {first}); "
+          "falling back to the previous one", file=sys.stderr, flush=True)
+
+
 class Checkpointer:
     def __init__(self, workdir, save_every: int, keep: int = 3, keep_every: int | None = None,
                  async_save: bool = True):
+        self.every = max(int(save_every), 1)
+        # cleanup_tmp_directories: a save cut short by a crash leaves a
+        # `<step>.orbax-checkpoint-tmp-*` directory that is never listed as a
+        # step; remove it on the next start.
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, keep_period=keep_every or None,
-            save_interval_steps=max(int(save_every), 1),
-            enable_async_checkpointing=async_save, create=True)
-        self.manager = ocp.CheckpointManager(_dir(workdir), options=options,
+            save_interval_steps=self.every, enable_async_checkpointing=async_save,
+            create=True, cleanup_tmp_directories=True)
+        self.directory = _dir(workdir)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "data"))
 
     def steps(self) -> list[int]:
@@ -42,25 +52,47 @@ class Checkpointer:
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
 
     def should_save(self, step: int) -> bool:
-        return self.manager.should_save(step)
+        """Every `save_every` steps. (Orbax's own policy would also save the first
+        step of a fresh run and needs a preemption sync point per call.)"""
+        return step % self.every == 0
 
     def reached_preemption(self, step: int) -> bool:
         return self.manager.reached_preemption(step)
 
     def restore_latest(self, abstract_state):
         """(step, state, data_state) from the newest step that restores cleanly,
-        or None when there is none."""
+        or None when there is none. Newer steps that fail are set aside."""
+        unreadable = []
+        found = None
         for step in reversed(self.steps()):
             try:
                 out = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-                return step, out["state"], out["data"]
+                found = step, out["state"], out["data"]
+                break
             except Exception as e:  # noqa: BLE001 - any unreadable file means "skip this step"
-                log.warning("checkpoint step %d is unreadable (%s: %s); falling back to the "
-                            "previous one", step, type(e).__name__, str(e).splitlines()[0][:200])
-                print(f"warning: checkpoint step {step} is unreadable "
-                      f"({type(e).__name__}); falling back to the previous one", flush=True)
-        return None
+                _warn_unreadable(step, e)
+                unreadable.append(step)
+        if unreadable:
+            self._set_aside(unreadable)
+        return found
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Move unreadable steps to workdir/checkpoints_unreadable/ (kept for a
+        post-mortem): the run will save those step numbers again, which orbax
+        refuses while the old directories exist."""
+        if jax.process_index() == 0:
+            dest = self.directory.parent / "checkpoints_unreadable"
+            dest.mkdir(exist_ok=True)
+            for step in steps:
+                target = dest / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(self.directory / str(step), target)
+                print(f"warning: moved unreadable checkpoint step {step} to {target}",
+                      file=sys.stderr, flush=True)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("bert_jax_checkpoints_set_aside")
+        self.manager.reload()
 
     def wait(self):
         self.manager.wait_until_finished()
@@ -70,33 +102,55 @@ class Checkpointer:
         self.manager.close()
 
 
-def load_latest_params(workdir) -> dict[str, np.ndarray]:
-    """Canonical flat params of the newest readable checkpoint (for conversion,
-    fine-tuning init and inference), on the host."""
-    from bert_jax.model_dir import unnest
+def _host_manager(workdir) -> ocp.CheckpointManager:
     ckdir = _dir(workdir)
     if not ckdir.exists():
         raise FileNotFoundError(f"{workdir}: no checkpoints/ directory")
-    manager = ocp.CheckpointManager(ckdir, item_names=("state", "data"))
+    # Handlers named up front: without them the manager cannot read metadata.
+    return ocp.CheckpointManager(ckdir, item_names=("state", "data"), item_handlers={
+        "state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
+
+
+def _restore_on_host(manager: ocp.CheckpointManager, step: int,
+                     keys: tuple[str, ...]) -> dict:
+    meta = manager.item_metadata(step)["state"]
+    tree = getattr(meta, "tree", meta)
+    target = {k: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree[k],
+                              is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+              for k in keys}
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, partial_restore=True,
+        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target))))
+    return restored["state"]
+
+
+def load_state_on_host(workdir, step: int,
+                       keys: tuple[str, ...] = ("step", "params", "opt_state")) -> dict:
+    """The saved train state of `step` as nested dicts of numpy arrays (any mesh;
+    optimizer state in orbax's dict form)."""
+    manager = _host_manager(workdir)
     try:
-        for step in reversed(sorted(manager.all_steps())):
+        return _restore_on_host(manager, step, keys)
+    finally:
+        manager.close()
+
+
+def load_latest_params(workdir, step: int | None = None) -> dict[str, np.ndarray]:
+    """Canonical flat params of the newest readable checkpoint (or of `step`) for
+    conversion, fine-tuning init and inference, on the host."""
+    from bert_jax.model_dir import unnest
+    from bert_jax.params import unstack_layers
+    manager = _host_manager(workdir)
+    try:
+        steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+        for s in steps:
             try:
-                meta = manager.item_metadata(step)["state"]
-                tree = getattr(meta, "tree", meta)
-                target = jax.tree.map(
-                    lambda m: np.zeros(m.shape, m.dtype), tree["params"],
-                    is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
-                restored = manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(
-                        item={"params": target},
-                        restore_args=jax.tree.map(
-                            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), {"params": target}),
-                        partial_restore=True)))
-                from bert_jax.params import unstack_layers
-                return unstack_layers(unnest(restored["state"]["params"]))
-            except Exception as e:  # noqa: BLE001
-                print(f"warning: checkpoint step {step} is unreadable ({type(e).__name__}); "
-                      "falling back to the previous one", flush=True)
+                params = _restore_on_host(manager, s, ("params",))["params"]
+                return unstack_layers(unnest(params))
+            except Exception as e:  # noqa: BLE001 - any unreadable file means "skip this step"
+                if step is not None:
+                    raise
+                _warn_unreadable(s, e)
         raise FileNotFoundError(f"{workdir}: no readable checkpoint")
     finally:
         manager.close()

@@ -15,7 +15,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
@@ -56,9 +56,14 @@ def pretraining_objective(nsp: bool, gathered: bool) -> training.Objective:
 
 
 def bert_config(config, vocab_size: int) -> BertConfig:
+    """The model config: the named size, then any explicit model.* overrides."""
     m = config.model
+    arch = {name: m.get(key, 0) for key, name in (
+        ("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
+        ("num_heads", "num_attention_heads"), ("intermediate_size", "intermediate_size"))}
     return BertConfig.named(
-        m.size, vocab_size=vocab_size, dtype=m.dtype, attention_impl=m.attention_impl,
+        m.size, **{k: v for k, v in arch.items() if v}, vocab_size=vocab_size, dtype=m.dtype,
+        attention_impl=m.attention_impl,
         scan_layers=m.scan_layers, remat_policy=m.remat_policy,
         hidden_dropout_prob=m.hidden_dropout_prob,
         attention_probs_dropout_prob=m.attention_probs_dropout_prob,
@@ -109,6 +114,7 @@ def train(config, workdir: str) -> dict:
     # ---- Mesh -------------------------------------------------------------------------
     mesh = sharding.make_mesh(config.mesh.shape)
     rules = sharding.DEFAULT_RULES
+    peak = flops.device_peak_flops()  # before set_mesh: on CPU it runs a one-device matmul
 
     # ---- Data -------------------------------------------------------------------------
     pipe = _open_pipeline(config.data, G)
@@ -169,7 +175,6 @@ def train(config, workdir: str) -> dict:
         seq_flops = flops.train_flops_per_sequence(
             cfg, config.data.max_seq_length,
             config.data.max_predictions_per_seq if gathered else config.data.max_seq_length)
-        peak = flops.device_peak_flops()
         n_dev = jax.device_count()
         bar = tqdm(total=n_steps, initial=start_step, disable=not is_main, unit="step",
                    dynamic_ncols=True, desc="pretrain")
@@ -187,9 +192,11 @@ def train(config, workdir: str) -> dict:
             m = jax.device_get(m)
             if not m["finite"]:
                 raise FloatingPointError(
-                    f"non-finite loss or gradient at step {s + 1} (loss={m['loss']}, "
-                    f"grad_norm={m['grad_norm']}); the last checkpoint is intact "
-                    f"(steps {ckpt.steps()})")
+                    f"non-finite loss, gradient or update at step {s + 1} "
+                    f"(loss={m['loss']}, grad_norm={m['grad_norm']}, "
+                    f"update_norm={m['update_norm']}); stopped, the parameters of that step "
+                    f"were not applied; checkpoints kept: {ckpt.steps()}")
+            summary.update(final_loss=float(m["loss"]), final_loss_step=s + 1)
             for k, v in m.items():
                 window[k] = window.get(k, 0.0) + float(v)
             window_steps += 1
@@ -211,7 +218,7 @@ def train(config, workdir: str) -> dict:
                 must_save = ckpt.should_save(done) or done == n_steps
                 must_eval = eval_fn is not None and (done % config.eval_every == 0
                                                      or done == n_steps)
-                stop = preempt.set or ckpt.reached_preemption(done)
+                stop = preempt.reached(done)
                 if must_log or must_save or must_eval or stop:
                     _, last = consume(pending)
                     pending = None
@@ -261,6 +268,13 @@ def train(config, workdir: str) -> dict:
             preempt.restore()
             ckpt.close()
             writer.close()
+    if "final_loss" in summary:
+        # Every process prints it (multi-host launchers collect each task's output).
+        print(f"final loss {summary['final_loss']:.9g} at step {summary['final_loss_step']} "
+              f"(process {jax.process_index()} of {jax.process_count()})", flush=True)
+    elif is_main:
+        print(f"nothing to do: {workdir} is already at step {start_step} of {n_steps}",
+              flush=True)
     summary.update(final_step=int(jax.device_get(state["step"])),
                    wall_time_sec=time.perf_counter() - t_start,
                    num_devices=n_dev, num_processes=jax.process_count(),
@@ -281,6 +295,9 @@ def main(argv):
     del argv
     if FLAGS.config is None or not FLAGS.workdir:
         raise app.UsageError("--config and --workdir are required")
+    if not FLAGS["verbosity"].present:
+        # orbax logs every checkpoint step at INFO; the progress bar says enough.
+        logging.set_verbosity(logging.WARNING)
     d = FLAGS.config.distributed
     distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
     try:

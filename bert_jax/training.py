@@ -179,13 +179,16 @@ def train_step(state, batch, rng, *, graphdef, objective: Objective, optimizer, 
     grad_norm = optax.global_norm(grads)
     updates, new_opt = optimizer.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    update_norm = optax.global_norm(updates)
+    # The update too: finite gradients times an overflowing learning rate would
+    # otherwise put inf into the parameters one step before the loss shows it.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
     new_state = {"step": step + 1,
                  "params": _tree_where(finite, new_params, params),
                  "opt_state": _tree_where(finite, new_opt, state["opt_state"])}
     metrics = {**sums, **{f"total_{k}": v for k, v in totals.items()}, "loss": loss,
                "grad_norm": grad_norm, "param_norm": optax.global_norm(new_params),
-               "update_norm": optax.global_norm(updates), "lr": schedule(step),
+               "update_norm": update_norm, "lr": schedule(step),
                "finite": finite.astype(jnp.float32)}
     return new_state, metrics
 
@@ -245,8 +248,8 @@ class MetricWriter:
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(x + "\n" for x in kept))
             os.replace(tmp, self.path)
-        from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"), purge_step=resume_step + 1)
+        self._tb = _summary_writer_class()(str(pathlib.Path(workdir) / "tb"),
+                                           purge_step=resume_step + 1)
         self._f = open(self.path, "a")
 
     def write(self, step: int, metrics: dict[str, float], prefix: str = ""):
@@ -265,6 +268,21 @@ class MetricWriter:
             self._tb.close()
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports
+    torch (2-3 s, ~1 GB) when present only to accept torch tensors; we log floats."""
+    import sys
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 def _jsonable(v):
     v = float(v) if isinstance(v, (np.floating, np.integer, jax.Array)) else v
     if isinstance(v, float) and not math.isfinite(v):
@@ -276,11 +294,22 @@ def _jsonable(v):
 
 
 class PreemptionFlag:
-    """Set by SIGTERM (what schedulers and spot VMs send before killing us)."""
+    """Whether to save and stop now (SIGTERM: what schedulers and spot VMs send
+    before killing us).
+
+    One process: our SIGTERM handler sets `set`. Several processes: JAX's
+    preemption service (started by `jax.distributed.initialize`) catches SIGTERM
+    on any process and picks one step at which all of them stop together; a
+    per-process flag would let one process leave while the others wait in a
+    collective, so no Python handler is installed there. Call `reached(step)`
+    once per step on every process.
+    """
 
     def __init__(self):
         self.set = False
         self._old = None
+        if jax.process_count() > 1:
+            return
         try:
             self._old = signal.signal(signal.SIGTERM, self._handler)
         except ValueError:  # not the main thread
@@ -289,6 +318,15 @@ class PreemptionFlag:
     def _handler(self, signum, frame):
         del signum, frame
         self.set = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() == 1:
+            return self.set
+        from jax.experimental import multihost_utils
+        try:
+            return multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError:  # jax_enable_preemption_service=False
+            return False
 
     def restore(self):
         if self._old is not None:

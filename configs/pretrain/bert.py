@@ -41,6 +41,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.model.attention_probs_dropout_prob = 0.1
     c.model.max_position_embeddings = 512
     c.model.mlm_head = "gathered"         # gathered: only at masked positions; dense: all
+    # Explicit architecture overrides of `size` (0 = the size's value): tests and
+    # experiments with shapes outside the named sizes.
+    c.model.hidden_size = 0
+    c.model.num_layers = 0
+    c.model.num_heads = 0
+    c.model.intermediate_size = 0
 
     c.data = default_data_config()
     phase2 = args["phase"] == 2
