@@ -1,0 +1,131 @@
+"""Training curves from a workdir's metrics.jsonl, as one PNG.
+
+    python -m bert_jax.plot WORKDIR [--out=WORKDIR/curves.png]
+
+Four panels over the step: losses (train and held-out `eval_*`), accuracies
+(train and held-out), throughput (sequences/s; windows that include
+compilation are left out) and the learning rate. Works for pretraining
+(MLM/NSP) and fine-tuning workdirs alike: every metric whose name ends in
+`loss` or contains `accuracy` is drawn. The PNG is written to a temp file and
+renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import sys
+
+from absl import app, flags
+
+PANELS = ("loss", "accuracy", "throughput", "learning rate")
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Records of a metrics.jsonl. A cut last line (a run still writing, or
+    killed mid-line) is skipped; any other bad line is an error naming it."""
+    path = pathlib.Path(path)
+    lines = path.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{i + 1}: not a JSON object ({e.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            raise ValueError(f"{path}:{i + 1}: expected an object with an integer 'step'")
+        out.append(rec)
+    return out
+
+
+def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of `key`, finite numbers only ("nan" is logged as a string)."""
+    steps, values = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            if key == "sequences_per_sec" and r.get("includes_compile"):
+                continue
+            steps.append(r["step"])
+            values.append(float(v))
+    return steps, values
+
+
+def panel_keys(records: list[dict]) -> dict[str, list[str]]:
+    """Which metrics go into which panel (in first-seen order)."""
+    keys: list[str] = []
+    for r in records:
+        keys += [k for k in r if k not in keys]
+    return {
+        "loss": [k for k in keys if k.endswith("loss")],
+        "accuracy": [k for k in keys if "accuracy" in k],
+        "throughput": [k for k in keys if k == "sequences_per_sec"],
+        "learning rate": [k for k in keys if k == "lr"],
+    }
+
+
+def plot_curves(records: list[dict], out: str | os.PathLike, title: str = "") -> dict:
+    """Draw the panels into `out` (PNG); returns {panel: [metric names drawn]}."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn: dict[str, list[str]] = {}
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    for ax, (panel, keys) in zip(axes.flat, panel_keys(records).items()):
+        drawn[panel] = []
+        for key in keys:
+            x, y = series(records, key)
+            if x:
+                held_out = key.startswith("eval_")
+                ax.plot(x, y, "o-" if held_out else "-", label=key, markersize=3)
+                drawn[panel].append(key)
+        ax.set_title(panel)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if drawn[panel]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = pathlib.Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return drawn
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", None, "PNG to write (default WORKDIR/curves.png).")
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise app.UsageError("usage: python -m bert_jax.plot WORKDIR [--out=FILE.png]")
+    workdir = pathlib.Path(argv[1])
+    metrics = workdir / "metrics.jsonl"
+    out = pathlib.Path(FLAGS.out) if FLAGS.out else workdir / "curves.png"
+    try:
+        if not metrics.is_file():
+            raise FileNotFoundError(f"{metrics}: no such file (is {workdir} a training workdir?)")
+        records = read_metrics(metrics)
+        if not records:
+            raise ValueError(f"{metrics}: no records yet")
+        drawn = plot_curves(records, out, title=str(workdir))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({', '.join(k for keys in drawn.values() for k in keys)})")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
