@@ -37,7 +37,7 @@ def load(checkpoint: str | os.PathLike):
     from bert_jax import convert, model_dir
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.heads import build_model
-    from bert_jax.params import assign_params
+    from bert_jax.params import flat_into_pure
 
     report: list[str] = []
     cfg, _, flat = convert.read_any(checkpoint, head="pretraining", report=report)
@@ -48,9 +48,13 @@ def load(checkpoint: str | os.PathLike):
     vocab = model_dir.vocab_path(checkpoint)
     if vocab is None:
         raise FileNotFoundError(f"{checkpoint}: no vocab.txt or *.model next to the weights")
-    model = build_model(cfg, "pretraining")
-    assign_params(model, flat, source=str(checkpoint))
-    return model, load_tokenizer(vocab)
+    # Built abstractly and filled from the checkpoint (an eager build would run
+    # every initializer op by op first). read_any returns every parameter of
+    # the pretraining model, so nothing stays abstract.
+    abstract = nnx.eval_shape(lambda: build_model(cfg.replace(scan_layers=False), "pretraining"))
+    graphdef, state = nnx.split(abstract)
+    nnx.replace_by_pure_dict(state, flat_into_pure(nnx.to_pure_dict(state), flat, scanned=False))
+    return nnx.merge(graphdef, state), load_tokenizer(vocab)
 
 
 def mask_probabilities(model, tokenizer, texts: list[str]) -> list[np.ndarray]:

@@ -26,3 +26,36 @@ def data_path(*parts: str):
 @pytest.fixture(scope="session")
 def shared_data_dir():
     return data_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_pretraining_data(tmp_path_factory):
+    """Real text for pretraining tests: a 2000-token WordPiece vocab trained on
+    three ELTeC novels, those novels prepared for pretraining ('train') and two
+    other novels prepared with the same vocab as held-out data ('heldout')."""
+    from bert_jax.data.prepare import prepare_corpus
+    from bert_jax.data.vocab import train_vocab
+
+    novels = sorted(data_path("corpus", "eltec-eng").glob("*.txt"))
+    train = ",".join(f"raw:{p}" for p in novels[:3])
+    heldout = ",".join(f"raw:{p}" for p in novels[3:5])
+    root = tmp_path_factory.mktemp("tiny_pretraining_data")
+    vocab = train_vocab(train, 2000, root / "vocab.txt")
+    for name, corpus in (("train", train), ("heldout", heldout)):
+        prepare_corpus(corpus, vocab, root / name, num_workers=1, progress=False)
+    return {"vocab": vocab, "train": root / "train", "heldout": root / "heldout"}
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrain_args(tiny_pretraining_data):
+    """`python -m bert_jax.pretrain` arguments of a test-sized BERT (L2/H32, seq 32,
+    batch 16, 20 steps) on `tiny_pretraining_data`; append --workdir and overrides."""
+    return [
+        "--config=configs/pretrain/bert_tiny.py:runlocal",
+        f"--config.data.prepared_dir={tiny_pretraining_data['train']}",
+        "--config.data.max_seq_length=32", "--config.data.max_predictions_per_seq=5",
+        "--config.model.hidden_size=32", "--config.model.num_layers=2",
+        "--config.model.num_heads=2", "--config.model.intermediate_size=64",
+        "--config.global_batch_size=16", "--config.num_train_steps=20",
+        "--config.log_every=1", "--config.checkpoint.every=5", "--config.checkpoint.keep=10",
+    ]

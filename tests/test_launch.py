@@ -318,24 +318,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_slurm_two_tasks_join_one_jax_job(probe_python):
-    """slurm.sbatch's task logic, run as the two processes srun would start."""
+def _slurm_tasks(args: list[str], python: str, devices: int, timeout: float,
+                 **env: str) -> tuple[str, list[str]]:
+    """Run slurm.sbatch --no-srun as the two tasks srun would start on one
+    node list (localhost); returns the coordinator port and each task's stdout
+    once both exited 0."""
     port = str(_free_port())
     procs = [subprocess.Popen(
-        ["bash", str(LAUNCH / "slurm.sbatch"), "--no-srun", "pretrain", "--workdir=/shared/w"],
-        env=_env(PYTHON=probe_python, SLURM_JOB_NODELIST="localhost", SLURM_NTASKS="2",
+        ["bash", str(LAUNCH / "slurm.sbatch"), "--no-srun", *args],
+        env=_env(PYTHON=python, SLURM_JOB_NODELIST="localhost", SLURM_NTASKS="2",
                  SLURM_PROCID=str(rank), BERT_JAX_COORDINATOR_PORT=port, JAX_PLATFORMS="cpu",
-                 XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+                 XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **env),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) for rank in (0, 1)]
     try:
-        outs = [p.communicate(timeout=90) for p in procs]
+        outs = [p.communicate(timeout=timeout) for p in procs]
     finally:
         for p in procs:
             p.kill()
-    reports = []
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-        reports.append(_parse_probe(out))
+    return port, [out for out, _ in outs]
+
+
+def test_slurm_two_tasks_join_one_jax_job(probe_python):
+    """slurm.sbatch's task logic, run as the two processes srun would start."""
+    port, outs = _slurm_tasks(["pretrain", "--workdir=/shared/w"], probe_python, 2, 90)
+    reports = [_parse_probe(out) for out in outs]
     for rank, report in enumerate(reports):
         assert report["argv"] == ["-m", "bert_jax.pretrain", "--workdir=/shared/w"]
         assert report["env"]["BERT_JAX_COORDINATOR_ADDRESS"] == f"localhost:{port}"
@@ -367,3 +375,25 @@ def test_tpu_vm_real_run_creates_and_deletes_on_failure(tmp_path):
     assert proc.returncode == 3, proc.stderr
     calls = [line.split()[:5] for line in log.read_text().splitlines()]
     assert [c[3] for c in calls] == ["describe", "create", "scp", "ssh", "ssh", "delete"]
+
+
+def test_slurm_two_tasks_pretrain_as_one_job(tmp_path, tiny_pretrain_args):
+    """slurm.sbatch's task logic starting two real `bert_jax.pretrain` processes
+    on one shared workdir: they train as one jax.distributed job (one device
+    each), process 0 alone logs, and both report the same final loss."""
+    workdir = tmp_path / "shared_workdir"
+    args = [*tiny_pretrain_args, "--config.num_train_steps=3", f"--workdir={workdir}"]
+    # Compile time dominates a 3-step run; the numbers themselves are not under test.
+    _, outs = _slurm_tasks(["pretrain", *args], sys.executable, 1, 600,
+                        JAX_DISABLE_MOST_OPTIMIZATIONS="true")
+    finals = []
+    for rank, out in enumerate(outs):
+        [line] = [x for x in out.splitlines() if x.startswith("final loss ")]
+        assert line.endswith(f"at step 3 (process {rank} of 2)")
+        finals.append(float(line.split()[2]))
+    assert finals[0] == finals[1]
+    logged = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3]
+    assert logged[-1]["loss"] == pytest.approx(finals[0], rel=1e-6)
+    assert (workdir / "checkpoints" / "3").is_dir()
+    assert json.loads((workdir / "summary.json").read_text())["num_devices"] == 2
