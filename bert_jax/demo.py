@@ -19,7 +19,7 @@ import sys
 from absl import app, flags, logging
 
 # pretrain defines --workdir (and --config); the demo reuses its --workdir.
-from bert_jax import pretrain
+from bert_jax import fill_mask, plot, pretrain
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 0, "Override the number of pretraining steps (0 = config's).")
@@ -78,20 +78,11 @@ def main(argv):
         ev = summary["eval"]
         print("held-out: " + ", ".join(f"{k}={v:.3f}" for k, v in ev.items()))
     print("[4/4] curves and fill-mask predictions", flush=True)
-    try:
-        from bert_jax import plot
-        png = plot.plot_workdir(run)
-        print(f"wrote {png}")
-    except ImportError:
-        pass
-    try:
-        from bert_jax import fill_mask
-        for sentence in SENTENCES:
-            preds = fill_mask.fill_mask(str(run), [sentence], top_k=5)[0]
-            print(f"{sentence}\n  " + "  ".join(
-                f"{p['token']} ({p['score']:.2f})" for p in preds[0]))
-    except ImportError:
-        pass
+    png = run / "curves.png"
+    plot.plot_curves(plot.read_metrics(run / "metrics.jsonl"), png, title="make demo: BERT-tiny")
+    print(f"wrote {png}")
+    for text, preds in zip(SENTENCES, fill_mask.fill_mask(run, SENTENCES, 5)):
+        print(fill_mask.render(text, preds))
     return 0
 
 
