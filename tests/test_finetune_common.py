@@ -1,6 +1,6 @@
 """Shared pieces of the fine-tuning end-to-end tests, and tests of the trainer's
 own logic: multi-process row slicing, STS-B (regression) in-process on the
-8-device test mesh, and bad input through the CLI.
+8-device test mesh, bad input (CLI and in-process) and sweep aggregation.
 
 The other test_finetune_*.py files import the helpers below. Every run starts
 from a tiny random BERT (hidden 32, 1 layer) with the real bert-base-uncased

@@ -140,6 +140,17 @@ def evaluate_task(task, predict, params, out_dir, eval_batch_size) -> dict[str, 
 
 
 def finetune(config, workdir) -> dict:
+    """Fine-tune `config.init_checkpoint` on `config.task` into `workdir`.
+
+    Evaluates at every epoch end, then writes test predictions (where the task
+    has them), the model dir `workdir/model` and summary.json. Every process
+    must call this (the steps and forward passes are collective).
+
+    Returns:
+      On process 0 the summary ({'task', 'steps', 'train_time_sec',
+      'train_tokens_processed', 'final': {'epoch', 'step', <split>: metrics},
+      'history': [per epoch]}); {} on the other processes.
+    """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
