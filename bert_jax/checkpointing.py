@@ -33,6 +33,13 @@ class Checkpointer:
     def __init__(self, workdir, save_every: int, keep: int = 3, keep_every: int | None = None,
                  async_save: bool = True):
         self.every = max(int(save_every), 1)
+        if jax.process_count() == 1:
+            # Replica-parallel saving cuts every replicated array into one slice
+            # per device so that several hosts share the writing; with a single
+            # host it only adds a slice op per array and device to every save.
+            ocp.type_handlers.register_type_handler(
+                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+                override=True)
         # cleanup_tmp_directories: a save cut short by a crash leaves a
         # `<step>.orbax-checkpoint-tmp-*` directory that is never listed as a
         # step; remove it on the next start.

@@ -114,7 +114,6 @@ def train(config, workdir: str) -> dict:
     # ---- Mesh -------------------------------------------------------------------------
     mesh = sharding.make_mesh(config.mesh.shape)
     rules = sharding.DEFAULT_RULES
-    peak = flops.device_peak_flops()  # before set_mesh: on CPU it runs a one-device matmul
 
     # ---- Data -------------------------------------------------------------------------
     pipe = _open_pipeline(config.data, G)
@@ -124,6 +123,10 @@ def train(config, workdir: str) -> dict:
         eval_cfg = config.data.copy_and_resolve_references()
         eval_cfg.prepared_dir = config.eval_data.prepared_dir
         eval_pipe = _open_pipeline(eval_cfg, G)
+        if eval_pipe.corpus.vocab_fingerprint != pipe.corpus.vocab_fingerprint:
+            raise ValueError(f"eval_data.prepared_dir={config.eval_data.prepared_dir} was "
+                             f"prepared with another vocabulary than {config.data.prepared_dir}")
+    peak = flops.device_peak_flops()  # before set_mesh: on CPU it runs a one-device matmul
 
     # ---- Model + optimizer ------------------------------------------------------------
     cfg = bert_config(config, tokenizer.vocab_size)
