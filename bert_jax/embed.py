@@ -138,15 +138,20 @@ def read_lines(path: str | os.PathLike) -> tuple[list[str], list[str | None] | N
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "Model dir, training workdir, HF dir or TF1 dir.")
-flags.DEFINE_string("input", None, "Text file: one example per line, tab separates a pair.")
-flags.DEFINE_string("output", None, "Output .npz path.")
-flags.DEFINE_enum("pooling", "pooler", list(POOLINGS), "Sentence vector.")
-flags.DEFINE_bool("all_layers", False, "Also write hidden_states (L+1, N, T, H).")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-flags.DEFINE_integer("batch_size", 32, "Examples per forward pass.")
-flags.DEFINE_integer("max_length", 512, "Truncate examples to this many tokens.")
-flags.DEFINE_string("vocab", None, "Vocabulary, if the checkpoint has none.")
+
+
+def define_flags() -> None:
+    """CLI flags, defined only when run as a program: embed, predict and
+    fill_mask share flag names and may be imported into one process."""
+    flags.DEFINE_string("checkpoint", None, "Model dir, training workdir, HF dir or TF1 dir.")
+    flags.DEFINE_string("input", None, "Text file: one example per line, tab separates a pair.")
+    flags.DEFINE_string("output", None, "Output .npz path.")
+    flags.DEFINE_enum("pooling", "pooler", list(POOLINGS), "Sentence vector.")
+    flags.DEFINE_bool("all_layers", False, "Also write hidden_states (L+1, N, T, H).")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+    flags.DEFINE_integer("batch_size", 32, "Examples per forward pass.")
+    flags.DEFINE_integer("max_length", 512, "Truncate examples to this many tokens.")
+    flags.DEFINE_string("vocab", None, "Vocabulary, if the checkpoint has none.")
 
 
 def main(argv):
@@ -173,4 +178,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

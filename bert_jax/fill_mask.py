@@ -109,8 +109,13 @@ def render(text: str, predictions: list[list[tuple[str, float]]]) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "Workdir, bert_jax model dir, HF dir or TF1 dir.")
-flags.DEFINE_integer("top_k", 5, "Predictions shown per [MASK].", lower_bound=1)
+
+
+def define_flags() -> None:
+    """CLI flags, defined only when run as a program: embed, predict and
+    fill_mask share flag names and may be imported into one process."""
+    flags.DEFINE_string("checkpoint", None, "Workdir, bert_jax model dir, HF dir or TF1 dir.")
+    flags.DEFINE_integer("top_k", 5, "Predictions shown per [MASK].", lower_bound=1)
 
 
 def main(argv):
@@ -130,4 +135,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -134,11 +134,16 @@ def _restore(cfg, head: str, num_labels: int, flat: dict[str, np.ndarray], sourc
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "Fine-tuned model dir (or its fine-tuning workdir).")
-flags.DEFINE_string("input", None, "Input file ('-' = stdin): lines, or SQuAD JSON for QA.")
-flags.DEFINE_string("question", None, "QA: the question.")
-flags.DEFINE_string("context", None, "QA: the context paragraph.")
-flags.DEFINE_bool("json", False, "Print JSON lines.")
+
+
+def define_flags() -> None:
+    """CLI flags, defined only when run as a program: embed, predict and
+    fill_mask share flag names and may be imported into one process."""
+    flags.DEFINE_string("checkpoint", None, "Fine-tuned model dir (or its fine-tuning workdir).")
+    flags.DEFINE_string("input", None, "Input file ('-' = stdin): lines, or SQuAD JSON for QA.")
+    flags.DEFINE_string("question", None, "QA: the question.")
+    flags.DEFINE_string("context", None, "QA: the context paragraph.")
+    flags.DEFINE_bool("json", False, "Print JSON lines.")
 
 
 def _lines(argv) -> list[str]:
@@ -223,4 +228,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -116,7 +116,7 @@ def test_builtin_stdlib_docstrings_are_prose():
     assert words > 75_000
     letters = sum(c.isalpha() or c.isspace() for s in sentences for c in s)
     assert letters > 0.9 * sum(map(len, sentences))
-    with pytest.raises(corpora.CorpusError, match="the only builtin corpus is builtin:stdlib"):
+    with pytest.raises(corpora.CorpusError, match="the builtin corpora are builtin:stdlib"):
         corpora.resolve("builtin:wiki")
 
 
