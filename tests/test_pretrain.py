@@ -235,10 +235,13 @@ def test_preempted_then_crashed_run_resumes_exactly(cli, straight, tmp_path):
     proc = cli(tmp_path, hook={"kill_in_save": 15}, expect_rc=-9)
     assert f"resumed from {tmp_path} at step 8" in proc.stdout
     assert [r["step"] for r in train_records(tmp_path)] == list(range(1, 16))
-    assert (tmp_path / "checkpoints" / "10").is_dir()
+    final = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    # Step 15's save was cut short, unless (a scheduling fluke) it finished
+    # between save() returning and the kill: then resuming from it is right.
+    assert final in ([5, 8, 10], [5, 8, 10, 15])
 
     proc = cli(tmp_path)
-    assert f"resumed from {tmp_path} at step 10" in proc.stdout
+    assert f"resumed from {tmp_path} at step {final[-1]}" in proc.stdout
     assert not list((tmp_path / "checkpoints").glob("*tmp*"))
     assert_bitwise_equal(state(tmp_path, STEPS), state(reference, STEPS))
     assert_same_metrics(tmp_path, reference)
