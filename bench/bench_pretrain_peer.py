@@ -193,11 +193,12 @@ class HF:
     """transformers BertForPreTraining (PyTorch) with our initial weights."""
 
     def __init__(self, cfg: BertConfig, flat: dict[str, np.ndarray], optim: ConfigDict,
-                 lrs: np.ndarray, threads: int):
+                 lrs: np.ndarray, threads: int, seed: int):
         import torch
         import transformers
         self.torch = torch
         torch.set_num_threads(threads)
+        torch.manual_seed(seed)  # HF's dropout masks; the weights come from `flat`
         hf_cfg = transformers.BertConfig.from_dict(hf_format.hf_config_dict(cfg, "pretraining"))
         self.model = transformers.BertForPreTraining(hf_cfg)
         load_weights(self.model, flat)
@@ -480,7 +481,7 @@ def main() -> None:
                             weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0))
     ours = Ours(cfg, optim, args.steps, args.seed)
     lrs = np.asarray(jax.vmap(ours.schedule)(jnp.arange(args.steps)), np.float64)
-    hf = HF(cfg, ours.initial_params(), optim, lrs, args.torch_threads)
+    hf = HF(cfg, ours.initial_params(), optim, lrs, args.torch_threads, args.seed)
     parity = initial_parity(ours, hf, eval_batches[0])
     print("initial held-out batch 0: " + ", ".join(f"{k}={v:.6f}" for k, v in parity.items()),
           file=sys.stderr, flush=True)
