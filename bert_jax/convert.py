@@ -25,11 +25,29 @@ from bert_jax import hf_format, model_dir
 from bert_jax.bert_config import BertConfig
 
 
-def _fresh_target(cfg: BertConfig, head: str, num_labels: int, seed: int):
+def _target_shapes(cfg: BertConfig, head: str, num_labels: int) -> dict[str, tuple]:
+    """{canonical name: shape} of the `head` model, built abstractly: an eager
+    build runs every initializer op by op, which costs seconds for nothing when
+    the checkpoint has every parameter."""
+    from flax import nnx
+
+    from bert_jax.heads import build_model
+    from bert_jax.params import pure_to_flat
+    abstract = nnx.eval_shape(lambda: build_model(cfg.replace(scan_layers=False), head,
+                                                  num_labels))
+    return {k: tuple(v.shape)
+            for k, v in pure_to_flat(nnx.to_pure_dict(nnx.state(abstract, nnx.Param))).items()}
+
+
+def _fresh_values(cfg: BertConfig, head: str, num_labels: int, seed: int,
+                  names: list[str]) -> dict[str, np.ndarray]:
+    """The model's own initialization of `names` (built only when needed)."""
+    if not names:
+        return {}
     from bert_jax.heads import build_model
     from bert_jax.params import flat_params
-    model = build_model(cfg.replace(scan_layers=False), head, num_labels, seed=seed)
-    return flat_params(model)
+    fresh = flat_params(build_model(cfg.replace(scan_layers=False), head, num_labels, seed=seed))
+    return {k: fresh[k] for k in names}
 
 
 def is_tf1_dir(path: pathlib.Path) -> bool:
@@ -49,8 +67,17 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint")
     if model_dir.is_model_dir(p):
-        return model_dir.load_flat(p)
-    if hf_format.is_hf_dir(p):
+        cfg, meta, flat = model_dir.load_flat(p)
+        if head is None or head == meta.get("head"):
+            return cfg, meta, flat
+        # Another head than the one trained: keep the encoder (and the pretraining
+        # heads where asked for and present), start the rest fresh, as for HF.
+        num_labels = 1 if head == "regression" else 0
+        target = _target_shapes(cfg, head, num_labels)
+        unexpected = sorted(k for k in flat if k not in target)
+        flat = {k: v for k, v in flat.items() if k in target}
+        meta = {**meta, "head": head, "num_labels": num_labels, "label_names": []}
+    elif hf_format.is_hf_dir(p):
         cfg, tensors, raw_cfg = hf_format.read_hf_dir(p)
         arch = (raw_cfg.get("architectures") or ["BertModel"])[0]
         src_head = {v: k for k, v in hf_format.ARCHITECTURES.items() if k != "regression"}.get(
@@ -60,9 +87,8 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
             src_head = "regression"
         head = head or ("pretraining" if src_head == "encoder" else src_head)
         num_labels = 1 if head == "regression" else len(labels)
-        target = _fresh_target(cfg, head, num_labels, seed)
-        flat, unexpected = hf_format.from_hf(
-            tensors, {k: v.shape for k, v in target.items()}, source=str(p))
+        target = _target_shapes(cfg, head, num_labels)
+        flat, unexpected = hf_format.from_hf(tensors, target, source=str(p))
         meta = {"format": "hf", "head": head, "num_labels": num_labels, "label_names": labels}
     elif is_tf1_dir(p):
         from bert_jax import tf1_format
@@ -70,7 +96,7 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
         src_head = tf1_format.source_head(flat)
         head = head or src_head
         num_labels = flat["classifier/kernel"].shape[-1] if "classifier/kernel" in flat else 0
-        target = _fresh_target(cfg, head, num_labels, seed)
+        target = _target_shapes(cfg, head, num_labels)
         # Weights of a head other than the one asked for are left out, as for HF.
         unexpected += sorted(k for k in flat if k not in target)
         flat = {k: v for k, v in flat.items() if k in target}
@@ -79,9 +105,12 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
         raise ValueError(f"{p}: not a HF dir (config.json + model.safetensors/pytorch_model.bin), "
                          "a bert_jax dir (bert_jax.json) or a TF1 dir (bert_config.json + "
                          "bert_model.ckpt.*)")
+    for k, shape in target.items():
+        if k in flat and tuple(flat[k].shape) != shape:
+            raise ValueError(f"{p}: parameter {k} has shape {tuple(flat[k].shape)}, the "
+                             f"config implies {shape}")
     missing = sorted(set(target) - set(flat))
-    for k in missing:
-        flat[k] = target[k]
+    flat.update(_fresh_values(cfg, head, meta["num_labels"], seed, missing))
     if report is not None:
         report.extend(f"initialized fresh: {k}" for k in missing)
         report.extend(f"ignored (unused by the model): {k}" for k in unexpected)

@@ -216,3 +216,22 @@ def test_shape_mismatch_names_parameter(converted, tmp_path):
     with pytest.raises(ValueError, match=r"word_embeddings.*vocabulary size differs"):
         convert.convert(d, tmp_path / "out", "bert_jax")
     assert not (tmp_path / "out").exists()
+
+
+def test_head_option_on_our_dir(converted, tmp_path):
+    """`--head` also applies to a bert_jax dir: the pretraining dir exported as a
+    HF encoder drops the MLM/NSP weights, and transformers loads it as a
+    BertModel with nothing missing; the encoder weights are unchanged."""
+    src, out, _ = converted
+    from safetensors.numpy import load_file
+
+    from bert_jax import convert
+    report = convert.convert(out, tmp_path / "enc", "hf", head="encoder")
+    assert any("ignored (unused by the model): seq_relationship/kernel" in r for r in report)
+    enc = load_file(str(tmp_path / "enc" / "model.safetensors"))
+    assert not any("cls." in k for k in enc)
+    _, info = transformers.BertModel.from_pretrained(tmp_path / "enc", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ref = load_file(str(src / "model.safetensors"))
+    np.testing.assert_array_equal(enc["embeddings.word_embeddings.weight"],
+                                  ref["embeddings.word_embeddings.weight"])
