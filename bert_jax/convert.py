@@ -26,17 +26,13 @@ from bert_jax.bert_config import BertConfig
 
 
 def _target_shapes(cfg: BertConfig, head: str, num_labels: int) -> dict[str, tuple]:
-    """{canonical name: shape} of the `head` model, built abstractly: an eager
-    build runs every initializer op by op, which costs seconds for nothing when
-    the checkpoint has every parameter."""
+    """{canonical name: shape} of the `head` model (built abstractly)."""
     from flax import nnx
 
-    from bert_jax.heads import build_model
+    from bert_jax.heads import abstract_model
     from bert_jax.params import pure_to_flat
-    abstract = nnx.eval_shape(lambda: build_model(cfg.replace(scan_layers=False), head,
-                                                  num_labels))
-    return {k: tuple(v.shape)
-            for k, v in pure_to_flat(nnx.to_pure_dict(nnx.state(abstract, nnx.Param))).items()}
+    state = nnx.state(abstract_model(cfg, head, num_labels), nnx.Param)
+    return {k: tuple(v.shape) for k, v in pure_to_flat(nnx.to_pure_dict(state)).items()}
 
 
 def _fresh_values(cfg: BertConfig, head: str, num_labels: int, seed: int,

@@ -36,8 +36,7 @@ def load(checkpoint: str | os.PathLike):
     classifier, a bare encoder)."""
     from bert_jax import convert, model_dir
     from bert_jax.data.tokenizer import load_tokenizer
-    from bert_jax.heads import build_model
-    from bert_jax.params import flat_into_pure
+    from bert_jax.heads import restore_model
 
     report: list[str] = []
     cfg, _, flat = convert.read_any(checkpoint, head="pretraining", report=report)
@@ -48,12 +47,7 @@ def load(checkpoint: str | os.PathLike):
     vocab = model_dir.vocab_path(checkpoint)
     if vocab is None:
         raise FileNotFoundError(f"{checkpoint}: no vocab.txt or *.model next to the weights")
-    # Built abstractly and filled from the checkpoint (an eager build would run
-    # every initializer op by op first). read_any returns every parameter of
-    # the pretraining model, so nothing stays abstract.
-    abstract = nnx.eval_shape(lambda: build_model(cfg.replace(scan_layers=False), "pretraining"))
-    graphdef, state = nnx.split(abstract)
-    nnx.replace_by_pure_dict(state, flat_into_pure(nnx.to_pure_dict(state), flat, scanned=False))
+    graphdef, state = restore_model(cfg, "pretraining", 0, flat, str(checkpoint))
     return nnx.merge(graphdef, state), load_tokenizer(vocab)
 
 

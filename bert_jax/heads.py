@@ -147,3 +147,32 @@ def build_model(cfg: BertConfig, head: str = "pretraining", num_labels: int = 0,
     if head == "regression":
         return HEADS[head](cfg, 1, rngs=rngs)
     return HEADS[head](cfg, rngs=rngs)
+
+
+def abstract_model(cfg: BertConfig, head: str = "pretraining", num_labels: int = 0) -> nnx.Module:
+    """The unrolled `head` model with ShapeDtypeStruct leaves: no initializer
+    runs (an eager build runs every one op by op, seconds of start-up)."""
+    return nnx.eval_shape(lambda: build_model(cfg.replace(scan_layers=False), head, num_labels))
+
+
+def restore_model(cfg: BertConfig, head: str, num_labels: int, flat: dict, source: str):
+    """(graphdef, state) of the `head` model filled from canonical `flat`, built
+    abstractly. A parameter `flat` lacks or has in another shape is a ValueError
+    naming `source`."""
+    from bert_jax.params import flat_into_pure, pure_to_flat
+
+    graphdef, state = nnx.split(abstract_model(cfg, head, num_labels))
+    pure = nnx.to_pure_dict(state)
+    want = pure_to_flat(pure)
+    missing = sorted(set(want) - set(flat))
+    if missing:
+        raise ValueError(f"{source}: checkpoint lacks {len(missing)} parameters of the "
+                         f"{head} model, e.g. {missing[0]}")
+    for name, abs_value in want.items():
+        if tuple(flat[name].shape) != tuple(abs_value.shape):
+            raise ValueError(f"{source}: parameter {name} has shape {tuple(flat[name].shape)}, "
+                             f"the model expects {tuple(abs_value.shape)}")
+    filled = flat_into_pure(pure, {k: jnp.asarray(v, want[k].dtype) for k, v in flat.items()
+                                   if k in want}, scanned=False)
+    nnx.replace_by_pure_dict(state, filled)
+    return graphdef, state

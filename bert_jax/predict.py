@@ -18,7 +18,6 @@ import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
@@ -31,6 +30,7 @@ class Predictor:
     def __init__(self, checkpoint: str | pathlib.Path):
         from bert_jax import convert, model_dir
         from bert_jax.data.tokenizer import load_tokenizer
+        from bert_jax.heads import restore_model
 
         path = pathlib.Path(checkpoint)
         if (path / "model" / model_dir.META_FILE).exists():
@@ -47,7 +47,7 @@ class Predictor:
         if vocab is None:
             raise FileNotFoundError(f"{path}: no vocab.txt inside")
         self.tokenizer = load_tokenizer(vocab)
-        graphdef, state = _restore(cfg, self.head, meta.get("num_labels", 0), flat, str(path))
+        graphdef, state = restore_model(cfg, self.head, meta.get("num_labels", 0), flat, str(path))
 
         @jax.jit
         def forward(state, ids, types, mask):
@@ -103,34 +103,6 @@ class Predictor:
                               max_seq_length=int(c.get("max_seq_length", 128)),
                               window_stride=int(c.get("window_stride", 64)),
                               length_buckets=tuple(c.get("length_buckets", (32, 64, 128))))
-
-
-def _restore(cfg, head: str, num_labels: int, flat: dict[str, np.ndarray], source: str):
-    """(graphdef, state) of the model with the checkpoint's parameters.
-
-    The model is built abstractly (nnx.eval_shape) and filled from `flat`: an
-    eager build would compile and run every initializer op by op, which costs
-    more start-up time than the predictions themselves."""
-    from bert_jax.heads import build_model
-    from bert_jax.params import flat_into_pure, pure_to_flat
-
-    abstract = nnx.eval_shape(lambda: build_model(cfg.replace(scan_layers=False), head,
-                                                  num_labels))
-    graphdef, state = nnx.split(abstract)
-    pure = nnx.to_pure_dict(state)
-    want = pure_to_flat(pure)
-    missing = sorted(set(want) - set(flat))
-    if missing:
-        raise ValueError(f"{source}: checkpoint lacks {len(missing)} parameters of the "
-                         f"{head} model, e.g. {missing[0]}")
-    for name, abs_value in want.items():
-        if tuple(flat[name].shape) != tuple(abs_value.shape):
-            raise ValueError(f"{source}: parameter {name} has shape {tuple(flat[name].shape)}, "
-                             f"the model expects {tuple(abs_value.shape)}")
-    filled = flat_into_pure(pure, {k: jnp.asarray(v, want[k].dtype) for k, v in flat.items()
-                                   if k in want}, scanned=False)
-    nnx.replace_by_pure_dict(state, filled)
-    return graphdef, state
 
 
 FLAGS = flags.FLAGS
