@@ -121,9 +121,11 @@ def glue_train_dev_dir(task: str, root: pathlib.Path) -> pathlib.Path:
     return out.parent
 
 
-def make_config(task: str, seed: int, plan: str, scratch: pathlib.Path):
+def make_config(task: str, seed: int, plan: str, scratch: pathlib.Path,
+                dropout: float | None = None):
     """The fine-tuning config of one run: the repo's config file for the task,
-    with the plan's subsampling and hyperparameters."""
+    with the plan's subsampling and hyperparameters (and, for the diagnosis
+    runs, `dropout` replacing the checkpoint's hidden and attention rates)."""
     if task in GLUE:
         from configs.finetune import glue
         c = glue.get_config(f"task={task}")
@@ -142,6 +144,10 @@ def make_config(task: str, seed: int, plan: str, scratch: pathlib.Path):
     c.log_every = 10**9  # only the last step of the run is logged
     for k, v in PLANS[plan][task].items():
         c[k] = v
+    if dropout is not None:
+        from ml_collections import ConfigDict
+        c.model = ConfigDict({"hidden_dropout_prob": dropout,
+                              "attention_probs_dropout_prob": dropout})
     return c
 
 
@@ -231,17 +237,43 @@ def hf_predict(model, task, split: str, batch_size: int) -> list[dict]:
     return outputs
 
 
-def run_hf(config, workdir: pathlib.Path, threads: int = 2) -> dict:
+def our_initial_head(config, cfg, head: str, num_labels: int) -> dict[str, np.ndarray]:
+    """The freshly initialized head parameters our trainer starts from (its
+    model built from key(config.seed), as training.init_state does), in HF
+    names: copied into the HF model they remove head-init distribution (ours
+    truncated normal, HF normal) and seed as a cause of a difference."""
+    import jax
+    from flax import nnx
+
+    from bert_jax import hf_format
+    from bert_jax.heads import build_model
+    from bert_jax.params import pure_to_flat
+    model = build_model(cfg.replace(scan_layers=False), head, num_labels,
+                        seed=jax.random.key(config.seed))
+    flat = pure_to_flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    return hf_format.to_hf({k: np.asarray(v) for k, v in flat.items()
+                            if not k.startswith("bert/")})
+
+
+def run_hf(config, workdir: pathlib.Path, threads: int = 2,
+           same_head_init: bool = False) -> dict:
     import torch
 
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.finetune import trainer
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    _, _, vocab = trainer.init_weights(config)
+    cfg, _, vocab = trainer.init_weights(config)
     task = trainer.task_module(config).build_task(config, load_tokenizer(vocab))
     head = task.head
-    model = hf_model(head, task.num_labels, config.seed)
+    overrides = dict(config.model) if "model" in config else {}
+    model = hf_model(head, task.num_labels, config.seed, **overrides)
+    if same_head_init:
+        ours = our_initial_head(config, cfg, head, task.num_labels)
+        sd = model.state_dict()
+        with torch.no_grad():
+            for k, v in ours.items():
+                sd[k].copy_(torch.from_numpy(np.ascontiguousarray(v)))
     total = math.ceil(task.num_train_examples() / config.batch_size) * config.num_epochs
     opt, sched = hf_optimizer(model, config, total)
     history, step = [], 0
@@ -465,15 +497,16 @@ def append_result(path: pathlib.Path, record: dict) -> None:
 
 
 def run_one(task: str, framework: str, seed: int, plan: str, scratch: pathlib.Path,
-            torch_threads: int) -> dict:
-    config = make_config(task, seed, plan, scratch)
+            torch_threads: int, dropout: float | None = None,
+            same_head_init: bool = False) -> dict:
+    config = make_config(task, seed, plan, scratch, dropout)
     workdir = scratch / "work" / f"{task}_{framework}_seed{seed}"
     load0 = os.getloadavg()[0]
     if framework == "ours":
         result = run_ours(config, workdir)
         shutil.rmtree(workdir / "model", ignore_errors=True)  # 90 MB a run, not needed
     else:
-        result = run_hf(config, workdir, torch_threads)
+        result = run_hf(config, workdir, torch_threads, same_head_init)
     metric = HEADLINE[task]
     reported = result["metrics"][metric]
     independent = xcheck(task, result["pred_dir"])
@@ -484,6 +517,7 @@ def run_one(task: str, framework: str, seed: int, plan: str, scratch: pathlib.Pa
             "wall_s": result["wall_s"], "train_s": result["train_s"], "steps": result["steps"],
             "load_before": load0, "load_after": os.getloadavg()[0],
             "torch_threads": torch_threads if framework == "hf" else None,
+            "dropout": dropout, "same_head_init": same_head_init,
             "config": {k: (list(v) if isinstance(v, tuple) else v)
                        for k, v in PLANS[plan][task].items()}}
 
@@ -506,7 +540,7 @@ def run_all(args) -> None:
                       flush=True)
                 try:
                     rec = run_one(task, framework, seed, args.plan, scratch,
-                                  args.torch_threads)
+                                  args.torch_threads, args.dropout, args.same_head_init)
                 except Exception as e:  # noqa: BLE001 - one broken run must not stop the rest
                     print(f"=== {task} {framework} seed {seed} FAILED: {e!r}", flush=True)
                     continue
@@ -606,6 +640,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/peers/results.jsonl")
     p.add_argument("--scratch", default="", help="workdirs (default: beside --out)")
     p.add_argument("--report", action="store_true", help="print the tables of --out and exit")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="diagnosis: this hidden + attention dropout on both sides instead of "
+                        "the checkpoint's (use a separate --out)")
+    p.add_argument("--same-head-init", action="store_true",
+                   help="diagnosis: HF starts from our freshly initialized head")
     p.add_argument("--step-parity", action="store_true",
                    help="dropout-free step-by-step parity per head (stsb, rte, conll, squad)")
     args = p.parse_args(argv)

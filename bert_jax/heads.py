@@ -46,15 +46,19 @@ class BertForPreTraining(nnx.Module):
 
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
                  masked_positions=None, segment_ids=None, position_ids=None,
-                 dropout_rng=None):
+                 nsp_positions=None, dropout_rng=None):
+        """nsp_positions [B,K]: packed rows, NSP on each instance's [CLS] ->
+        nsp_logits [B,K,2] (else [B,2] from position 0)."""
         out = self.bert(input_ids, token_type_ids, attention_mask, segment_ids=segment_ids,
                         position_ids=position_ids, dropout_rng=dropout_rng)
         hidden = out["last_hidden_state"]
+        pooled = (out["pooled"] if nsp_positions is None else
+                  self.bert.pooler.pool(gather_positions(hidden, nsp_positions)))
         if masked_positions is not None:
             hidden = gather_positions(hidden, masked_positions)
         return {
             "mlm_logits": self.mlm_logits(hidden),
-            "nsp_logits": self.seq_relationship(out["pooled"]).astype(jnp.float32),
+            "nsp_logits": self.seq_relationship(pooled).astype(jnp.float32),
         }
 
 

@@ -218,7 +218,11 @@ class BertPooler(nnx.Module):
         self.dense = Dense((h,), (h,), ("embed",), ("mlp",), cfg, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.tanh(self.dense(x[:, 0]))
+        return self.pool(x[:, 0])
+
+    def pool(self, cls_hidden: jax.Array) -> jax.Array:
+        """tanh(dense) of [CLS] hidden states [..., H] (several per row when packed)."""
+        return jnp.tanh(self.dense(cls_hidden))
 
 
 class BertModel(nnx.Module):

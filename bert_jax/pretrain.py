@@ -27,23 +27,29 @@ from bert_jax.optim import build_optimizer
 
 
 def pretraining_objective(nsp: bool, gathered: bool) -> training.Objective:
+    # A packed batch (data.packing) carries segment_ids, position_ids and one
+    # NSP slot per packed instance; which keys exist is static under jit.
     def sums(model, batch, rng):
+        packed = {k: batch[k] for k in ("segment_ids", "position_ids", "nsp_positions")
+                  if k in batch}
         out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
                     masked_positions=batch["masked_positions"] if gathered else None,
-                    dropout_rng=rng)
+                    dropout_rng=rng, **packed)
         if gathered:
             s = losses.mlm_sums(out["mlm_logits"], batch["masked_ids"], batch["masked_weights"])
         else:
             s = losses.dense_mlm_sums(out["mlm_logits"], batch["mlm_labels"])
         if nsp:
-            s.update(losses.nsp_sums(out["nsp_logits"], batch["nsp_labels"]))
+            s.update(losses.nsp_sums(out["nsp_logits"], batch["nsp_labels"],
+                                     batch.get("nsp_weights")))
         return s
 
     def totals(batch):
         t = {"mlm": (jnp.sum(batch["masked_weights"]) if gathered
                      else jnp.sum(batch["mlm_labels"] != -100).astype(jnp.float32))}
         if nsp:
-            t["nsp"] = jnp.float32(batch["nsp_labels"].shape[0])
+            t["nsp"] = (jnp.sum(batch["nsp_weights"]) if "nsp_weights" in batch
+                        else jnp.float32(batch["nsp_labels"].shape[0]))
         return t
 
     def loss(s, t):

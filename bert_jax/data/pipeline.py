@@ -35,12 +35,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from bert_jax.data import masking, pretraining
+from bert_jax.data import masking, packing, pretraining
 from bert_jax.data.prepared import PreparedCorpus, check_vocab, open_prepared
 from bert_jax.data.tokenizer import load_tokenizer
 
 _STREAM_FIELDS = ("seed", "max_seq_length", "max_predictions_per_seq", "masked_lm_prob",
-                  "short_seq_prob", "nsp", "whole_word_masking", "dense_labels")
+                  "short_seq_prob", "nsp", "whole_word_masking", "dense_labels", "packing")
 
 
 def default_data_config():
@@ -57,6 +57,9 @@ def default_data_config():
     c.nsp = True              # False: MLM-only, contiguous full sentences
     c.whole_word_masking = False
     c.dense_labels = False    # also emit mlm_labels [b, T] with -100
+    # >= 2: pack up to this many instances per row (segment-aware attention,
+    # see data/packing.py); 0 or 1: one instance per row, padded.
+    c.packing = 0
     c.seed = 0
     return c
 
@@ -74,6 +77,7 @@ class DataConfig:
     nsp: bool = True
     whole_word_masking: bool = False
     dense_labels: bool = False
+    packing: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -87,6 +91,10 @@ class DataConfig:
             raise ValueError(f"data.masked_lm_prob={self.masked_lm_prob}: must be in (0, 1]")
         if not 0.0 <= self.short_seq_prob <= 1.0:
             raise ValueError(f"data.short_seq_prob={self.short_seq_prob}: must be in [0, 1]")
+        if self.packing < 0:
+            raise ValueError(f"data.packing={self.packing}: must be >= 0")
+        if self.packing > 1 and self.dense_labels:
+            raise ValueError("data.packing needs the gathered MLM head: set data.dense_labels=False")
         if not self.prepared_dir:
             raise ValueError("data.prepared_dir is empty: run `python -m bert_jax.data.prepare` "
                              "and point data.prepared_dir at its --out")
@@ -139,6 +147,8 @@ class PretrainingPipeline:
         corpus = open_prepared(cfg.prepared_dir)
         tok = load_tokenizer(cfg.vocab or corpus.vocab_path)
         check_vocab(corpus, tok.fingerprint, cfg.vocab or str(corpus.vocab_path))
+        if cls is PretrainingPipeline and cfg.packing > 1:
+            cls = PackedPipeline
         return cls(corpus, tok, cfg, global_batch_size, process_index, process_count)
 
     # ------------------------------------------------------------------ epochs
@@ -321,3 +331,83 @@ class PretrainingPipeline:
                                  f"{mine[:common]}; the state is from other data")
             if len(ends) > len(mine):
                 self._epoch_ends = ends
+
+
+class PackedPipeline(PretrainingPipeline):
+    """The same instances, packed up to `cfg.packing` per row (data/packing.py).
+
+    The stream is per epoch: the epoch's instances packed into rows, rows
+    shuffled; step s covers packed rows [s * G, (s + 1) * G) of it, so a batch
+    is still a pure function of (seed, step, data, config). Batches add
+    segment_ids, position_ids, nsp_positions and nsp_weights; nsp_labels is
+    [b, packing]; masked_* have `max_predictions` columns.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_per_row = self.cfg.packing
+        self.max_predictions = packing.max_predictions_per_row(
+            self.cfg.max_seq_length, self.cfg.masked_lm_prob, self.cfg.max_predictions_per_seq,
+            self.max_per_row)
+        self._row_ends = [0]  # cumulative packed rows: epoch e = [ends[e], ends[e+1])
+        self._packs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def _pack(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            if epoch in self._packs:
+                return self._packs[epoch]
+        lengths = packing.instance_lengths(self.corpus, self._plan(epoch), self.pairing)
+        pack = packing.packed_epoch(lengths, self.cfg.max_seq_length, self.max_per_row,
+                                    self.cfg.seed, epoch)
+        with self._lock:
+            self._packs[epoch] = pack
+            while len(self._packs) > 3:
+                self._packs.popitem(last=False)
+            if epoch + 1 == len(self._row_ends):
+                self._row_ends.append(self._row_ends[-1] + len(pack[0]) - 1)
+        return pack
+
+    def locate_row(self, r: int) -> tuple[int, int]:
+        """(epoch, packed row in that epoch) of global packed row r."""
+        while r >= self._row_ends[-1]:
+            self._pack(len(self._row_ends) - 1)
+        e = bisect.bisect_right(self._row_ends, r) - 1
+        return e, r - self._row_ends[e]
+
+    def epoch_of(self, step: int) -> int:
+        return self.locate_row(step * self.global_batch_size)[0]
+
+    def rows_instances(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Global instance indices held by each global packed row."""
+        out = []
+        for r in np.asarray(rows, np.int64).tolist():
+            e, row = self.locate_row(r)
+            offsets, items = self._pack(e)
+            first, _ = self.epoch_range(e)
+            out.append(first + items[offsets[row]:offsets[row + 1]])
+        return out
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        members = self.rows_instances(self.global_indices(step))
+        g = np.concatenate(members)
+        ex = self.examples(g)
+        return packing.pack_examples(ex, ex["attention_mask"].sum(axis=1),
+                                     [len(m) for m in members], self.cfg.max_seq_length,
+                                     self.max_predictions, self.max_per_row,
+                                     self.tokenizer.pad_id)
+
+    def state(self, step: int) -> dict:
+        self.locate_row(max(step * self.global_batch_size - 1, 0))
+        out = super().state(0)
+        out.update(step=int(step), packed_row_ends=list(self._row_ends))
+        return out
+
+    def check_state(self, state: dict) -> None:
+        super().check_state(state)
+        ends = [int(x) for x in state.get("packed_row_ends", [0])]
+        for e in range(len(ends) - 1):
+            self._pack(e)
+            if self._row_ends[e + 1] - self._row_ends[e] != ends[e + 1] - ends[e]:
+                raise ValueError(f"{self.corpus.path}: checkpoint says epoch {e} packs into "
+                                 f"{ends[e + 1] - ends[e]} rows, the data gives "
+                                 f"{self._row_ends[e + 1] - self._row_ends[e]}")

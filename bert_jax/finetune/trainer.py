@@ -158,9 +158,12 @@ def finetune(config, workdir) -> dict:
 
     # ---- Data + task ------------------------------------------------------------------
     cfg, encoder, vocab = init_weights(config)
+    # config.model may override how the checkpoint's architecture runs (and its
+    # dropout rates, as HF's from_pretrained(..., hidden_dropout_prob=...) does).
     runtime = {k: config.model[k] for k in ("dtype", "attention_impl", "scan_layers",
-                                            "remat_policy") if "model" in config and k in
-               config.model}
+                                            "remat_policy", "hidden_dropout_prob",
+                                            "attention_probs_dropout_prob")
+               if "model" in config and k in config.model}
     cfg = cfg.replace(**runtime)
     tokenizer = load_tokenizer(vocab)
     module = task_module(config)

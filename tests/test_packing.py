@@ -1,0 +1,144 @@
+"""Sequence packing for pretraining (data.packing): best-fit-decreasing rows,
+every instance of an epoch packed exactly once with its own tokens, and a
+packed row computing the same MLM/NSP outputs and loss sums per instance as
+the instances padded one per row (segment-aware attention, restarted
+positions, NSP on each [CLS])."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from bert_jax.bert_config import BertConfig
+from bert_jax.data import packing
+from bert_jax.data.pipeline import PackedPipeline, PretrainingPipeline, default_data_config
+from bert_jax.heads import build_model
+from bert_jax.pretrain import pretraining_objective
+
+T = 64
+
+
+def _pipe(data, packed: int, batch: int = 16, index: int = 0, count: int = 1):
+    cfg = default_data_config()
+    cfg.prepared_dir = str(data["train"])
+    cfg.max_seq_length = T
+    cfg.max_predictions_per_seq = 10
+    cfg.short_seq_prob = 0.3  # more short instances than Google's 0.1: more to pack
+    cfg.packing = packed
+    return PretrainingPipeline.from_config(cfg, global_batch_size=batch, process_index=index,
+                                           process_count=count)
+
+
+def test_best_fit_decreasing_is_a_valid_tight_packing():
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(5, 129, 300), np.full(200, 128)])
+    rows = packing.best_fit_decreasing(lengths, 128, 3)
+    flat = sorted(i for r in rows for i in r)
+    assert flat == list(range(len(lengths)))
+    assert all(sum(lengths[r]) <= 128 and len(r) <= 3 for r in rows)
+    # Bin-packing bound of first/best-fit decreasing: <= 11/9 OPT + 6/9, and
+    # OPT >= ceil(total / capacity).
+    assert len(rows) <= 11 / 9 * math.ceil(lengths.sum() / 128) + 1
+    assert len(packing.best_fit_decreasing(np.full(10, 64), 128, 2)) == 5
+    assert len(packing.best_fit_decreasing(np.full(9, 10), 128, 3)) == 3
+    with pytest.raises(ValueError, match="item lengths"):
+        packing.best_fit_decreasing(np.array([129]), 128, 2)
+
+
+def test_packed_epoch_holds_every_instance_once_with_its_tokens(tiny_pretraining_data):
+    plain = _pipe(tiny_pretraining_data, 0)
+    packed = _pipe(tiny_pretraining_data, 3)
+    assert isinstance(packed, PackedPipeline) and not isinstance(plain, PackedPipeline)
+    n_inst = plain.epoch_range(0)[1]
+    packed.locate_row(0)
+    n_rows = packed._row_ends[1]
+    lengths = plain.sequences(np.arange(n_inst)).length
+    # The lengths packing plans with (from the plan alone) are the materialized ones.
+    np.testing.assert_array_equal(
+        packing.instance_lengths(plain.corpus, plain._plan(0), plain.pairing), lengths)
+    # Fewer rows than instances, and no more than the bin-packing bound.
+    assert n_rows < n_inst
+    assert n_rows <= 11 / 9 * math.ceil(lengths.sum() / T) + 1
+    members = packed.rows_instances(np.arange(n_rows))
+    assert sorted(np.concatenate(members).tolist()) == list(range(n_inst))
+    # Rows of the first steps: each instance's tokens, types and masks as unpacked.
+    for step in range(3):
+        b = packed.batch(step)
+        g_rows = packed.rows_instances(packed.global_indices(step))
+        for r, g in enumerate(g_rows):
+            ex = plain.examples(g)
+            at, m = 0, 0
+            for j in range(len(g)):
+                n = int(ex["attention_mask"][j].sum())
+                np.testing.assert_array_equal(b["input_ids"][r, at:at + n], ex["input_ids"][j, :n])
+                np.testing.assert_array_equal(b["token_type_ids"][r, at:at + n],
+                                              ex["token_type_ids"][j, :n])
+                assert (b["segment_ids"][r, at:at + n] == j + 1).all()
+                np.testing.assert_array_equal(b["position_ids"][r, at:at + n], np.arange(n))
+                k = int((ex["masked_weights"][j] > 0).sum())
+                np.testing.assert_array_equal(b["masked_positions"][r, m:m + k],
+                                              ex["masked_positions"][j, :k] + at)
+                np.testing.assert_array_equal(b["masked_ids"][r, m:m + k],
+                                              ex["masked_ids"][j, :k])
+                assert b["nsp_labels"][r, j] == ex["nsp_labels"][j]
+                assert b["nsp_positions"][r, j] == at and b["nsp_weights"][r, j] == 1
+                at, m = at + n, m + k
+            assert (b["attention_mask"][r, at:] == 0).all() and (b["segment_ids"][r, at:] == 0).all()
+            assert (b["masked_weights"][r, m:] == 0).all() and (b["nsp_weights"][r, len(g):] == 0).all()
+
+
+def test_packed_rows_split_across_processes(tiny_pretraining_data):
+    one = _pipe(tiny_pretraining_data, 3, batch=16)
+    halves = [_pipe(tiny_pretraining_data, 3, batch=16, index=i, count=2) for i in range(2)]
+    whole = one.batch(5)
+    parts = [h.batch(5) for h in halves]
+    for k, v in whole.items():
+        np.testing.assert_array_equal(v, np.concatenate([p[k] for p in parts]), err_msg=k)
+
+
+def test_packed_state_must_match_packing(tiny_pretraining_data):
+    packed = _pipe(tiny_pretraining_data, 3)
+    state = packed.state(40)
+    _pipe(tiny_pretraining_data, 3).check_state(state)
+    with pytest.raises(ValueError, match="packing"):
+        _pipe(tiny_pretraining_data, 2).check_state(state)
+
+
+def test_packed_forward_equals_unpacked(tiny_pretraining_data):
+    """The model and loss on packed rows == on the same instances padded one
+    per row: MLM logits at every masked token, NSP logits per instance, and the
+    objective's loss sums."""
+    plain = _pipe(tiny_pretraining_data, 0)
+    packed = _pipe(tiny_pretraining_data, 3)
+    cfg = BertConfig(vocab_size=plain.tokenizer.vocab_size, hidden_size=32,
+                     num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=T, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    model = build_model(cfg, "pretraining", seed=3)
+    b = packed.batch(0)
+    g_rows = packed.rows_instances(packed.global_indices(0))
+    assert max(map(len, g_rows)) >= 2, "the first step should pack something"
+    ex = plain.examples(np.concatenate(g_rows))
+    out_p = model(b["input_ids"], b["token_type_ids"], b["attention_mask"],
+                  masked_positions=b["masked_positions"], segment_ids=b["segment_ids"],
+                  position_ids=b["position_ids"], nsp_positions=b["nsp_positions"])
+    out_u = model(ex["input_ids"], ex["token_type_ids"], ex["attention_mask"],
+                  masked_positions=ex["masked_positions"])
+    i = 0
+    for r, g in enumerate(g_rows):
+        m = 0
+        for j in range(len(g)):
+            k = int((ex["masked_weights"][i] > 0).sum())
+            np.testing.assert_allclose(out_p["mlm_logits"][r, m:m + k],
+                                       out_u["mlm_logits"][i, :k], atol=2e-5, rtol=1e-5)
+            np.testing.assert_allclose(out_p["nsp_logits"][r, j], out_u["nsp_logits"][i],
+                                       atol=2e-5, rtol=1e-5)
+            m, i = m + k, i + 1
+    obj = pretraining_objective(nsp=True, gathered=True)
+    s_p = jax.device_get(obj.sums(model, b, None))
+    s_u = jax.device_get(obj.sums(model, ex, None))
+    for k in ("mlm_loss", "mlm_correct", "mlm_weight", "nsp_loss", "nsp_correct", "nsp_weight"):
+        np.testing.assert_allclose(s_p[k], s_u[k], rtol=1e-5, err_msg=k)
+    t_p, t_u = obj.totals(b), obj.totals(ex)
+    assert float(t_p["mlm"]) == float(t_u["mlm"]) and float(t_p["nsp"]) == float(t_u["nsp"])
