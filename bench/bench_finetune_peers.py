@@ -256,7 +256,7 @@ def our_initial_head(config, cfg, head: str, num_labels: int) -> dict[str, np.nd
 
 
 def run_hf(config, workdir: pathlib.Path, threads: int = 2,
-           same_head_init: bool = False) -> dict:
+           same_head_init: bool = False, pad_grad: bool = False) -> dict:
     import torch
 
     from bert_jax.data.tokenizer import load_tokenizer
@@ -274,6 +274,10 @@ def run_hf(config, workdir: pathlib.Path, threads: int = 2,
         with torch.no_grad():
             for k, v in ours.items():
                 sd[k].copy_(torch.from_numpy(np.ascontiguousarray(v)))
+    if pad_grad:
+        # nn.Embedding(padding_idx=0) never updates the [PAD] row; ours (and
+        # Google's BERT) do. None makes HF's embedding a plain gather too.
+        model.bert.embeddings.word_embeddings.padding_idx = None
     total = math.ceil(task.num_train_examples() / config.batch_size) * config.num_epochs
     opt, sched = hf_optimizer(model, config, total)
     history, step = [], 0
@@ -498,7 +502,7 @@ def append_result(path: pathlib.Path, record: dict) -> None:
 
 def run_one(task: str, framework: str, seed: int, plan: str, scratch: pathlib.Path,
             torch_threads: int, dropout: float | None = None,
-            same_head_init: bool = False) -> dict:
+            same_head_init: bool = False, pad_grad: bool = False) -> dict:
     config = make_config(task, seed, plan, scratch, dropout)
     workdir = scratch / "work" / f"{task}_{framework}_seed{seed}"
     load0 = os.getloadavg()[0]
@@ -506,7 +510,7 @@ def run_one(task: str, framework: str, seed: int, plan: str, scratch: pathlib.Pa
         result = run_ours(config, workdir)
         shutil.rmtree(workdir / "model", ignore_errors=True)  # 90 MB a run, not needed
     else:
-        result = run_hf(config, workdir, torch_threads, same_head_init)
+        result = run_hf(config, workdir, torch_threads, same_head_init, pad_grad)
     metric = HEADLINE[task]
     reported = result["metrics"][metric]
     independent = xcheck(task, result["pred_dir"])
@@ -517,7 +521,7 @@ def run_one(task: str, framework: str, seed: int, plan: str, scratch: pathlib.Pa
             "wall_s": result["wall_s"], "train_s": result["train_s"], "steps": result["steps"],
             "load_before": load0, "load_after": os.getloadavg()[0],
             "torch_threads": torch_threads if framework == "hf" else None,
-            "dropout": dropout, "same_head_init": same_head_init,
+            "dropout": dropout, "same_head_init": same_head_init, "hf_pad_grad": pad_grad,
             "config": {k: (list(v) if isinstance(v, tuple) else v)
                        for k, v in PLANS[plan][task].items()}}
 
@@ -540,7 +544,8 @@ def run_all(args) -> None:
                       flush=True)
                 try:
                     rec = run_one(task, framework, seed, args.plan, scratch,
-                                  args.torch_threads, args.dropout, args.same_head_init)
+                                  args.torch_threads, args.dropout, args.same_head_init,
+                                  args.hf_pad_grad)
                 except Exception as e:  # noqa: BLE001 - one broken run must not stop the rest
                     print(f"=== {task} {framework} seed {seed} FAILED: {e!r}", flush=True)
                     continue
@@ -645,6 +650,8 @@ def main(argv=None) -> int:
                         "the checkpoint's (use a separate --out)")
     p.add_argument("--same-head-init", action="store_true",
                    help="diagnosis: HF starts from our freshly initialized head")
+    p.add_argument("--hf-pad-grad", action="store_true",
+                   help="diagnosis: HF's [PAD] embedding row trains (padding_idx=None), as ours")
     p.add_argument("--step-parity", action="store_true",
                    help="dropout-free step-by-step parity per head (stsb, rte, conll, squad)")
     args = p.parse_args(argv)

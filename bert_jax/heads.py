@@ -73,13 +73,16 @@ class BertForSequenceClassification(nnx.Module):
                                 rngs=rngs)
 
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
-                 segment_ids=None, position_ids=None, dropout_rng=None):
+                 segment_ids=None, position_ids=None, cls_positions=None, dropout_rng=None):
+        """cls_positions [B,K]: packed rows, one example per [CLS] -> logits [B,K,C]."""
         head_rng = None
         if dropout_rng is not None:
             dropout_rng, head_rng = jax.random.split(dropout_rng)
         out = self.bert(input_ids, token_type_ids, attention_mask, segment_ids=segment_ids,
                         position_ids=position_ids, dropout_rng=dropout_rng)
-        pooled = dropout(out["pooled"], self.cfg.hidden_dropout_prob, head_rng)
+        pooled = (out["pooled"] if cls_positions is None else self.bert.pooler.pool(
+            gather_positions(out["last_hidden_state"], cls_positions)))
+        pooled = dropout(pooled, self.cfg.hidden_dropout_prob, head_rng)
         return {"logits": self.classifier(pooled).astype(jnp.float32)}
 
 

@@ -106,3 +106,55 @@ def test_sst2_bucketing_processes_3x_fewer_tokens():
     assert sorted(_ids(batches)) == list(range(len(examples)))
     assert sum(b["attention_mask"].sum() for b in batches) == sum(
         len(e["input_ids"]) for e in examples)
+
+
+# ------------------------------------------------------------------ packing
+
+
+def _packed_ids(batches):
+    return [int(v) for b in batches for v, w in zip(b["labels"].ravel(),
+                                                    b["example_weights"].ravel()) if w > 0]
+
+
+def test_packed_epoch_covers_every_example_once(synthetic):
+    short = [e for e in synthetic if len(e["input_ids"]) <= 40]
+    lengths = [len(e["input_ids"]) for e in short]
+    length_of = {e["labels"]: len(e["input_ids"]) for e in short}
+    batches = list(batching.iterate_packed_batches(short, 8, BUCKETS, 4, seed=0, epoch=0))
+    assert sorted(_packed_ids(batches)) == [e["labels"] for e in short]
+    n_rows = batching.num_packed_rows(lengths, 128, 4)
+    assert len(batches) == -(-n_rows // 8)
+    # Lower bound: total tokens / 128 and examples / 4 per row.
+    bound = max(-(-sum(lengths) // 128), -(-len(short) // 4))
+    assert n_rows <= 11 / 9 * bound + 1 and n_rows < len(short) / 3
+    for b in batches:
+        assert b["input_ids"].shape[1] in BUCKETS and b["labels"].shape == (8, 4)
+        # Real tokens equal the members' lengths; segments number the members.
+        for r in range(8):
+            k = int(b["example_weights"][r].sum())
+            assert b["segment_ids"][r].max() == k
+            members = b["labels"][r, :k].tolist()
+            assert b["attention_mask"][r].sum() == (b["segment_ids"][r] > 0).sum() == sum(
+                length_of[i] for i in members)
+    # Another epoch: other row memberships, the same row count.
+    other = list(batching.iterate_packed_batches(short, 8, BUCKETS, 4, seed=0, epoch=1))
+    assert len(other) == len(batches)
+    assert [b["labels"].tolist() for b in other] != [b["labels"].tolist() for b in batches]
+
+
+def test_collate_packed_layout():
+    ex = [{"input_ids": [101, 5, 6, 102], "token_type_ids": [0, 0, 0, 0], "labels": 1},
+          {"input_ids": [101, 7, 102, 8, 102], "token_type_ids": [0, 0, 0, 1, 1], "labels": 0},
+          {"input_ids": [101, 9, 102], "token_type_ids": [0, 0, 0], "labels": 1}]
+    b = batching.collate_packed(ex, [np.array([0, 1]), np.array([2])], 3, (16,), 2,
+                                {"input_ids": 0})
+    np.testing.assert_array_equal(b["input_ids"][0, :10], [101, 5, 6, 102, 101, 7, 102, 8, 102, 0])
+    np.testing.assert_array_equal(b["token_type_ids"][0, :9], [0, 0, 0, 0, 0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(b["segment_ids"][0, :10], [1, 1, 1, 1, 2, 2, 2, 2, 2, 0])
+    np.testing.assert_array_equal(b["position_ids"][0, :9], [0, 1, 2, 3, 0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(b["cls_positions"], [[0, 4], [0, 0], [0, 0]])
+    np.testing.assert_array_equal(b["labels"], [[1, 0], [1, 0], [0, 0]])
+    np.testing.assert_array_equal(b["example_weights"], [[1, 1], [1, 0], [0, 0]])
+    assert b["attention_mask"].sum() == 12 and b["input_ids"].shape == (3, 16)
+    with pytest.raises(ValueError, match="holds 2 > 1 examples"):
+        batching.collate_packed(ex, [np.array([0, 1])], 3, (16,), 1)

@@ -166,3 +166,26 @@ def test_sst2_learns(tmp_path, tiny_init, glue_dir, env):
     losses = [r["loss"] for r in read_jsonl(workdir / "metrics.jsonl") if "loss" in r]
     # Logged every 50 steps and at the last (128 steps in all).
     assert len(losses) == 3 and losses[-1] < losses[0] - 0.1, losses
+
+
+def test_sst2_packed_learns(tmp_path, tiny_init, glue_dir, env):
+    """config.packing: 64-token rows of up to 4 sentences, 8 rows a step (~32
+    sentences, as test_sst2_learns' batches). Every sentence is trained once per
+    epoch in fewer steps, and the packed model learns SST-2 as well."""
+    gold = [r[1] for r in read_tsv(glue_dir / "SST-2" / "dev.tsv")[1:]]
+    majority = max(gold.count("0"), gold.count("1")) / len(gold)
+    workdir = tmp_path / "sst2_packed"
+    finetune_cli("sst2", workdir, tiny_init, glue_dir, env, "--config.max_train_examples=1000",
+                 "--config.num_epochs=4", "--config.learning_rate=3e-3",
+                 "--config.packing=4", "--config.batch_size=8")
+    res = json.loads((workdir / "eval" / "epoch_4" / "dev" / "eval_results.json").read_text())
+    assert res["num_examples"] == 872
+    assert res["accuracy"] >= max(0.60, majority + 0.08), res
+    summary = json.loads((workdir / "summary.json").read_text())
+    # 1,000 sentences need >= 250 rows of <= 4; padded, 1,000 rows of 64.
+    steps_per_epoch = summary["steps"] // 4
+    assert math.ceil(250 / 8) <= steps_per_epoch < math.ceil(1000 / 8)
+    assert summary["train_tokens_processed"] == summary["steps"] * 8 * 64
+    last = [r for r in read_jsonl(workdir / "metrics.jsonl") if "loss" in r][-1]
+    # Throughput counts sentences, not rows: more than 2 per row on average.
+    assert last["examples_per_sec"] / last["steps_per_sec"] > 2 * 8

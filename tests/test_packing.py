@@ -142,3 +142,50 @@ def test_packed_forward_equals_unpacked(tiny_pretraining_data):
         np.testing.assert_allclose(s_p[k], s_u[k], rtol=1e-5, err_msg=k)
     t_p, t_u = obj.totals(b), obj.totals(ex)
     assert float(t_p["mlm"]) == float(t_u["mlm"]) and float(t_p["nsp"]) == float(t_u["nsp"])
+
+
+def test_packed_classification_equals_unpacked(tiny_pretraining_data):
+    """GLUE packing (config.packing): each example's logits and the
+    classification loss sums on packed rows equal those of the examples
+    batched one per row."""
+    from conftest import data_path
+
+    from bert_jax.data.tokenizer import load_tokenizer
+    from bert_jax.finetune import batching
+    from bert_jax.finetune.trainer import objective_for
+
+    tok = load_tokenizer(tiny_pretraining_data["vocab"])
+    lines = data_path("glue", "SST-2", "dev.tsv").read_text().splitlines()[1:25]
+    examples = []
+    for line in lines:
+        text, label = line.split("\t")
+        ids = tok.encode(text).ids[:40]
+        examples.append({"input_ids": ids, "token_type_ids": [0] * len(ids),
+                         "labels": int(label)})
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = build_model(cfg, "classification", 2, seed=5)
+    packed = next(batching.iterate_packed_batches(examples, 8, (128,), 4, seed=0, epoch=0))
+    assert packed["example_weights"].sum() == len(examples)
+    plain = batching.collate(examples, np.arange(len(examples)), len(examples), (64,))
+    obj = objective_for("classification")
+    lp = model(packed["input_ids"], packed["token_type_ids"], packed["attention_mask"],
+               segment_ids=packed["segment_ids"], position_ids=packed["position_ids"],
+               cls_positions=packed["cls_positions"])["logits"]
+    lu = model(plain["input_ids"], plain["token_type_ids"], plain["attention_mask"])["logits"]
+    # Slot (r, j) of a packed row <-> the example whose position it holds: match by input ids.
+    by_ids = {tuple(e["input_ids"]): n for n, e in enumerate(examples)}
+    for r in range(8):
+        for j in range(4):
+            if not packed["example_weights"][r, j]:
+                continue
+            at = packed["cls_positions"][r, j]
+            n = int((packed["segment_ids"][r] == j + 1).sum())
+            e = by_ids[tuple(packed["input_ids"][r, at:at + n].tolist())]
+            assert packed["labels"][r, j] == examples[e]["labels"]
+            np.testing.assert_allclose(lp[r, j], lu[e], atol=2e-5, rtol=1e-5)
+    s_p = jax.device_get(obj.sums(model, packed, None))
+    s_u = jax.device_get(obj.sums(model, plain, None))
+    for k in ("loss", "correct", "weight"):
+        np.testing.assert_allclose(s_p[k], s_u[k], rtol=1e-5, err_msg=k)

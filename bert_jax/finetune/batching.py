@@ -124,3 +124,91 @@ def iterate_batches(examples: Sequence[Mapping[str, object]], batch_size: int,
     for idx in plan_batches(lengths, batch_size, length_buckets, shuffle=shuffle, seed=seed,
                             epoch=epoch):
         yield collate(examples, idx, batch_size, length_buckets, pad_values)
+
+
+# ------------------------------------------------------------------ packing
+
+
+def plan_packed_rows(lengths: Sequence[int], capacity: int, max_per_row: int, seed: int,
+                     epoch: int) -> list[np.ndarray]:
+    """Training rows of up to `max_per_row` whole examples each (best-fit
+    decreasing into `capacity` tokens), in a random order. Which examples share
+    a row changes with (seed, epoch) among examples of equal length; the row
+    count depends only on the lengths, so it is the same every epoch."""
+    from bert_jax.data.packing import best_fit_decreasing
+    lengths = np.asarray(lengths, np.int64)
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(lengths.size)
+    rows = best_fit_decreasing(lengths[perm], capacity, max_per_row)
+    return [perm[np.asarray(rows[i], np.int64)] for i in rng.permutation(len(rows))]
+
+
+def collate_packed(examples: Sequence[Mapping[str, object]], rows: Sequence[np.ndarray],
+                   batch_size: int, length_buckets: Sequence[int], max_per_row: int,
+                   pad_values: Mapping[str, int] | None = None) -> Batch:
+    """Packed rows [batch_size, L] of sequence-classification examples.
+
+    Sequence features are concatenated per row; `segment_ids` (1.. per example,
+    0 on padding) keep examples from attending to each other and
+    `position_ids` restart at 0 for each. Scalar features (labels) become
+    [batch_size, max_per_row] slots, with `cls_positions` (each example's
+    [CLS] offset) and `example_weights` (0 on empty slots)."""
+    pads = {**DEFAULT_PAD_VALUES, **(pad_values or {})}
+    if not rows or len(rows) > batch_size:
+        raise ValueError(f"collate_packed: {len(rows)} rows for batch_size={batch_size}")
+    totals = [sum(len(examples[int(i)]["input_ids"]) for i in r) for r in rows]
+    seq_len = bucket_length(max(totals), length_buckets)
+    first = examples[int(rows[0][0])]
+    B, K = batch_size, max_per_row
+    batch: Batch = {}
+    for key, value in first.items():
+        value = np.asarray(value)
+        dtype = np.float32 if np.issubdtype(value.dtype, np.floating) else np.int32
+        if value.ndim > 1:
+            raise ValueError(f"collate_packed: feature {key!r} has {value.ndim} dims")
+        shape = (B, K) if value.ndim == 0 else (B, seq_len)
+        batch[key] = np.full(shape, pads.get(key, 0), dtype)
+    extra = {name: np.zeros((B, seq_len), np.int32)
+             for name in ("attention_mask", "segment_ids", "position_ids")}
+    cls_positions = np.zeros((B, K), np.int32)
+    weights = np.zeros((B, K), np.float32)
+    for r, members in enumerate(rows):
+        if len(members) > K:
+            raise ValueError(f"collate_packed: row {r} holds {len(members)} > {K} examples")
+        at = 0
+        for j, i in enumerate(members):
+            ex = examples[int(i)]
+            n = len(ex["input_ids"])
+            for key in batch:
+                v = np.asarray(ex[key])
+                if v.ndim == 0:
+                    batch[key][r, j] = v
+                else:
+                    batch[key][r, at:at + n] = v
+            extra["attention_mask"][r, at:at + n] = 1
+            extra["segment_ids"][r, at:at + n] = j + 1
+            extra["position_ids"][r, at:at + n] = np.arange(n)
+            cls_positions[r, j] = at
+            weights[r, j] = 1.0
+            at += n
+    batch.update(extra)
+    batch["cls_positions"] = cls_positions
+    batch["example_weights"] = weights
+    return batch
+
+
+def iterate_packed_batches(examples: Sequence[Mapping[str, object]], batch_size: int,
+                           length_buckets: Sequence[int], max_per_row: int, *, seed: int,
+                           epoch: int, pad_values: Mapping[str, int] | None = None
+                           ) -> Iterator[Batch]:
+    """One training epoch of packed batches (`batch_size` rows each)."""
+    lengths = [len(ex["input_ids"]) for ex in examples]
+    rows = plan_packed_rows(lengths, max(length_buckets), max_per_row, seed, epoch)
+    for s in range(0, len(rows), batch_size):
+        yield collate_packed(examples, rows[s:s + batch_size], batch_size, length_buckets,
+                             max_per_row, pad_values)
+
+
+def num_packed_rows(lengths: Sequence[int], capacity: int, max_per_row: int) -> int:
+    from bert_jax.data.packing import best_fit_decreasing
+    return len(best_fit_decreasing(np.asarray(lengths, np.int64), capacity, max_per_row))

@@ -361,7 +361,7 @@ class GlueTask:
 
     def __init__(self, spec: TaskSpec, load_split: Callable[[str], SplitData], tokenizer,
                  max_seq_length: int = 128, length_buckets: Sequence[int] = (32, 64, 96, 128),
-                 max_train_examples: int = 0):
+                 max_train_examples: int = 0, packing: int = 0):
         if max_seq_length > max(length_buckets):
             raise ValueError(f"max_seq_length={max_seq_length} exceeds the largest of "
                              f"length_buckets={tuple(length_buckets)}")
@@ -377,6 +377,9 @@ class GlueTask:
         self._max_seq_length = max_seq_length
         self._buckets = tuple(length_buckets)
         self._max_train = max_train_examples
+        if packing < 0:
+            raise ValueError(f"packing={packing}: must be >= 0")
+        self._packing = packing if packing > 1 else 0
         self._pad = {"input_ids": tokenizer.pad_id}
         self._data: dict[str, SplitData] = {}
         self._features: dict[str, list[dict[str, Any]]] = {}
@@ -400,7 +403,19 @@ class GlueTask:
     def num_train_examples(self) -> int:
         return len(self.split_data("train").examples)
 
+    def train_steps_per_epoch(self, batch_size: int) -> int:
+        """Optimizer steps in one epoch (packed: batches of `batch_size` rows)."""
+        if not self._packing:
+            return -(-self.num_train_examples() // batch_size)
+        lengths = [len(f["input_ids"]) for f in self.features("train")]
+        rows = batching.num_packed_rows(lengths, max(self._buckets), self._packing)
+        return -(-rows // batch_size)
+
     def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
+        if self._packing:
+            return batching.iterate_packed_batches(
+                self.features("train"), batch_size, self._buckets, self._packing, seed=seed,
+                epoch=epoch, pad_values=self._pad)
         return batching.iterate_batches(self.features("train"), batch_size, self._buckets,
                                         shuffle=True, seed=seed, epoch=epoch,
                                         pad_values=self._pad)
@@ -540,7 +555,7 @@ def build_task(config, tokenizer) -> GlueTask:
     else:
         load = lambda split: read_split(spec.name, split, data_dir)
     return GlueTask(spec, load, tokenizer, config.max_seq_length, tuple(config.length_buckets),
-                    config.get("max_train_examples", 0))
+                    config.get("max_train_examples", 0), config.get("packing", 0))
 
 
 def subsample_indices(n_total: int, n: int, seed: int = 0) -> np.ndarray:

@@ -46,8 +46,11 @@ def task_module(config):
 
 def objective_for(head: str) -> training.Objective:
     def forward(model, batch, rng):
+        # Packed batches (config.packing) carry these; which keys exist is static.
+        packed = {k: batch[k] for k in ("segment_ids", "position_ids", "cls_positions")
+                  if k in batch}
         return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                     dropout_rng=rng)
+                     dropout_rng=rng, **packed)
 
     if head == "classification":
         def sums(model, batch, rng):
@@ -174,7 +177,9 @@ def finetune(config, workdir) -> dict:
     mesh_shape = tuple(config.mesh.shape) if "mesh" in config else (-1, 1, 1)
     mesh = sharding.make_mesh(mesh_shape)
     batch_size = config.batch_size
-    steps_per_epoch = math.ceil(task.num_train_examples() / batch_size)
+    steps_per_epoch = (task.train_steps_per_epoch(batch_size)
+                       if hasattr(task, "train_steps_per_epoch")
+                       else math.ceil(task.num_train_examples() / batch_size))
     total_steps = steps_per_epoch * config.num_epochs
     optim_cfg = {"name": config.get("optimizer", "adamw"), "lr": config.learning_rate,
                  "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay,
@@ -201,7 +206,7 @@ def finetune(config, workdir) -> dict:
         window: dict[str, float] = {}
         # Throughput counts only the steps after the first (which compiles) and
         # not the evaluations between epochs.
-        n_window, timed_steps, timed_sec, tokens = 0, 0, 0.0, 0
+        n_window, timed_steps, timed_sec, tokens, examples = 0, 0, 0.0, 0, 0
         t_start = time.perf_counter()
         history = []
         step = 0
@@ -218,6 +223,8 @@ def finetune(config, workdir) -> dict:
                 if step > 0:
                     timed_steps, timed_sec = timed_steps + 1, timed_sec + t_now - t_prev
                     tokens += int(batch["input_ids"].size)
+                    # Real examples (a packed row holds several, filler rows none).
+                    examples += int(np.sum(batch["example_weights"] > 0))
                 t_prev = t_now
                 if not m["finite"]:
                     raise FloatingPointError(f"non-finite loss or gradient at step {step + 1}")
@@ -231,14 +238,14 @@ def finetune(config, workdir) -> dict:
                            "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"])}
                     if timed_steps:
                         rec.update(steps_per_sec=timed_steps / timed_sec,
-                                   examples_per_sec=timed_steps * batch_size / timed_sec,
+                                   examples_per_sec=examples / timed_sec,
                                    padded_tokens_per_sec=tokens / timed_sec)
                     if "correct" in window:
                         rec["accuracy"] = window["correct"] / max(window["weight"], 1.0)
                     writer.write(step, rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
                     window.clear()
-                    n_window, timed_steps, timed_sec, tokens = 0, 0, 0.0, 0
+                    n_window, timed_steps, timed_sec, tokens, examples = 0, 0, 0.0, 0, 0
             # ---- Evaluate at each epoch end ----------------------------------------------
             # Every process runs the (collective) forward passes; one writes files.
             out_dir = workdir / "eval" / f"epoch_{epoch + 1}" if is_main else None

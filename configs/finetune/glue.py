@@ -52,6 +52,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # > 0: train on a fixed random subset of this many training examples
     # (glue.subsample_indices, seed 0), e.g. to fit SST-2 on a CPU.
     c.max_train_examples = 0
+    # >= 2: training rows hold up to this many whole examples (segment-aware
+    # attention, one [CLS] each; batch_size then counts rows, so lower it to
+    # keep the examples per step). 0: one example per row, length-bucketed.
+    c.packing = 0
 
     c.sweep = config_dict.ConfigDict()
     c.sweep.lrs = (2e-5, 3e-5, 5e-5)

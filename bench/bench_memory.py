@@ -1,0 +1,95 @@
+"""Train-step memory per config and the largest batch that fits a memory budget.
+
+    .venv/bin/python bench/bench_memory.py [--sizes=base,large] [--seqs=128,512]
+        [--remat=none,full] [--dtype=bfloat16] [--budget-gib=80]
+
+For each (size, seq, remat policy) the real pretraining step (scan over layers,
+gathered MLM head with Google's max_predictions_per_seq: 20 at seq 128, 80 at
+512, AdamW, clipping) is compiled on abstract inputs, nothing allocated, and
+the compiled executable's memory analysis gives the step's peak device memory
+(parameters + optimizer state + batch + XLA temporaries, donated state
+aliased). Memory grows linearly with the batch, so two compiles (batch 8 and
+32) fix the line; the largest multiple of 8 predicted to fit --budget-gib
+(default: the device's own limit where JAX reports one, e.g. an H100's 80 GB)
+is then compiled to confirm it, stepping down by 8 until it fits.
+
+On CPU this is XLA:CPU's buffer assignment: the same program's needs, but
+not a GPU's (other fusion and scheduling); run the same command on the GPU
+for the GPU's figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+from bench_compile import compile_step  # noqa: E402
+from common import load_average, markdown_table  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from bert_jax.bert_config import BertConfig  # noqa: E402
+
+GOOGLE_MASKED = {128: 20, 512: 80}
+
+
+def step_gib(size: str, seq: int, remat: str, dtype: str, batch: int) -> float:
+    cfg = BertConfig.named(size, scan_layers=True, remat_policy=remat, dtype=dtype,
+                           max_position_embeddings=max(512, seq))
+    gib = compile_step(cfg, batch, seq, GOOGLE_MASKED.get(seq, round(0.15 * seq)))["step_gib"]
+    if gib is None:
+        raise SystemExit(f"{jax.devices()[0].platform}: no memory analysis for compiled steps")
+    return gib
+
+
+def largest_batch(size, seq, remat, dtype, budget, m8, m32) -> tuple[int, float]:
+    per_row = (m32 - m8) / 24
+    b = int((budget - (m8 - 8 * per_row)) / per_row) // 8 * 8
+    while b >= 8:
+        m = step_gib(size, seq, remat, dtype, b)
+        if m <= budget:
+            return b, m
+        b -= 8
+    return 0, float("nan")
+
+
+def device_budget_gib() -> float | None:
+    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
+    if stats and stats.get("bytes_limit"):
+        return stats["bytes_limit"] / 2.0 ** 30
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="base,large")
+    ap.add_argument("--seqs", default="128,512")
+    ap.add_argument("--remat", default="none,full")
+    ap.add_argument("--dtype", default="bfloat16", help="compute dtype (params stay fp32)")
+    ap.add_argument("--budget-gib", type=float, default=None)
+    args = ap.parse_args()
+    budget = args.budget_gib or device_budget_gib()
+    if budget is None:
+        ap.error("--budget-gib: this device reports no memory limit; give one (e.g. 80)")
+    combos = [(z, int(q), r) for z in args.sizes.split(",") for q in args.seqs.split(",")
+              for r in args.remat.split(",")]
+    rows = []
+    for size, seq, remat in tqdm(combos, desc="compiling", leave=False):
+        m8 = step_gib(size, seq, remat, args.dtype, 8)
+        m32 = step_gib(size, seq, remat, args.dtype, 32)
+        b, mb = largest_batch(size, seq, remat, args.dtype, budget, m8, m32)
+        rows.append([f"bert_{size}", seq, remat, f"{m8:.2f}", f"{m32:.2f}",
+                     f"{(m32 - m8) / 24 * 1024:.0f}", b or "none", f"{mb:.2f}"])
+    print()
+    print(markdown_table(["model", "seq", "remat", "GiB @ batch 8", "GiB @ batch 32",
+                          "MiB per sequence", f"largest batch <= {budget:.0f} GiB",
+                          "its GiB"], rows))
+    print(f"\n{args.dtype} compute, fp32 params + AdamW state, scan over layers; "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}; "
+          f"load average {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
