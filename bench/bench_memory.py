@@ -11,7 +11,8 @@ the compiled executable's memory analysis gives the step's peak device memory
 aliased). Memory grows linearly with the batch, so two compiles (batch 8 and
 32) fix the line; the largest multiple of 8 predicted to fit --budget-gib
 (default: the device's own limit where JAX reports one, e.g. an H100's 80 GB)
-is then compiled to confirm it, stepping down by 8 until it fits.
+is then compiled to confirm it and refined from the measured points (a few
+compiles; the result is exact to a multiple of 8 unless stated otherwise).
 
 On CPU this is XLA:CPU's buffer assignment: the same program's needs, but
 not a GPU's (other fusion and scheduling); run the same command on the GPU
@@ -44,15 +45,35 @@ def step_gib(size: str, seq: int, remat: str, dtype: str, batch: int) -> float:
     return gib
 
 
-def largest_batch(size, seq, remat, dtype, budget, m8, m32) -> tuple[int, float]:
-    per_row = (m32 - m8) / 24
-    b = int((budget - (m8 - 8 * per_row)) / per_row) // 8 * 8
-    while b >= 8:
-        m = step_gib(size, seq, remat, dtype, b)
-        if m <= budget:
-            return b, m
-        b -= 8
-    return 0, float("nan")
+def largest_batch(size, seq, remat, dtype, budget, m8, m32,
+                  max_compiles: int = 5) -> tuple[int, float]:
+    """Largest multiple of 8 whose step fits `budget`: predicted from the line
+    through the two nearest measured points, confirmed by compiling, then
+    bisected between the largest batch known to fit and the smallest known not
+    to (at most `max_compiles` more compiles)."""
+    known = {8: m8, 32: m32}
+    fits = max((b for b, m in known.items() if m <= budget), default=0)
+    fails = min((b for b, m in known.items() if m > budget), default=None)
+    for _ in range(max_compiles):
+        if fails is not None and fails - fits <= 8:
+            break
+        lo = max(b for b in known if b <= max(fits, 8))
+        hi = min((b for b in known if b > lo), default=None) or max(known)
+        if hi == lo:
+            lo = min(known)
+        per_row = (known[hi] - known[lo]) / (hi - lo)
+        guess = int(lo + (budget - known[lo]) / per_row) // 8 * 8
+        if fails is not None:
+            guess = min(guess, fails - 8)
+        guess = max(guess, fits + 8)
+        if guess in known:
+            break
+        known[guess] = step_gib(size, seq, remat, dtype, guess)
+        if known[guess] <= budget:
+            fits = max(fits, guess)
+        else:
+            fails = guess if fails is None else min(fails, guess)
+    return fits, known.get(fits, float("nan"))
 
 
 def device_budget_gib() -> float | None:
@@ -81,7 +102,7 @@ def main() -> None:
         m32 = step_gib(size, seq, remat, args.dtype, 32)
         b, mb = largest_batch(size, seq, remat, args.dtype, budget, m8, m32)
         rows.append([f"bert_{size}", seq, remat, f"{m8:.2f}", f"{m32:.2f}",
-                     f"{(m32 - m8) / 24 * 1024:.0f}", b or "none", f"{mb:.2f}"])
+                     f"{(m32 - m8) / 24 * 1024:.0f}", b or "< 8", f"{mb:.2f}"])
     print()
     print(markdown_table(["model", "seq", "remat", "GiB @ batch 8", "GiB @ batch 32",
                           "MiB per sequence", f"largest batch <= {budget:.0f} GiB",
