@@ -34,14 +34,7 @@ _PACK_SALT = 0x5041434B  # "PACK"
 def instance_lengths(corpus, plan: pretraining.Plan, cfg: pretraining.PairingConfig) -> np.ndarray:
     """Token count of every plan row after truncation ([CLS] and [SEP]s included),
     the `length` that `pretraining.materialize` will give it."""
-    start, length = corpus.sentence_start, corpus.sentence_length
-    n = len(start)
-    a0, a1, b0, b1 = plan.a_start, plan.a_end, plan.b_start, plan.b_end
-    sa, sb = start[a0], start[np.minimum(b0, n - 1)]
-    la = start[a1 - 1] + length[a1 - 1] - sa
-    last_b = np.maximum(b1 - 1, 0)
-    lb = np.where(b1 > b0, start[last_b] + length[last_b] - sb, 0)
-    na, nb = pretraining.truncated_lengths(la, lb, cfg.max_num_tokens)
+    *_, na, nb = pretraining.segment_spans(corpus, plan, slice(None), cfg)
     return (2 + na + nb + (nb > 0)).astype(np.int64)
 
 

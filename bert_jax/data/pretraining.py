@@ -194,18 +194,28 @@ class Sequences:
     is_random: np.ndarray
 
 
+def segment_spans(corpus: PreparedCorpus, plan: Plan, rows, cfg: PairingConfig):
+    """(sa, sb, la, lb, na, nb) of plan rows `rows`: token offsets of segments
+    A and B in their shards, their lengths, and their lengths after
+    truncate_seq_pair. Needs sentence lengths only, no tokens."""
+    a0, a1, b0, b1 = plan.a_start[rows], plan.a_end[rows], plan.b_start[rows], plan.b_end[rows]
+    start, length = corpus.sentence_start, corpus.sentence_length
+    sa, sb = start[a0], start[np.minimum(b0, len(start) - 1)]
+    la = start[a1 - 1] + length[a1 - 1] - sa
+    lb = np.where(b1 > b0, start[np.maximum(b1 - 1, 0)] + length[np.maximum(b1 - 1, 0)] - sb, 0)
+    na, nb = truncated_lengths(la, lb, cfg.max_num_tokens)
+    return sa, sb, la, lb, na, nb
+
+
 def materialize(corpus: PreparedCorpus, plan: Plan, rows: np.ndarray, g: np.ndarray,
                 cfg: PairingConfig, seed: int, cls_id: int, sep_id: int,
                 pad_id: int) -> Sequences:
     """Build `[CLS] A [SEP] B [SEP]` (or `[CLS] A [SEP]`) for plan rows `rows`,
     whose global instance indices are `g` (keying the truncation draws)."""
     T = cfg.max_seq_length
-    a0, a1, b0, b1 = plan.a_start[rows], plan.a_end[rows], plan.b_start[rows], plan.b_end[rows]
-    start, length, shard = corpus.sentence_start, corpus.sentence_length, corpus.sentence_shard
-    sa, sb = start[a0], start[np.minimum(b0, len(start) - 1)]
-    la = start[a1 - 1] + length[a1 - 1] - sa
-    lb = np.where(b1 > b0, start[np.maximum(b1 - 1, 0)] + length[np.maximum(b1 - 1, 0)] - sb, 0)
-    na, nb = truncated_lengths(la, lb, cfg.max_num_tokens)
+    a0, b0 = plan.a_start[rows], plan.b_start[rows]
+    start, shard = corpus.sentence_start, corpus.sentence_shard
+    sa, sb, la, lb, na, nb = segment_spans(corpus, plan, rows, cfg)
     sa = sa + front_cuts(seed, g, la - na, 0)
     sb = sb + front_cuts(seed, g, lb - nb, 1)
     b = len(rows)
