@@ -35,7 +35,11 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     if impl in ("xla", "cudnn") and not use_dropout:
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
     head_dim = q.shape[-1]
-    logits = jnp.einsum("BFNH,BTNH->BNFT", q, k, preferred_element_type=jnp.float32)
+    # Heads-major [B,N,F,H] before the batched products: on XLA:CPU the masked
+    # attention forward then ran 4x faster than as [B,F,N,H] einsums (20 vs 82 ms,
+    # bert_small, batch 32 x 128, 2 cores), forward + backward 15% faster.
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+    logits = jnp.matmul(q, k.swapaxes(-1, -2), preferred_element_type=jnp.float32)
     logits = logits / jnp.sqrt(jnp.float32(head_dim))
     # Masked keys get the most negative finite value (HF uses finfo.min too), so a
     # row never becomes NaN even if all its keys are masked.
@@ -44,4 +48,4 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     if use_dropout:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum("BNFT,BTNH->BFNH", probs.astype(v.dtype), v)
+    return jnp.matmul(probs.astype(v.dtype), v).transpose(0, 2, 1, 3)

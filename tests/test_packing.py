@@ -189,3 +189,58 @@ def test_packed_classification_equals_unpacked(tiny_pretraining_data):
     s_u = jax.device_get(obj.sums(model, plain, None))
     for k in ("loss", "correct", "weight"):
         np.testing.assert_allclose(s_p[k], s_u[k], rtol=1e-5, err_msg=k)
+
+
+def test_packed_tagging_equals_unpacked(tiny_pretraining_data):
+    """CoNLL packing (config.packing): real eng.testa sentence windows packed
+    into rows give every token the logits it gets in its own row, and the
+    tagging loss sums and token count equal the unpacked ones."""
+    from conftest import data_path
+
+    from bert_jax.data.tokenizer import load_tokenizer
+    from bert_jax.finetune import batching, conll
+    from bert_jax.finetune.trainer import objective_for
+
+    tok = load_tokenizer(tiny_pretraining_data["vocab"])
+    sents = conll.read_conll_file(data_path("conll2003", "eng.testa"))[:30]
+    names = conll.label_names_from(sents)
+    task = conll.ConllTask(lambda split: sents, tok, max_seq_length=64, window_stride=32,
+                           length_buckets=(64,), label_names=names, packing=4)
+    examples = task.features("train").examples
+    n_rows = len(batching.plan_packed_rows([len(e["input_ids"]) for e in examples], 64, 4,
+                                           seed=0, epoch=0))
+    batches = list(task.train_batches(64, seed=0, epoch=0))
+    assert len(batches) == task.train_steps_per_epoch(64) == 1   # all windows in one batch
+    packed = batches[0]
+    assert "cls_positions" not in packed and packed["example_weights"].shape == (64, 4)
+    assert packed["example_weights"].sum() == len(examples) > n_rows   # really packed
+    assert (packed["example_weights"].max(-1) > 0).sum() == n_rows
+    plain = batching.collate(examples, np.arange(len(examples)), len(examples), (64,),
+                             {"input_ids": tok.pad_id})
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = build_model(cfg, "tagging", len(names), seed=5)
+    lp = np.asarray(model(packed["input_ids"], packed["token_type_ids"], packed["attention_mask"],
+                          segment_ids=packed["segment_ids"],
+                          position_ids=packed["position_ids"])["logits"])
+    lu = np.asarray(model(plain["input_ids"], plain["token_type_ids"],
+                          plain["attention_mask"])["logits"])
+    by_ids = {tuple(e["input_ids"].tolist()): n for n, e in enumerate(examples)}
+    seen = 0
+    for r in range(64):
+        for j in range(4):
+            span = np.nonzero(packed["segment_ids"][r] == j + 1)[0]
+            if not span.size:
+                continue
+            e = by_ids[tuple(packed["input_ids"][r, span].tolist())]
+            np.testing.assert_array_equal(packed["label_ids"][r, span], examples[e]["label_ids"])
+            np.testing.assert_allclose(lp[r, span], lu[e, :span.size], atol=2e-5, rtol=1e-5)
+            seen += 1
+    assert seen == len(examples)
+    obj = objective_for("tagging")
+    s_p = jax.device_get(obj.sums(model, packed, None))
+    s_u = jax.device_get(obj.sums(model, plain, None))
+    for k in ("loss", "correct", "weight"):
+        np.testing.assert_allclose(s_p[k], s_u[k], rtol=1e-5, err_msg=k)
+    assert float(obj.totals(packed)["n"]) == float(obj.totals(plain)["n"]) > 0

@@ -400,10 +400,15 @@ class ConllTask:
     def __init__(self, load_split: Callable[[str], list[Sentence]], tokenizer,
                  max_seq_length: int = 128, window_stride: int = 64, doc_context: bool = False,
                  length_buckets: Sequence[int] = (32, 64, 128),
-                 label_names: Sequence[str] | None = None):
+                 label_names: Sequence[str] | None = None, packing: int = 0):
         if max_seq_length > max(length_buckets):
             raise ValueError(f"max_seq_length={max_seq_length} exceeds the largest of "
                              f"length_buckets={tuple(length_buckets)}")
+        if packing < 0:
+            raise ValueError(f"packing={packing}: must be >= 0")
+        # Training rows of up to `packing` whole windows (segment-aware
+        # attention); evaluation stays one window per row.
+        self._packing = packing if packing > 1 else 0
         self._load_split = load_split
         self._tokenizer = tokenizer
         self._kw = dict(max_seq_length=max_seq_length, window_stride=window_stride,
@@ -432,9 +437,21 @@ class ConllTask:
     def num_train_examples(self) -> int:
         return len(self.features("train").examples)
 
+    def train_steps_per_epoch(self, batch_size: int) -> int:
+        """Optimizer steps in one epoch (packed: batches of `batch_size` rows)."""
+        if not self._packing:
+            return -(-self.num_train_examples() // batch_size)
+        lengths = [len(ex["input_ids"]) for ex in self.features("train").examples]
+        rows = batching.num_packed_rows(lengths, max(self._buckets), self._packing)
+        return -(-rows // batch_size)
+
     def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
         examples = [{k: v for k, v in ex.items() if k != "feature_index"}
                     for ex in self.features("train").examples]
+        if self._packing:
+            return (_tagging_rows(b) for b in batching.iterate_packed_batches(
+                examples, batch_size, self._buckets, self._packing, seed=seed, epoch=epoch,
+                pad_values=self._pad))
         return batching.iterate_batches(examples, batch_size, self._buckets, shuffle=True,
                                         seed=seed, epoch=epoch, pad_values=self._pad)
 
@@ -476,6 +493,14 @@ class ConllTask:
         return metrics
 
 
+def _tagging_rows(batch: Batch) -> Batch:
+    """A packed batch for the tagging head: labels are already per token
+    (concatenated label_ids, -100 between windows), so the per-example [CLS]
+    offsets are dropped; example_weights [B, K] keep counting windows."""
+    batch.pop("cls_positions")
+    return batch
+
+
 def build_task(config, tokenizer, label_names: Sequence[str] | None = None) -> ConllTask:
     """A `ConllTask` from `configs/finetune/conll2003.py`'s fields: column files
     (train_file / dev_file / test_file), or TFDS when `config.tfds` is set."""
@@ -504,7 +529,8 @@ def build_task(config, tokenizer, label_names: Sequence[str] | None = None) -> C
 
     return ConllTask(load, tokenizer, max_seq_length=config.max_seq_length,
                      window_stride=config.window_stride, doc_context=config.doc_context,
-                     length_buckets=tuple(config.length_buckets), label_names=label_names)
+                     length_buckets=tuple(config.length_buckets), label_names=label_names,
+                     packing=config.get("packing", 0))
 
 
 # ------------------------------------------------------------------ raw text

@@ -18,6 +18,12 @@ example_weights. Per head:
            `feature_index` (int32 [B]) to map logits back to windows
   tagging: label_ids (int32 [B, L], -100 where no loss: special tokens, non-first
            word pieces, context-only tokens); eval batches also `feature_index`
+
+Packed training batches (GLUE and CoNLL `config.packing`) hold several whole
+examples per row: segment_ids / position_ids (int32 [B, L]) keep them apart,
+example_weights becomes [B, K] (one slot per example, 0 when empty),
+classification labels [B, K] with cls_positions (each example's [CLS] offset);
+tagging label_ids stay per token.
 """
 
 from __future__ import annotations

@@ -44,6 +44,14 @@ def task_module(config):
     return glue
 
 
+def _row_weights(batch):
+    """float [B]: a row's weight for per-token losses; packed rows carry one
+    weight per example slot [B, K] (0 on empty slots), any of which makes the
+    row real (its padding tokens are already -100)."""
+    w = batch["example_weights"]
+    return w if w.ndim == 1 else jnp.max(w, axis=-1)
+
+
 def objective_for(head: str) -> training.Objective:
     def forward(model, batch, rng):
         # Packed batches (config.packing) carry these; which keys exist is static.
@@ -69,13 +77,13 @@ def objective_for(head: str) -> training.Objective:
     elif head == "tagging":
         def sums(model, batch, rng):
             return losses.tagging_sums(forward(model, batch, rng)["logits"], batch["label_ids"],
-                                       batch["example_weights"])
+                                       _row_weights(batch))
     else:
         raise ValueError(f"unknown head {head!r}")
 
     def totals(batch):
         if head == "tagging":
-            valid = (batch["label_ids"] != -100) & (batch["example_weights"][:, None] > 0)
+            valid = (batch["label_ids"] != -100) & (_row_weights(batch)[:, None] > 0)
             return {"n": jnp.sum(valid).astype(jnp.float32)}
         return {"n": jnp.sum(batch["example_weights"]).astype(jnp.float32)}
 
@@ -150,8 +158,9 @@ def finetune(config, workdir) -> dict:
     must call this (the steps and forward passes are collective).
 
     Returns:
-      On process 0 the summary ({'task', 'steps', 'train_time_sec',
-      'train_tokens_processed', 'final': {'epoch', 'step', <split>: metrics},
+      On process 0 the summary ({'task', 'steps', 'train_time_sec' (with the
+      evaluations), 'train_loop_sec' (without), 'train_tokens_processed',
+      'final': {'epoch', 'step', <split>: metrics},
       'history': [per epoch]}); {} on the other processes.
     """
     workdir = pathlib.Path(workdir)
@@ -211,8 +220,9 @@ def finetune(config, workdir) -> dict:
         history = []
         step = 0
         total_tokens = 0  # padded tokens the model processed (what bucketing saves)
+        loop_sec = 0.0  # the training loops alone (compiles included, evaluations not)
         for epoch in range(config.num_epochs):
-            t_prev = time.perf_counter()
+            t_prev = t_epoch = time.perf_counter()
             for batch in task.train_batches(batch_size, config.seed, epoch):
                 model_batch = {k: v for k, v in batch.items() if k not in _AUX_KEYS}
                 gb = training.global_batch(_local_rows(model_batch), mesh)
@@ -246,6 +256,7 @@ def finetune(config, workdir) -> dict:
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
                     window.clear()
                     n_window, timed_steps, timed_sec, tokens, examples = 0, 0, 0.0, 0, 0
+            loop_sec += time.perf_counter() - t_epoch
             # ---- Evaluate at each epoch end ----------------------------------------------
             # Every process runs the (collective) forward passes; one writes files.
             out_dir = workdir / "eval" / f"epoch_{epoch + 1}" if is_main else None
@@ -279,6 +290,7 @@ def finetune(config, workdir) -> dict:
                                  model_head, num_labels, list(task.label_names), task_meta,
                                  vocab)
         summary = {"task": task.name, "steps": step, "train_time_sec": train_time,
+                   "train_loop_sec": loop_sec,
                    "train_tokens_processed": total_tokens,
                    "final": history[-1] if history else {}, "history": history}
         tmp = workdir / "summary.json.tmp"

@@ -57,6 +57,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.init_checkpoint = ""
     # Padded lengths a batch may take (CoNLL sentences average ~20 pieces).
     c.length_buckets = (32, 64, 128)
+    # k > 1: training rows of up to k whole sentence windows (best-fit into the
+    # largest bucket, segment-aware attention, positions restart per window);
+    # evaluation is not packed. Pair with a smaller batch_size (rows per step).
+    c.packing = 0
     if "runlocal" in switches:
         c.max_train_sentences = 1000
         c.num_epochs = 1
