@@ -212,3 +212,21 @@ def iterate_packed_batches(examples: Sequence[Mapping[str, object]], batch_size:
 def num_packed_rows(lengths: Sequence[int], capacity: int, max_per_row: int) -> int:
     from bert_jax.data.packing import best_fit_decreasing
     return len(best_fit_decreasing(np.asarray(lengths, np.int64), capacity, max_per_row))
+
+
+def examples_per_row(packing: int) -> int:
+    """A task's `config.packing` as the most examples per training row, 0 when
+    rows are not packed (0 or 1)."""
+    if packing < 0:
+        raise ValueError(f"packing={packing}: must be >= 0")
+    return packing if packing > 1 else 0
+
+
+def steps_per_epoch(lengths: Sequence[int], batch_size: int, length_buckets: Sequence[int],
+                    packing: int) -> int:
+    """Training batches in one epoch of examples with these token counts: one
+    example per row, or (packing = `examples_per_row(...)` > 0) the packed rows
+    that `iterate_packed_batches` makes."""
+    rows = (num_packed_rows(lengths, max(length_buckets), packing) if packing
+            else len(lengths))
+    return -(-rows // batch_size)

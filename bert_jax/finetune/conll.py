@@ -404,11 +404,9 @@ class ConllTask:
         if max_seq_length > max(length_buckets):
             raise ValueError(f"max_seq_length={max_seq_length} exceeds the largest of "
                              f"length_buckets={tuple(length_buckets)}")
-        if packing < 0:
-            raise ValueError(f"packing={packing}: must be >= 0")
         # Training rows of up to `packing` whole windows (segment-aware
         # attention); evaluation stays one window per row.
-        self._packing = packing if packing > 1 else 0
+        self._packing = batching.examples_per_row(packing)
         self._load_split = load_split
         self._tokenizer = tokenizer
         self._kw = dict(max_seq_length=max_seq_length, window_stride=window_stride,
@@ -439,11 +437,9 @@ class ConllTask:
 
     def train_steps_per_epoch(self, batch_size: int) -> int:
         """Optimizer steps in one epoch (packed: batches of `batch_size` rows)."""
-        if not self._packing:
-            return -(-self.num_train_examples() // batch_size)
-        lengths = [len(ex["input_ids"]) for ex in self.features("train").examples]
-        rows = batching.num_packed_rows(lengths, max(self._buckets), self._packing)
-        return -(-rows // batch_size)
+        return batching.steps_per_epoch(
+            [len(ex["input_ids"]) for ex in self.features("train").examples], batch_size,
+            self._buckets, self._packing)
 
     def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
         examples = [{k: v for k, v in ex.items() if k != "feature_index"}

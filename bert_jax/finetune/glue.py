@@ -377,9 +377,7 @@ class GlueTask:
         self._max_seq_length = max_seq_length
         self._buckets = tuple(length_buckets)
         self._max_train = max_train_examples
-        if packing < 0:
-            raise ValueError(f"packing={packing}: must be >= 0")
-        self._packing = packing if packing > 1 else 0
+        self._packing = batching.examples_per_row(packing)
         self._pad = {"input_ids": tokenizer.pad_id}
         self._data: dict[str, SplitData] = {}
         self._features: dict[str, list[dict[str, Any]]] = {}
@@ -405,11 +403,8 @@ class GlueTask:
 
     def train_steps_per_epoch(self, batch_size: int) -> int:
         """Optimizer steps in one epoch (packed: batches of `batch_size` rows)."""
-        if not self._packing:
-            return -(-self.num_train_examples() // batch_size)
-        lengths = [len(f["input_ids"]) for f in self.features("train")]
-        rows = batching.num_packed_rows(lengths, max(self._buckets), self._packing)
-        return -(-rows // batch_size)
+        return batching.steps_per_epoch([len(f["input_ids"]) for f in self.features("train")],
+                                        batch_size, self._buckets, self._packing)
 
     def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
         if self._packing:
