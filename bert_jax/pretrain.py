@@ -5,12 +5,14 @@ This file is kept short: flags, distributed init and one call to `train`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import pathlib
 import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +78,47 @@ def bert_config(config, vocab_size: int) -> BertConfig:
         max_position_embeddings=max(m.max_position_embeddings, config.data.max_seq_length))
 
 
+@dataclasses.dataclass
+class Built:
+    """The pieces of the pretraining step: what `train` runs and what
+    `bert_jax.aot` compiles for a TPU topology (one definition for both)."""
+
+    cfg: BertConfig
+    objective: training.Objective
+    optimizer: Any
+    schedule: Any
+    model_fn: Any
+    spec: training.StateSpec
+    step_fn: Any          # jitted train step (state, batch, rng) -> (state, metrics)
+    gathered: bool
+
+
+def build(config, vocab_size: int, mesh) -> Built:
+    """Model config, objective, optimizer, abstract sharded state and the jitted
+    step. Abstract end to end (nothing is allocated or run), so it also works on
+    the devices of a TPU topology with no TPU attached. Call it under
+    `jax.set_mesh(mesh)` and `sharding.axis_rules`."""
+    G = config.global_batch_size
+    if G % config.grad_accum_steps:
+        raise ValueError(f"global_batch_size={G} is not a multiple of "
+                         f"grad_accum_steps={config.grad_accum_steps}")
+    cfg = bert_config(config, vocab_size)
+    gathered = config.model.mlm_head == "gathered"
+    if not gathered and not config.data.dense_labels:
+        raise ValueError("model.mlm_head=dense needs data.dense_labels=True")
+    training.rng_impl(config)  # checked before any compile
+    objective = pretraining_objective(config.data.nsp, gathered)
+    optimizer, schedule = build_optimizer(config.optim, config.num_train_steps)
+
+    def model_fn(key):
+        return BertForPreTraining(cfg, rngs=nnx.Rngs(params=key))
+
+    spec = training.state_spec(model_fn, optimizer, mesh, sharding.DEFAULT_RULES)
+    step_fn = training.jit_train_step(spec, mesh, objective, optimizer, schedule,
+                                      config.grad_accum_steps)
+    return Built(cfg, objective, optimizer, schedule, model_fn, spec, step_fn, gathered)
+
+
 def summarize(sums: dict[str, float]) -> dict[str, float]:
     """Host-side division of metric sums by their denominators."""
     out = {}
@@ -113,9 +156,6 @@ def train(config, workdir: str) -> dict:
     is_main = jax.process_index() == 0
     pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
     G = config.global_batch_size
-    if G % config.grad_accum_steps:
-        raise ValueError(f"global_batch_size={G} is not a multiple of "
-                         f"grad_accum_steps={config.grad_accum_steps}")
 
     # ---- Mesh -------------------------------------------------------------------------
     mesh = sharding.make_mesh(config.mesh.shape)
@@ -134,19 +174,10 @@ def train(config, workdir: str) -> dict:
                              f"prepared with another vocabulary than {config.data.prepared_dir}")
     peak = flops.device_peak_flops()  # before set_mesh: on CPU it runs a one-device matmul
 
-    # ---- Model + optimizer ------------------------------------------------------------
-    cfg = bert_config(config, tokenizer.vocab_size)
-    gathered = config.model.mlm_head == "gathered"
-    if not gathered and not config.data.dense_labels:
-        raise ValueError("model.mlm_head=dense needs data.dense_labels=True")
-    objective = pretraining_objective(config.data.nsp, gathered)
-    optimizer, schedule = build_optimizer(config.optim, config.num_train_steps)
-
-    def model_fn(key):
-        return BertForPreTraining(cfg, rngs=nnx.Rngs(params=key))
-
+    # ---- Model + optimizer + step -----------------------------------------------------
     with jax.set_mesh(mesh), sharding.axis_rules(rules):
-        spec = training.state_spec(model_fn, optimizer, mesh, rules)
+        built = build(config, tokenizer.vocab_size, mesh)
+        cfg, spec, objective, gathered = built.cfg, built.spec, built.objective, built.gathered
 
         # ---- Restore ------------------------------------------------------------------
         ckpt = checkpointing.Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep,
@@ -164,7 +195,8 @@ def train(config, workdir: str) -> dict:
                 _, _, init_params = model_dir.load_flat(config.init_from)
                 if is_main:
                     print(f"initialized weights from {config.init_from}", flush=True)
-            state = training.init_state(spec, model_fn, optimizer, config.seed, init_params)
+            state = training.init_state(spec, built.model_fn, built.optimizer, config.seed,
+                                        init_params)
             start_step = 0
         if is_main:
             model_dir.write_meta(pathlib.Path(workdir), cfg, "pretraining",
@@ -174,12 +206,11 @@ def train(config, workdir: str) -> dict:
                 indent=2))
 
         # ---- Loop ---------------------------------------------------------------------
-        step_fn = training.jit_train_step(spec, mesh, objective, optimizer, schedule,
-                                          config.grad_accum_steps)
+        step_fn = built.step_fn
         eval_fn = training.jit_eval_step(spec, mesh, objective) if eval_pipe else None
         writer = training.MetricWriter(workdir, resume_step=start_step)
         preempt = training.PreemptionFlag()
-        rng = jax.random.key(config.seed + 1)
+        rng = training.dropout_key(config)
         n_steps = config.num_train_steps
         seq_flops = flops.train_flops_per_sequence(
             cfg, config.data.max_seq_length,

@@ -79,8 +79,7 @@ def state_spec(model_fn: Callable[[jax.Array], nnx.Module], optimizer, mesh,
     pure_abs = nnx.to_pure_dict(abs_params)
     abs_opt = jax.eval_shape(optimizer.init, pure_abs)
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abs_opt, param_sh,
-                                   transform_non_params=lambda _: replicated)
+    opt_sh = _opt_shardings(abs_opt, pure_abs, param_sh, replicated)
     shardings = {"step": replicated, "params": param_sh, "opt_state": opt_sh}
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -88,6 +87,21 @@ def state_spec(model_fn: Callable[[jax.Array], nnx.Module], optimizer, mesh,
         shardings)
     scanned = bool(getattr(getattr(abstract_model, "cfg", None), "scan_layers", False))
     return StateSpec(graphdef, abstract, shardings, scanned)
+
+
+def _opt_shardings(abs_opt, abs_params, param_sh, replicated):
+    """Optimizer-state shardings: every subtree shaped like the parameters (Adam's
+    mu and nu, LAMB's moments) takes the parameters' shardings, anything else
+    (step counts) is replicated. Purely structural, so nothing runs eagerly: on
+    the devices of a TPU topology with no TPU attached (`bert_jax.aot`) an eager
+    op fails, and `optax.tree_map_params` calls `optimizer.init` eagerly."""
+    treedef = jax.tree.structure(abs_params)
+
+    def shaped_like_params(x):
+        return isinstance(x, dict) and jax.tree.structure(x) == treedef
+
+    return jax.tree.map(lambda x: param_sh if shaped_like_params(x) else replicated, abs_opt,
+                        is_leaf=shaped_like_params)
 
 
 def init_state(spec: StateSpec, model_fn, optimizer, seed: int,
@@ -209,6 +223,21 @@ def jit_eval_step(spec: StateSpec, mesh, objective):
     fn = functools.partial(eval_step, graphdef=spec.graphdef, objective=objective)
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(fn, in_shardings=(spec.shardings["params"], None), out_shardings=replicated)
+
+
+RNG_IMPLS = ("threefry", "rbg", "unsafe_rbg")
+
+
+def rng_impl(config) -> str:
+    impl = config.get("rng_impl", "threefry")
+    if impl not in RNG_IMPLS:
+        raise ValueError(f"rng_impl={impl!r}; expected one of {', '.join(RNG_IMPLS)}")
+    return impl
+
+
+def dropout_key(config) -> jax.Array:
+    """The dropout key of a run: `config.seed + 1` with `config.rng_impl`."""
+    return jax.random.key(config.seed + 1, impl=rng_impl(config))
 
 
 def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:

@@ -150,6 +150,21 @@ def evaluate_task(task, predict, params, out_dir, eval_batch_size) -> dict[str, 
     return results
 
 
+def runtime_overrides(config) -> dict:
+    """config.model fields that change how a checkpoint's architecture runs."""
+    return {k: config.model[k] for k in ("dtype", "attention_impl", "scan_layers",
+                                         "remat_policy", "hidden_dropout_prob",
+                                         "attention_probs_dropout_prob")
+            if "model" in config and k in config.model}
+
+
+def optimizer_config(config) -> dict:
+    """The `build_optimizer` fields of a fine-tuning config (also compiled by bert_jax.aot)."""
+    return {"name": config.get("optimizer", "adamw"), "lr": config.learning_rate,
+            "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay,
+            "eps": config.get("adam_eps", 1e-6), "clip_norm": config.get("clip_norm", 1.0)}
+
+
 def finetune(config, workdir) -> dict:
     """Fine-tune `config.init_checkpoint` on `config.task` into `workdir`.
 
@@ -172,11 +187,7 @@ def finetune(config, workdir) -> dict:
     cfg, encoder, vocab = init_weights(config)
     # config.model may override how the checkpoint's architecture runs (and its
     # dropout rates, as HF's from_pretrained(..., hidden_dropout_prob=...) does).
-    runtime = {k: config.model[k] for k in ("dtype", "attention_impl", "scan_layers",
-                                            "remat_policy", "hidden_dropout_prob",
-                                            "attention_probs_dropout_prob")
-               if "model" in config and k in config.model}
-    cfg = cfg.replace(**runtime)
+    cfg = cfg.replace(**runtime_overrides(config))
     tokenizer = load_tokenizer(vocab)
     module = task_module(config)
     task = module.build_task(config, tokenizer)
@@ -190,11 +201,8 @@ def finetune(config, workdir) -> dict:
                        if hasattr(task, "train_steps_per_epoch")
                        else math.ceil(task.num_train_examples() / batch_size))
     total_steps = steps_per_epoch * config.num_epochs
-    optim_cfg = {"name": config.get("optimizer", "adamw"), "lr": config.learning_rate,
-                 "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay,
-                 "eps": config.get("adam_eps", 1e-6), "clip_norm": config.get("clip_norm", 1.0)}
     from ml_collections import ConfigDict
-    optimizer, schedule = build_optimizer(ConfigDict(optim_cfg), total_steps)
+    optimizer, schedule = build_optimizer(ConfigDict(optimizer_config(config)), total_steps)
     model_head = head
 
     def model_fn(key):
@@ -208,7 +216,7 @@ def finetune(config, workdir) -> dict:
         step_fn = training.jit_train_step(spec, mesh, objective, optimizer, schedule)
         predict = make_predict_fn(spec.graphdef, spec.shardings["params"], mesh)
         writer = training.MetricWriter(workdir)
-        rng = jax.random.key(config.seed + 1)
+        rng = training.dropout_key(config)
         bar = tqdm(total=total_steps, disable=not is_main, unit="step", dynamic_ncols=True,
                    desc=f"finetune {task.name}")
         log_every = config.get("log_every", 50)
