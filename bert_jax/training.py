@@ -225,11 +225,11 @@ def jit_eval_step(spec: StateSpec, mesh, objective):
     return jax.jit(fn, in_shardings=(spec.shardings["params"], None), out_shardings=replicated)
 
 
-RNG_IMPLS = ("threefry", "rbg", "unsafe_rbg")
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 
 def rng_impl(config) -> str:
-    impl = config.get("rng_impl", "threefry")
+    impl = config.get("rng_impl", "threefry2x32")
     if impl not in RNG_IMPLS:
         raise ValueError(f"rng_impl={impl!r}; expected one of {', '.join(RNG_IMPLS)}")
     return impl

@@ -54,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.warmup_ratio = 0.1
     c.weight_decay = 0.01
     c.seed = 0
-    c.rng_impl = "threefry"    # dropout RNG: threefry | rbg (see configs/pretrain/bert.py)
+    c.rng_impl = "threefry2x32"    # dropout RNG: threefry | rbg (see configs/pretrain/bert.py)
     c.init_checkpoint = ""
     # Padded lengths a batch may take (CoNLL sentences average ~20 pieces).
     c.length_buckets = (32, 64, 128)

@@ -70,11 +70,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.num_train_steps = int(TOTAL_STEPS * (0.1 if phase2 else 0.9))
     c.init_from = ""                      # phase 2: phase-1 workdir (params only)
     c.seed = 0
-    # Dropout RNG. threefry: the same bits on every backend and mesh. rbg: XLA's
-    # RngBitGenerator, as MaxText uses on TPU: the TPU compile of bert_tiny took
-    # 3x less CPU time (149 vs 437 s, docs/tpu.md) and the step does less work.
+    # Dropout RNG. threefry2x32: partitioned over the mesh, the same bits on every
+    # backend. rbg: XLA's RngBitGenerator, a 3x cheaper TPU compile for bert_tiny
+    # (149 vs 437 CPU s), but under a sharded mesh every device materializes the
+    # whole random tensor (docs/tpu.md): only for one device or small batches.
     # Resume stays bitwise on the same mesh with either.
-    c.rng_impl = "threefry"
+    c.rng_impl = "threefry2x32"
 
     c.mesh = config_dict.ConfigDict()
     c.mesh.shape = (-1, 1, 1)             # (data, fsdp, tensor); -1 = remaining devices
