@@ -16,7 +16,6 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -101,19 +100,13 @@ def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.n
                    task: dict | None = None, vocab: str | os.PathLike | None = None) -> None:
     """Write a complete model dir to a temp dir beside `out`, then rename, so a
     crash never leaves a half-written model behind."""
-    out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    from bert_jax import outputs
+
+    def write(tmp):
         save_params(tmp / "params", flat)
         copy_vocab(vocab, tmp)
         write_meta(tmp, cfg, head, num_labels, label_names, task)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    outputs.write_dir_atomic(out, write)
 
 
 def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | None:
