@@ -201,4 +201,5 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from bert_jax import cli
+    cli.run(main)

@@ -330,7 +330,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     flags.DEFINE_string("corpus", None, "corpus spec (see bert_jax.data.corpora)", required=True)
     flags.DEFINE_string("vocab", None, "vocab.txt or SentencePiece .model", required=True)
@@ -339,4 +339,5 @@ if __name__ == "__main__":
     flags.DEFINE_enum("segmenter", "sentencex", list(corpora.SEGMENTERS), "sentence splitter")
     flags.DEFINE_enum("encoding_errors", "strict", ["strict", "replace"], "non-UTF-8 policy")
     flags.DEFINE_integer("max_sentence_tokens", 256, "split longer sentences")
-    app.run(main)
+    from bert_jax import cli
+    cli.run(main)

@@ -109,7 +109,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     flags.DEFINE_string("corpus", None, "corpus spec (see bert_jax.data.corpora)", required=True)
     flags.DEFINE_integer("vocab_size", 30522, "vocabulary size incl. special tokens")
@@ -119,4 +119,5 @@ if __name__ == "__main__":
     flags.DEFINE_bool("lowercase", True, "uncased WordPiece vocabulary")
     flags.DEFINE_integer("num_unused", 0, "[unusedN] placeholder tokens")
     flags.DEFINE_enum("segmenter", "sentencex", list(corpora.SEGMENTERS), "sentence splitter")
-    app.run(main)
+    from bert_jax import cli
+    cli.run(main)

@@ -46,4 +46,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from bert_jax import cli
+    cli.run(main)
