@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import sys
 from collections.abc import Iterator
 
 from bert_jax.data import corpora
@@ -97,13 +96,16 @@ def _train_sentencepiece(corpus, vocab_size, out, num_unused, segmenter):
 def main(argv) -> None:
     from absl import flags
 
+    from bert_jax import outputs
+
     del argv
     f = flags.FLAGS
-    try:
-        path = train_vocab(f.corpus, f.vocab_size, f.out, kind=f.kind, lowercase=f.lowercase,
-                           num_unused=f.num_unused, segmenter=f.segmenter)
-    except (corpora.CorpusError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    out = pathlib.Path(f.out)
+    if f.kind == "sentencepiece":
+        out = out.with_name(out.name.removesuffix(".model") + ".model")
+    outputs.check_destination(out, kind="file", overwrite=f.overwrite, what="--out file")
+    path = train_vocab(f.corpus, f.vocab_size, f.out, kind=f.kind, lowercase=f.lowercase,
+                       num_unused=f.num_unused, segmenter=f.segmenter)
     tok = load_tokenizer(path)
     print(f"wrote {path}: {tok.vocab_size} tokens ({tok.kind}, fingerprint {tok.fingerprint})")
 
@@ -119,5 +121,6 @@ if __name__ == "__main__":
     flags.DEFINE_bool("lowercase", True, "uncased WordPiece vocabulary")
     flags.DEFINE_integer("num_unused", 0, "[unusedN] placeholder tokens")
     flags.DEFINE_enum("segmenter", "sentencex", list(corpora.SEGMENTERS), "sentence splitter")
+    flags.DEFINE_bool("overwrite", False, "replace an existing --out file")
     from bert_jax import cli
     cli.run(main)
