@@ -110,6 +110,10 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
         report.extend(f"initialized fresh: {k}" for k in missing)
         report.extend(f"ignored (unused by the model): {k}" for k in unexpected)
     meta["vocab"] = str(model_dir.vocab_path(p)) if model_dir.vocab_path(p) else None
+    if meta.get("do_lower_case") is None and not model_dir.is_model_dir(p):
+        casing = hf_format.read_casing(p)
+        if casing is not None:
+            meta["do_lower_case"] = casing
     return cfg, meta, flat
 
 
@@ -117,7 +121,8 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
 # such entries is an earlier conversion, which a rerun may replace.
 def _own_entry(to: str) -> Callable[[str], bool]:
     def allowed(name: str) -> bool:
-        if name in ("vocab.txt",) or name.endswith(".model"):
+        if name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json") or \
+                name.endswith(".model"):
             return True
         if to == "bert_jax":
             return name in (model_dir.META_FILE, "params")
@@ -145,21 +150,34 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
     head = meta["head"]
     labels = meta.get("label_names", [])
     vocab = meta.get("vocab") or model_dir.vocab_path(pathlib.Path(src))
+    # The casing travels with the vocabulary: recorded, else inferred from it.
+    lowercase = meta.get("do_lower_case")
+    tokenizer = model_dir.tokenizer_of(src, meta) if vocab else None
+    if tokenizer is not None:
+        lowercase = tokenizer.lowercase
+    else:
+        report.append("no vocabulary in the source: the output has none either")
     dst = pathlib.Path(dst)
+
+    def add_vocab(tmp):
+        model_dir.copy_vocab(vocab, tmp)
+        if tokenizer is not None and tokenizer.kind == "wordpiece":
+            hf_format.write_tokenizer_files(tmp, lowercase, cfg.max_position_embeddings)
+
     if to == "bert_jax":
         model_dir.save_model_dir(dst, cfg, flat, head, meta.get("num_labels", 0), labels,
-                                 meta.get("task"), vocab)
+                                 meta.get("task"), vocab, lowercase)
     elif to == "hf":
         def write(tmp):
             hf_format.write_hf_dir(tmp, cfg, flat, head, labels)
-            model_dir.copy_vocab(vocab, tmp)
+            add_vocab(tmp)
         outputs.write_dir_atomic(dst, write)
     elif to == "tf1":
         from bert_jax import tf1_format
 
         def write(tmp):
             tf1_format.write_tf1_dir(tmp, cfg, flat)
-            model_dir.copy_vocab(vocab, tmp)
+            add_vocab(tmp)
         outputs.write_dir_atomic(dst, write)
     return report
 

@@ -128,11 +128,12 @@ def checked_tokenizer(checkpoint, vocab=None, allow_vocab_mismatch: bool = False
     from bert_jax import model_dir
     from bert_jax.data.tokenizer import load_tokenizer
     own = model_dir.vocab_path(checkpoint)
+    lowercase = model_dir.recorded_casing(checkpoint)
     if vocab is None:
         if own is None:
             raise FileNotFoundError(f"{checkpoint}: no vocab.txt inside; pass --vocab")
-        return load_tokenizer(own)
-    tok = load_tokenizer(vocab)
+        return load_tokenizer(own, lowercase=lowercase)
+    tok = load_tokenizer(vocab, lowercase=lowercase)
     if own is not None and not allow_vocab_mismatch:
         theirs = load_tokenizer(own)
         if theirs.fingerprint != tok.fingerprint:

@@ -35,20 +35,17 @@ def load(checkpoint: str | os.PathLike):
     Raises ValueError when the checkpoint has no trained MLM head (a fine-tuned
     classifier, a bare encoder)."""
     from bert_jax import convert, model_dir
-    from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.heads import restore_model
 
     report: list[str] = []
-    cfg, _, flat = convert.read_any(checkpoint, head="pretraining", report=report)
+    cfg, meta, flat = convert.read_any(checkpoint, head="pretraining", report=report)
     fresh = {r.removeprefix("initialized fresh: ") for r in report}
     lacking = [k for k in MLM_HEAD if k not in flat or k in fresh]
     if lacking:
         raise ValueError(f"{checkpoint}: no MLM head to fill masks with (missing {lacking[0]})")
-    vocab = model_dir.vocab_path(checkpoint)
-    if vocab is None:
-        raise FileNotFoundError(f"{checkpoint}: no vocab.txt or *.model next to the weights")
+    tokenizer = model_dir.tokenizer_of(checkpoint, meta)
     graphdef, state = restore_model(cfg, "pretraining", 0, flat, str(checkpoint))
-    return nnx.merge(graphdef, state), load_tokenizer(vocab)
+    return nnx.merge(graphdef, state), tokenizer
 
 
 def mask_probabilities(model, tokenizer, texts: list[str]) -> list[np.ndarray]:

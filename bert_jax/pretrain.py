@@ -333,7 +333,8 @@ def _run(config, workdir, pipe, eval_pipe, cfg, gathered, init_params) -> dict:
             start_step = 0
         if is_main:
             model_dir.write_meta(pathlib.Path(workdir), cfg, "pretraining",
-                                 task={"kind": "pretraining"})
+                                 task={"kind": "pretraining"},
+                                 do_lower_case=tokenizer.lowercase)
             model_dir.copy_vocab(tokenizer.vocab_file, pathlib.Path(workdir))
             (pathlib.Path(workdir) / "config.json").write_text(config.to_json_best_effort(
                 indent=2))

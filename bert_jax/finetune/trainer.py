@@ -129,7 +129,9 @@ def make_predict_fn(graphdef, params_sharding, mesh):
 
 
 def init_weights(config):
-    """(BertConfig, encoder params, vocab path) from config.init_checkpoint."""
+    """(BertConfig, encoder params, vocab path, its casing: True / False as the
+    checkpoint records it, None to infer it from the vocabulary) from
+    config.init_checkpoint."""
     from bert_jax import convert
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required: a bert_jax model dir or workdir, "
@@ -152,7 +154,7 @@ def init_weights(config):
                 "drop --vocab, or pass --allow_vocab_mismatch",
                 "unset config.vocab, or set config.allow_vocab_mismatch=True")) from None
     encoder = {k: v for k, v in flat.items() if k.startswith("bert/")}
-    return cfg, encoder, str(vocab)
+    return cfg, encoder, str(vocab), meta.get("do_lower_case")
 
 
 def evaluate_task(task, predict, params, out_dir, eval_batch_size) -> dict[str, dict]:
@@ -186,7 +188,7 @@ def finetune(config, workdir) -> dict:
     mesh = sharding.make_mesh(mesh_shape)
 
     # ---- Data + task ------------------------------------------------------------------
-    cfg, encoder, vocab = init_weights(config)
+    cfg, encoder, vocab, lowercase = init_weights(config)
     checks.check_model_fit(config, cfg, mesh)
     # config.model may override how the checkpoint's architecture runs (and its
     # dropout rates, as HF's from_pretrained(..., hidden_dropout_prob=...) does).
@@ -195,7 +197,7 @@ def finetune(config, workdir) -> dict:
                                             "attention_probs_dropout_prob")
                if "model" in config and k in config.model}
     cfg = cfg.replace(**runtime)
-    tokenizer = load_tokenizer(vocab)
+    tokenizer = load_tokenizer(vocab, lowercase=lowercase)
     module = task_module(config)
     task = module.build_task(config, tokenizer)
     head, num_labels = task.head, task.num_labels
@@ -308,7 +310,7 @@ def finetune(config, workdir) -> dict:
                      "config": json.loads(config.to_json_best_effort())}
         model_dir.save_model_dir(workdir / "model", cfg.replace(scan_layers=False), flat,
                                  model_head, num_labels, list(task.label_names), task_meta,
-                                 vocab)
+                                 vocab, tokenizer.lowercase)
         summary = {"task": task.name, "steps": step, "input": input_report,
                    "train_time_sec": train_time,
                    "train_loop_sec": loop_sec,
