@@ -20,15 +20,8 @@ CASED = {"bert-base-cased": False, "bert-base-uncased": True}
 
 
 def conll_sentences(n: int = 400) -> list[str]:
-    out, words = [], []
-    for line in data_path("conll2003", "eng.testa").read_text(encoding="utf-8").split("\n"):
-        if not line.strip():
-            if words:
-                out.append(" ".join(words))
-            words = []
-        elif not line.startswith("-DOCSTART-"):
-            words.append(line.split(" ")[0])
-    return out[:n]
+    from bert_jax.finetune.conll import read_conll_file
+    return [" ".join(s.words) for s in read_conll_file(data_path("conll2003", "eng.testa"))[:n]]
 
 
 def tiny_model_dir(path, vocab_name: str):
