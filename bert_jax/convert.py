@@ -50,13 +50,14 @@ def is_tf1_dir(path: pathlib.Path) -> bool:
 
 
 def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
-             report: list[str] | None = None) -> tuple[BertConfig, dict[str, Any],
-                                                       dict[str, np.ndarray]]:
+             report: list[str] | None = None, fill_missing: bool = True
+             ) -> tuple[BertConfig, dict[str, Any], dict[str, np.ndarray]]:
     """(config, meta, canonical params) from any supported checkpoint.
 
     For HF / TF1 sources the head is the richest the source has (pretraining
     when it has MLM/NSP weights or when asked); parameters it lacks are filled
-    with a fresh init and their names appended to `report`.
+    with a fresh init (unless `fill_missing` is False: then they are absent)
+    and their names appended to `report`.
     """
     p = pathlib.Path(path)
     if not p.exists():
@@ -105,7 +106,8 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
             raise ValueError(f"{p}: parameter {k} has shape {tuple(flat[k].shape)}, the "
                              f"config implies {shape}")
     missing = sorted(set(target) - set(flat))
-    flat.update(_fresh_values(cfg, head, meta["num_labels"], seed, missing))
+    if fill_missing:
+        flat.update(_fresh_values(cfg, head, meta["num_labels"], seed, missing))
     if report is not None:
         report.extend(f"initialized fresh: {k}" for k in missing)
         report.extend(f"ignored (unused by the model): {k}" for k in unexpected)

@@ -201,7 +201,8 @@ def check_init_from(config, cfg: BertConfig, tokenizer) -> dict[str, np.ndarray]
         if k in target and tuple(v.shape) != target[k]:
             raise ValueError(f"config.init_from={src}: parameter {k} has shape "
                              f"{tuple(v.shape)}, this model's is {target[k]}")
-    check_same_vocab(src, meta.get("vocab"), tokenizer, config.get("allow_vocab_mismatch", False),
+    check_same_vocab(src, meta.get("vocab") or model_dir.vocab_path(src), tokenizer,
+                     config.get("allow_vocab_mismatch", False),
                      "config.allow_vocab_mismatch=True")
     return flat
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 
 import numpy as np
 
@@ -72,12 +73,17 @@ def check_config(config) -> None:
               f"a largest bucket >= max_seq_length={config.max_seq_length}")
     tfds = config.get("tfds")
     if tfds not in (None, False, "", "false", "False", "0"):
-        missing = [m for m in ("tensorflow", "tensorflow_datasets")
-                   if importlib.util.find_spec(m) is None]
+        missing = [m for m in ("tensorflow", "tensorflow_datasets") if _not_installed(m)]
         if missing:
             raise ValueError(f"config.tfds={tfds!r} reads TFDS, which needs "
                              f"{' and '.join(missing)} (not installed; pip install "
                              "'bert_jax[tf]'); or set config.tfds=False and read the files")
+
+
+def _not_installed(module: str) -> bool:
+    if module in sys.modules:  # None there means "import fails"
+        return sys.modules[module] is None
+    return importlib.util.find_spec(module) is None
 
 
 def check_model_fit(config, cfg, mesh) -> None:
@@ -120,8 +126,10 @@ def read_all_splits(task) -> dict[str, dict]:
             if rep is not None:
                 report[split] = rep
     if task.num_train_examples() == 0:
-        raise ValueError(f"{task.name}: no training examples (check the train file and "
-                         "config.max_train_examples)")
+        read = (" (" + format_report({"train": report["train"]}).removeprefix("input: ") + ")"
+                if "train" in report else "")
+        raise ValueError(f"{task.name}: no training examples{read}; check the train file and "
+                         "config.max_train_examples")
     return report
 
 
