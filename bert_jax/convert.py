@@ -191,8 +191,9 @@ flags.DEFINE_enum("head", None, ["pretraining", "encoder", "classification", "re
                   "Head to keep/build (default: what the source has; pretraining for bare "
                   "encoders).")
 flags.DEFINE_integer("seed", 0, "Seed for parameters the source lacks.")
-flags.DEFINE_bool("overwrite", False, "Replace a DST that is not empty and not an earlier "
-                  "conversion (never the source).")
+if "overwrite" not in FLAGS:  # embed (which imports us) has its own --overwrite
+    flags.DEFINE_bool("overwrite", False, "Replace a DST that is not empty and not an earlier "
+                      "conversion (never the source).")
 
 
 def main(argv):

@@ -109,7 +109,8 @@ def is_our_plot(path: pathlib.Path) -> bool:
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "PNG to write (default WORKDIR/curves.png).")
-flags.DEFINE_bool("overwrite", False, "Replace an --out file that is not an earlier plot.")
+if "overwrite" not in FLAGS:  # convert, imported into the same process, has one too
+    flags.DEFINE_bool("overwrite", False, "Replace an --out file that is not an earlier plot.")
 
 
 def main(argv):

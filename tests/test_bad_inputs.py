@@ -388,6 +388,9 @@ CASES = [
     case("embed_zero_batch", "bert_jax.embed",
          ["--checkpoint={tiny}", "--input={root}/good_lines.txt", "--output={root}/e3.npz",
           "--batch_size=0"], 1, "--batch_size=0: expected >= 1", absent("e3.npz")),
+    case("embed_not_a_checkpoint", "bert_jax.embed",
+         ["--checkpoint={root}/good_run", "--vocab={vocab}", "--input={root}/good_lines.txt",
+          "--output={root}/e4.npz"], 1, "good_run: not a HF dir", absent("e4.npz")),
     # ---- fill-mask
     case("fill_mask_no_mask", "bert_jax.fill_mask",
          ["--checkpoint={tiny}", "The cat sat on the mat."], 1,

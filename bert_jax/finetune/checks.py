@@ -86,9 +86,8 @@ def _not_installed(module: str) -> bool:
     return importlib.util.find_spec(module) is None
 
 
-def check_model_fit(config, cfg, mesh) -> None:
-    """The longest sequence the task makes must have a position embedding, and
-    the batches must split evenly over the mesh's batch axes."""
+def check_model_fit(config, cfg) -> None:
+    """The longest sequence the task makes must have a position embedding."""
     longest = max([config.max_seq_length, *tuple(config.get("length_buckets") or ())])
     if longest > cfg.max_position_embeddings:
         field = ("max_seq_length" if config.max_seq_length >= longest else "length_buckets")
@@ -96,6 +95,10 @@ def check_model_fit(config, cfg, mesh) -> None:
                          f"{config.init_checkpoint} has max_position_embeddings="
                          f"{cfg.max_position_embeddings}; expected <= "
                          f"{cfg.max_position_embeddings}")
+
+
+def check_batch_split(config, mesh) -> None:
+    """The batches must split evenly over the mesh's batch axes."""
     from bert_jax import sharding
     spec = sharding.batch_sharding(mesh, 1).spec
     axes = spec[0] if spec and spec[0] is not None else ()

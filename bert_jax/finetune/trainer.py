@@ -186,10 +186,11 @@ def finetune(config, workdir) -> dict:
     checks.check_config(config)
     mesh_shape = tuple(config.mesh.shape) if "mesh" in config else (-1, 1, 1)
     mesh = sharding.make_mesh(mesh_shape)
+    checks.check_batch_split(config, mesh)
 
     # ---- Data + task ------------------------------------------------------------------
     cfg, encoder, vocab, lowercase = init_weights(config)
-    checks.check_model_fit(config, cfg, mesh)
+    checks.check_model_fit(config, cfg)
     # config.model may override how the checkpoint's architecture runs (and its
     # dropout rates, as HF's from_pretrained(..., hidden_dropout_prob=...) does).
     runtime = {k: config.model[k] for k in ("dtype", "attention_impl", "scan_layers",
