@@ -1,6 +1,9 @@
 """BERT pretraining (MLM + NSP): `python -m bert_jax.pretrain --config=... --workdir=...`.
 
 This file is kept short: flags, distributed init and one call to `train`.
+JAX, Flax and orbax are imported inside the functions that run the model, so
+that a bad config or workdir is reported in a fraction of a second, before
+those imports (and long before any compile).
 """
 
 from __future__ import annotations
@@ -11,33 +14,24 @@ import os
 import pathlib
 import shutil
 import time
+from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from flax import nnx
 from ml_collections import config_flags
-from tqdm import tqdm
 
-from bert_jax import (
-    checkpointing,
-    cli,
-    distributed,
-    flops,
-    losses,
-    model_dir,
-    outputs,
-    sharding,
-    training,
-    workdir_lock,
-)
+from bert_jax import cli, model_dir, outputs, workdir_lock
 from bert_jax.bert_config import BertConfig
-from bert_jax.heads import BertForPreTraining
-from bert_jax.optim import build_optimizer
+
+if TYPE_CHECKING:
+    from bert_jax import training
 
 
 def pretraining_objective(nsp: bool, gathered: bool) -> training.Objective:
+    import jax.numpy as jnp
+
+    from bert_jax import losses, training
+
     # A packed batch (data.packing) carries segment_ids, position_ids and one
     # NSP slot per packed instance; which keys exist is static under jit.
     def sums(model, batch, rng):
@@ -103,6 +97,8 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
 
 
 def _open_pipeline(data_cfg, batch_size):
+    import jax
+
     from bert_jax.data.pipeline import PretrainingPipeline
     return PretrainingPipeline.from_config(data_cfg, global_batch_size=batch_size,
                                            process_index=jax.process_index(),
@@ -110,6 +106,9 @@ def _open_pipeline(data_cfg, batch_size):
 
 
 def evaluate(eval_step, state, pipe, num_batches: int, mesh) -> dict[str, float]:
+    import jax
+
+    from bert_jax import training
     acc: dict[str, float] = {}
     for i in range(num_batches):
         sums = jax.device_get(eval_step(state["params"], training.global_batch(pipe.batch(i),
@@ -228,6 +227,7 @@ def train(config, workdir: str) -> dict:
     validate_config(config)
     check_workdir(workdir)
     created = not pathlib.Path(workdir).exists()
+    import jax
     try:
         return _train(config, workdir)
     except BaseException:
@@ -247,6 +247,7 @@ def _has_progress(workdir: pathlib.Path) -> bool:
 def _take_lock(workdir: str) -> workdir_lock.WorkdirLock | None:
     """Process 0 locks the workdir; with several processes its answer is
     broadcast so that all stop together when the workdir is taken."""
+    import jax
     lock, err = None, None
     if jax.process_index() == 0:
         lock = workdir_lock.WorkdirLock(workdir)
@@ -300,6 +301,14 @@ def _train(config, workdir: str) -> dict:
 
 
 def _run(config, workdir, pipe, eval_pipe, cfg, gathered, init_params) -> dict:
+    import jax
+    from flax import nnx
+    from tqdm import tqdm
+
+    from bert_jax import checkpointing, flops, sharding, training
+    from bert_jax.heads import BertForPreTraining
+    from bert_jax.optim import build_optimizer
+
     is_main = jax.process_index() == 0
     G = config.global_batch_size
     mesh = sharding.make_mesh(config.mesh.shape)
@@ -474,6 +483,10 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         # orbax logs every checkpoint step at INFO; the progress bar says enough.
         logging.set_verbosity(logging.WARNING)
+    # Before JAX is imported and the processes join: seconds earlier.
+    validate_config(FLAGS.config)
+    check_workdir(FLAGS.workdir)
+    from bert_jax import distributed
     d = FLAGS.config.distributed
     distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
     try:
@@ -486,5 +499,4 @@ def main(argv):
 
 if __name__ == "__main__":
     np.set_printoptions(precision=4)
-    from bert_jax import cli
     cli.run(main)

@@ -460,3 +460,36 @@ def test_bad_input(ws, results, spec):
 
 def test_matrix_size():
     assert len(CASES) >= 40
+
+
+def test_convert_refuses_then_overwrites(ws):
+    """A directory holding someone's file as DST: refused with the file intact;
+    with --overwrite it is replaced by the conversion (which reads back equal
+    to the source); a rerun into its own output needs no --overwrite."""
+    import numpy as np
+
+    from bert_jax import convert
+    dst = ws["root"] / "convert_target"
+    dst.mkdir()
+    (dst / "thesis.tex").write_text("years of work\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    run = lambda *extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "bert_jax.convert", str(ws["tiny"]), str(dst), "--to=hf", *extra],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = run()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {dst}: the destination is "
+                                                           "not empty")
+    assert sorted(p.name for p in dst.iterdir()) == ["thesis.tex"]
+    assert (dst / "thesis.tex").read_text() == "years of work\n"
+    proc = run("--overwrite")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in dst.iterdir()) == [
+        "config.json", "model.safetensors", "special_tokens_map.json", "tokenizer_config.json",
+        "vocab.txt"]
+    assert not [p for p in ws["root"].iterdir() if p.name.startswith(".convert_target")]
+    _, _, ours = convert.read_any(ws["tiny"])
+    _, _, back = convert.read_any(dst)
+    for k in ours:
+        np.testing.assert_array_equal(back[k], ours[k], err_msg=k)
+    assert run().returncode == 0  # its own earlier output

@@ -42,14 +42,18 @@ def train_vocab(corpus: str, vocab_size: int, out: str | os.PathLike, kind: str 
       min_frequency: WordPiece: minimum pair frequency of a merge.
       segmenter: sentence splitter for raw documents.
     """
-    if vocab_size < len(BERT_SPECIALS) + num_unused + 1:
-        raise ValueError(f"vocab_size={vocab_size}: too small for the special tokens")
+    _check_size(vocab_size, num_unused)
     if kind == "wordpiece":
         return _train_wordpiece(corpus, vocab_size, pathlib.Path(out), lowercase, num_unused,
                                 min_frequency, segmenter)
     if kind == "sentencepiece":
         return _train_sentencepiece(corpus, vocab_size, pathlib.Path(out), num_unused, segmenter)
     raise ValueError(f"kind={kind!r}: use 'wordpiece' or 'sentencepiece'")
+
+
+def _check_size(vocab_size: int, num_unused: int) -> None:
+    if vocab_size < len(BERT_SPECIALS) + num_unused + 1:
+        raise ValueError(f"vocab_size={vocab_size}: too small for the special tokens")
 
 
 def _train_wordpiece(corpus, vocab_size, out, lowercase, num_unused, min_frequency, segmenter):
@@ -100,6 +104,7 @@ def main(argv) -> None:
 
     del argv
     f = flags.FLAGS
+    _check_size(f.vocab_size, f.num_unused)  # values first, then where they go
     out = pathlib.Path(f.out)
     if f.kind == "sentencepiece":
         out = out.with_name(out.name.removesuffix(".model") + ".model")

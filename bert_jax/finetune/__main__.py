@@ -9,12 +9,11 @@ import os
 import pathlib
 import shutil
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import cli, distributed, outputs, workdir_lock
-from bert_jax.finetune import checks, sweep, trainer
+from bert_jax import cli, outputs, workdir_lock
+from bert_jax.finetune import checks
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.", lock_config=True)
@@ -27,11 +26,17 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save/restore at INFO
     if FLAGS.config is None or not FLAGS.workdir:
         raise app.UsageError("--config and --workdir are required")
-    distributed.initialize()
+    # Before JAX, the model code and the processes joining: a bad config or
+    # workdir is reported in a fraction of a second.
+    checks.check_config(FLAGS.config)
     workdir = pathlib.Path(FLAGS.workdir)
     outputs.check_destination(workdir, what="workdir", flag="a new --workdir",
                               is_own=checks.is_finetune_workdir,
                               sources=[FLAGS.config.get("init_checkpoint") or None])
+    import jax
+
+    from bert_jax import distributed
+    distributed.initialize()
     created = not workdir.exists()
     lock = None
     try:
@@ -56,6 +61,9 @@ def main(argv):
 
 
 def _run():
+    import jax
+
+    from bert_jax.finetune import sweep, trainer
     if FLAGS.sweep:
         result = sweep.run_sweep(FLAGS.config, FLAGS.workdir)
         if jax.process_index() == 0:  # the others saw no metrics (trainer returns {})
