@@ -16,7 +16,6 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -49,10 +48,15 @@ def unnest(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
 
 
 def write_meta(path: pathlib.Path, cfg: BertConfig, head: str, num_labels: int = 0,
-               label_names: list[str] | None = None, task: dict | None = None) -> None:
+               label_names: list[str] | None = None, task: dict | None = None,
+               do_lower_case: bool | None = None) -> None:
+    """`do_lower_case`: the casing the vocabulary was used with (None: unknown,
+    readers then infer it from the vocabulary)."""
     meta = {"format": "bert_jax", "config": cfg.to_google_dict(), "head": head,
             "num_labels": num_labels, "label_names": list(label_names or []),
             "task": task or {}}
+    if do_lower_case is not None:
+        meta["do_lower_case"] = bool(do_lower_case)
     tmp = path / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, path / META_FILE)
@@ -98,22 +102,38 @@ def copy_vocab(src: str | os.PathLike | None, dst_dir: pathlib.Path) -> None:
 
 def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.ndarray],
                    head: str, num_labels: int = 0, label_names: list[str] | None = None,
-                   task: dict | None = None, vocab: str | os.PathLike | None = None) -> None:
+                   task: dict | None = None, vocab: str | os.PathLike | None = None,
+                   do_lower_case: bool | None = None) -> None:
     """Write a complete model dir to a temp dir beside `out`, then rename, so a
     crash never leaves a half-written model behind."""
-    out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    from bert_jax import outputs
+
+    def write(tmp):
         save_params(tmp / "params", flat)
         copy_vocab(vocab, tmp)
-        write_meta(tmp, cfg, head, num_labels, label_names, task)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_meta(tmp, cfg, head, num_labels, label_names, task, do_lower_case)
+    outputs.write_dir_atomic(out, write)
+
+
+def recorded_casing(checkpoint) -> bool | None:
+    """do_lower_case as a checkpoint dir records it (bert_jax.json, or a HF /
+    TF1 dir's tokenizer_config.json); None when it records none."""
+    path = pathlib.Path(checkpoint)
+    if is_model_dir(path):
+        return read_meta(path).get("do_lower_case")
+    from bert_jax import hf_format
+    return hf_format.read_casing(path)
+
+
+def tokenizer_of(checkpoint, meta: dict | None = None, vocab=None):
+    """The tokenizer a checkpoint was trained with: its vocabulary (or `vocab`)
+    with the casing its metadata records (inferred from the vocabulary when it
+    records none)."""
+    from bert_jax.data.tokenizer import load_tokenizer
+    vocab = vocab or (meta or {}).get("vocab") or vocab_path(checkpoint)
+    if vocab is None:
+        raise FileNotFoundError(f"{checkpoint}: no vocab.txt or *.model inside")
+    return load_tokenizer(vocab, lowercase=(meta or {}).get("do_lower_case"))
 
 
 def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | None:

@@ -20,6 +20,7 @@ import math
 import os
 import pathlib
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -300,7 +301,6 @@ class MetricWriter:
 def _summary_writer_class():
     """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports
     torch (2-3 s, ~1 GB) when present only to accept torch tensors; we log floats."""
-    import sys
     if "torch" in sys.modules or "tensorboardX" in sys.modules:
         from tensorboardX import SummaryWriter
         return SummaryWriter
@@ -323,29 +323,45 @@ def _jsonable(v):
 
 
 class PreemptionFlag:
-    """Whether to save and stop now (SIGTERM: what schedulers and spot VMs send
-    before killing us).
+    """Whether to save and stop now: SIGTERM (what schedulers and spot VMs send
+    before killing us) or a first Ctrl-C (SIGINT). A second Ctrl-C exits at
+    once with status 130 (the last complete checkpoint stays; orbax never lists
+    a half-written one).
 
-    One process: our SIGTERM handler sets `set`. Several processes: JAX's
-    preemption service (started by `jax.distributed.initialize`) catches SIGTERM
-    on any process and picks one step at which all of them stop together; a
-    per-process flag would let one process leave while the others wait in a
-    collective, so no Python handler is installed there. Call `reached(step)`
-    once per step on every process.
+    One process: our handlers set `set` (and `reason`). Several processes:
+    JAX's preemption service (started by `jax.distributed.initialize`) catches
+    SIGTERM on any process and picks one step at which all of them stop
+    together; a per-process flag would let one process leave while the others
+    wait in a collective, so no Python handler is installed there (Ctrl-C then
+    stops the processes without saving). Call `reached(step)` once per step on
+    every process.
     """
+
+    SIGNALS = {signal.SIGTERM: "preemption", signal.SIGINT: "interrupted"}
 
     def __init__(self):
         self.set = False
-        self._old = None
+        self.reason = ""
+        self._old = {}
         if jax.process_count() > 1:
             return
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread
-            pass
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
 
     def _handler(self, signum, frame):
-        del signum, frame
+        del frame
+        if signum == signal.SIGINT and self.set:
+            print("\naborted: second Ctrl-C; exiting without saving (the newest complete "
+                  "checkpoint is kept)", file=sys.stderr, flush=True)
+            os._exit(130)  # cli.EXIT_ABORTED: at once, not after the step in flight
+        if not self.set:
+            self.reason = self.SIGNALS[signum]
+            if signum == signal.SIGINT:
+                print("\ninterrupted: saving a checkpoint after this step, then exiting "
+                      "(Ctrl-C again aborts at once)", file=sys.stderr, flush=True)
         self.set = True
 
     def reached(self, step: int) -> bool:
@@ -353,13 +369,17 @@ class PreemptionFlag:
             return self.set
         from jax.experimental import multihost_utils
         try:
-            return multihost_utils.reached_preemption_sync_point(step)
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.reason = "preemption"
+                return True
+            return False
         except RuntimeError:  # jax_enable_preemption_service=False
             return False
 
     def restore(self):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 def timed(it: Iterator) -> Iterator[tuple[float, Any]]:

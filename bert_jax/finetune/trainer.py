@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from bert_jax import losses, model_dir, sharding, training
+from bert_jax.finetune import checks
 from bert_jax.heads import build_model
 from bert_jax.optim import build_optimizer
 
@@ -128,18 +129,32 @@ def make_predict_fn(graphdef, params_sharding, mesh):
 
 
 def init_weights(config):
-    """(BertConfig, encoder params, vocab path) from config.init_checkpoint."""
+    """(BertConfig, encoder params, vocab path, its casing: True / False as the
+    checkpoint records it, None to infer it from the vocabulary) from
+    config.init_checkpoint."""
     from bert_jax import convert
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required: a bert_jax model dir or workdir, "
                          "a HF dir or a TF1 dir")
+    if not os.path.exists(config.init_checkpoint):
+        raise FileNotFoundError(f"config.init_checkpoint={config.init_checkpoint}: no such "
+                                "checkpoint")
     cfg, meta, flat = convert.read_any(config.init_checkpoint)
-    vocab = config.get("vocab") or meta.get("vocab") or model_dir.vocab_path(
-        config.init_checkpoint)
+    own = meta.get("vocab") or model_dir.vocab_path(config.init_checkpoint)
+    vocab = config.get("vocab") or own
     if not vocab:
         raise ValueError(f"{config.init_checkpoint}: no vocab.txt inside; set config.vocab")
+    if own and config.get("vocab"):
+        from bert_jax.embed import checked_tokenizer
+        try:
+            checked_tokenizer(config.init_checkpoint, config.vocab,
+                              config.get("allow_vocab_mismatch", False))
+        except ValueError as e:
+            raise ValueError(str(e).replace("--vocab=", "config.vocab=").replace(
+                "drop --vocab, or pass --allow_vocab_mismatch",
+                "unset config.vocab, or set config.allow_vocab_mismatch=True")) from None
     encoder = {k: v for k, v in flat.items() if k.startswith("bert/")}
-    return cfg, encoder, str(vocab)
+    return cfg, encoder, str(vocab), meta.get("do_lower_case")
 
 
 def evaluate_task(task, predict, params, out_dir, eval_batch_size) -> dict[str, dict]:
@@ -179,23 +194,32 @@ def finetune(config, workdir) -> dict:
       'history': [per epoch]}); {} on the other processes.
     """
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     from bert_jax.data.tokenizer import load_tokenizer
 
+    # ---- Checks before anything is loaded or compiled --------------------------------
+    checks.check_config(config)
+    training.rng_impl(config)
+    mesh_shape = tuple(config.mesh.shape) if "mesh" in config else (-1, 1, 1)
+    mesh = sharding.make_mesh(mesh_shape)
+    checks.check_batch_split(config, mesh)
+
     # ---- Data + task ------------------------------------------------------------------
-    cfg, encoder, vocab = init_weights(config)
+    cfg, encoder, vocab, lowercase = init_weights(config)
+    checks.check_model_fit(config, cfg)
     # config.model may override how the checkpoint's architecture runs (and its
     # dropout rates, as HF's from_pretrained(..., hidden_dropout_prob=...) does).
     cfg = cfg.replace(**runtime_overrides(config))
-    tokenizer = load_tokenizer(vocab)
+    tokenizer = load_tokenizer(vocab, lowercase=lowercase)
     module = task_module(config)
     task = module.build_task(config, tokenizer)
     head, num_labels = task.head, task.num_labels
+    input_report = checks.read_all_splits(task)
+    if is_main and input_report:
+        tqdm.write(checks.format_report(input_report))
+    workdir.mkdir(parents=True, exist_ok=True)
 
-    # ---- Mesh, model, optimizer -------------------------------------------------------
-    mesh_shape = tuple(config.mesh.shape) if "mesh" in config else (-1, 1, 1)
-    mesh = sharding.make_mesh(mesh_shape)
+    # ---- Model, optimizer -------------------------------------------------------------
     batch_size = config.batch_size
     steps_per_epoch = (task.train_steps_per_epoch(batch_size)
                        if hasattr(task, "train_steps_per_epoch")
@@ -296,8 +320,9 @@ def finetune(config, workdir) -> dict:
                      "config": json.loads(config.to_json_best_effort())}
         model_dir.save_model_dir(workdir / "model", cfg.replace(scan_layers=False), flat,
                                  model_head, num_labels, list(task.label_names), task_meta,
-                                 vocab)
-        summary = {"task": task.name, "steps": step, "train_time_sec": train_time,
+                                 vocab, tokenizer.lowercase)
+        summary = {"task": task.name, "steps": step, "input": input_report,
+                   "train_time_sec": train_time,
                    "train_loop_sec": loop_sec,
                    "train_tokens_processed": total_tokens,
                    "final": history[-1] if history else {}, "history": history}

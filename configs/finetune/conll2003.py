@@ -42,6 +42,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # TFDS drops the -DOCSTART- lines, so it cannot give doc_context.
     c.tfds = config_dict.FieldReference(False, field_type=object)
     c.tfds_data_dir = ""
+    # Entity types a tag may have: another (a typo such as B-PRE) is an error
+    # naming its line, not a new class. Add to it to learn a new type.
+    c.entity_types = ("LOC", "MISC", "ORG", "PER")
     c.max_train_sentences = 0  # 0 = all; a prefix of the training file otherwise
     c.max_seq_length = 128
     # Most pieces between the starts of two windows of one long sentence.
