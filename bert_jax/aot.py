@@ -480,6 +480,7 @@ def report(config, topology: str, model_size: str = "base") -> dict:
                flops_xla_over_formula=flops_dev * n / prog.formula_flops,
                bytes_accessed_per_device=cost["bytes_accessed_per_device"] * accum,
                cost_source=cost_source)
+    out["compiler_optimal_seconds"] = cost["optimal_seconds"] * accum
     if cost["optimal_seconds"] > 0:
         t, kind = cost["optimal_seconds"] * accum, "TPU compiler optimal_seconds"
     else:
