@@ -636,10 +636,10 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, flags.Error) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_report(r), flush=True)
-    if fl.out:
+    if fl.out:  # before printing: the report survives a closed stdout
         with open(fl.out, "w") as f:
             json.dump(r, f, indent=2, default=float)
+    print(format_report(r), flush=True)
     return 0
 
 
