@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -106,11 +107,28 @@ def _gib(b):
     return f"{b / 2**30:.1f}"
 
 
+def _oom(r: dict) -> str:
+    """'OOM (temporaries 97.6G > 95.7G)' from the TPU compiler's message."""
+    m = re.search(r"required for ([\w ]+?) \(([\d.]+G)\) exceeds available HBM \(([\d.]+G)\)",
+                  r.get("oom_message", ""))
+    return f"OOM ({m.group(1).replace('HLO ', '')} {m.group(2)} > {m.group(3)})" if m else "OOM"
+
+
 def table(out: pathlib.Path) -> None:
     recs = [json.loads(line) for line in out.read_text().splitlines() if line]
     by_table: dict[str, list] = {}
     for rec in recs:
         by_table.setdefault(rec["row"]["table"], []).append(rec)
+    # The splash table compares against the reference row of the same setting,
+    # wherever that row was planned.
+    for rec in list(by_table.get("splash", [])):
+        r = rec["row"]
+        for other in by_table.get("slices", []) + by_table.get("mesh", []):
+            o = other["row"]
+            if (o["attn"] == "reference" and all(o[k] == r[k] for k in (
+                    "size", "phase", "topology", "mesh", "remat"))
+                    and other not in by_table["splash"]):
+                by_table["splash"].insert(0, other)
     for name, recs in by_table.items():
         rows = []
         for rec in recs:
@@ -126,13 +144,13 @@ def table(out: pathlib.Path) -> None:
             coll_b = sum(v["bytes"] for v in coll.values()) if coll else 0
             rows.append(lead + [
                 f"{r['num_devices']} / {r['num_hosts']}", r["global_batch_size"],
-                f"{_gib(mem['peak'])} / {_gib(r['hbm_bytes_per_device'])}" if mem else "OOM",
+                f"{_gib(mem['peak'])} / {_gib(r['hbm_bytes_per_device'])}" if mem else _oom(r),
                 "yes" if r.get("fits") else "no",
                 f"{r['estimated_step_seconds'] * 1e3:.1f}" if "estimated_step_seconds" in r
                 else "",
                 f"{r['estimated_mfu']:.0%}" if "estimated_mfu" in r else "",
                 f"{coll_s} ({coll_b / 2**30:.2f} GiB)" if coll else "",
-                f"{r.get('flops_xla_over_formula', float('nan')):.3f}",
+                f"{r['flops_xla_over_formula']:.3f}" if "flops_xla_over_formula" in r else "",
                 f"{rec['wall_seconds']:.0f}"])
         print(f"\n### {name}\n")
         print(markdown_table(["model", "phase", "slice", "mesh", "remat", "attention",

@@ -312,16 +312,39 @@ def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
     return 1
 
 
-def _shape_bytes(shape: str) -> int:
-    """Bytes of the largest array in an HLO result shape (a tuple for async
-    starts: operand and result buffers, of which the result is the largest)."""
-    best = 0
+def _arrays_bytes(shape: str) -> int:
+    total = 0
     for dtype, dims in _ARRAY.findall(shape):
-        if dtype not in _DTYPE_BYTES:
+        if dtype in _DTYPE_BYTES:
+            n = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+            total += n * _DTYPE_BYTES[dtype]
+    return total
+
+
+def _top_level(shape: str) -> list[str]:
+    """The top-level elements of a tuple shape ('(a, (b, c))' -> ['a', '(b, c)'])."""
+    shape = re.sub(r"/\*.*?\*/", "", re.sub(r"\{[^{}]*\}", "", shape)).strip()
+    if not shape.startswith("("):
+        return [shape]
+    parts, depth, cur = [], 0, ""
+    for ch in shape[1:-1]:
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
             continue
-        n = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
-        best = max(best, n * _DTYPE_BYTES[dtype])
-    return best
+        depth += (ch == "(") - (ch == ")")
+        cur += ch
+    return parts + [cur]
+
+
+def _shape_bytes(op: str, shape: str) -> int:
+    """Bytes a collective moves, from its HLO result shape: every buffer of a
+    combined op (a tuple of outputs) counts; the async starts of all-gather and
+    collective-permute return (operands, outputs), of which the outputs count."""
+    parts = _top_level(shape)
+    if op in ("all-gather-start", "collective-permute-start") and len(parts) == 2:
+        return _arrays_bytes(parts[1])
+    return _arrays_bytes(shape)
 
 
 def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
@@ -331,6 +354,7 @@ def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
     entry = None
     name = None
     for line in hlo_text.splitlines():
+        line = re.sub(r"/\*.*?\*/", "", line)  # /*index=5*/ in tuple shapes
         m = _COMP_HEAD.match(line.strip())
         if m and ("->" in line or line.lstrip().startswith("ENTRY")):
             name = m.group(1)
@@ -352,7 +376,7 @@ def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
                 op = m.group(2)
                 base = op[:-6] if op.endswith("-start") else op
                 if base in COLLECTIVES and not op.endswith("-done"):
-                    ops[c].append((base, _shape_bytes(m.group(1))))
+                    ops[c].append((base, _shape_bytes(op, m.group(1))))
             for kind, one, _, many in _CALLS.findall(line):
                 targets = one or many
                 n = _trip_count(line, comps) if kind == "body" else 1

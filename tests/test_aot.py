@@ -98,6 +98,8 @@ HLO = """HloModule m
 ENTRY %main (x: f32[1024]) -> f32[1024] {
   %x = f32[1024]{0} parameter(0)
   %ar = f32[1024]{0} all-reduce(%x), replica_groups={}, to_apply=%add
+  %ars = (f32[256]{0:T(256)}, /*index=1*/bf16[64,8]{1,0:T(8,128)(2,1)}) all-reduce-start(%p1, %p2), to_apply=%add
+  %ard = (f32[256]{0}, bf16[64,8]{1,0}) all-reduce-done(%ars)
   %w = (s32[], bf16[4,256]) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"12"}}
   %w2 = (s32[], f32[8]) while(%init2), condition=%cond2, body=%body2
   ROOT %cp = f32[1024]{0} collective-permute(%ar), source_target_pairs={{0,1}}
@@ -107,7 +109,8 @@ ENTRY %main (x: f32[1024]) -> f32[1024] {
 
 def test_collectives_counted_per_loop_trip():
     c = aot.collectives(HLO)
-    assert c["all-reduce"] == {"count": 1, "bytes": 4096}
+    # The plain one, and a combined async one: both of its buffers count.
+    assert c["all-reduce"] == {"count": 2, "bytes": 4096 + 256 * 4 + 64 * 8 * 2}
     assert c["collective-permute"] == {"count": 1, "bytes": 4096}
     # Inside the 12-trip loop: the gather's result (16x256 bf16) and the scatter's.
     assert c["all-gather"] == {"count": 12, "bytes": 12 * 16 * 256 * 2}
