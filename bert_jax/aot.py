@@ -332,7 +332,7 @@ def _top_level(shape: str) -> list[str]:
             parts.append(cur)
             cur = ""
             continue
-        depth += (ch == "(") - (ch == ")")
+        depth += (ch in "([") - (ch in ")]")
         cur += ch
     return parts + [cur]
 
