@@ -142,6 +142,9 @@ def table(out: pathlib.Path) -> None:
             coll = r.get("collectives") or {}
             coll_s = ", ".join(f"{k} {v['count']}" for k, v in coll.items() if v["count"])
             coll_b = sum(v["bytes"] for v in coll.values()) if coll else 0
+            # Reports before aot.COLLECTIVES_VERSION 3 counted one buffer of a
+            # combined all-reduce: their counts stand, their bytes do not.
+            exact_bytes = r.get("collectives_version", 0) >= 3
             rows.append(lead + [
                 f"{r['num_devices']} / {r['num_hosts']}", r["global_batch_size"],
                 f"{_gib(mem['peak'])} / {_gib(r['hbm_bytes_per_device'])}" if mem else _oom(r),
@@ -149,7 +152,8 @@ def table(out: pathlib.Path) -> None:
                 f"{r['estimated_step_seconds'] * 1e3:.1f}" if "estimated_step_seconds" in r
                 else "",
                 f"{r['estimated_mfu']:.0%}" if "estimated_mfu" in r else "",
-                f"{coll_s} ({coll_b / 2**30:.2f} GiB)" if coll else "",
+                (f"{coll_s} ({coll_b / 2**30:.2f} GiB)" if exact_bytes else coll_s)
+                if coll else "",
                 f"{r['flops_xla_over_formula']:.3f}" if "flops_xla_over_formula" in r else "",
                 f"{rec['wall_seconds']:.0f}"])
         print(f"\n### {name}\n")

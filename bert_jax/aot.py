@@ -284,6 +284,8 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16
                 "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
                 "f8e4m3fn": 1, "f8e5m2": 1}
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+# Bumped when the HLO reading changes: reports carry it, so tables can tell.
+COLLECTIVES_VERSION = 3
 _COMP_HEAD = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _INSTR = re.compile(r"=\s*(\(?[^=]*?\)?)\s+([a-z][a-z0-9\-]*)\(")
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
@@ -486,7 +488,7 @@ def report(config, topology: str, model_size: str = "base") -> dict:
         "model": prog.model, "seq_len": prog.seq_len, "global_batch_size": prog.global_batch,
         "per_host_batch_rows": prog.per_host_rows, "per_host_batch_bytes": prog.per_host_bytes,
         "hbm_bytes_per_device": chip.hbm_bytes, "peak_flops_per_device": chip.peak_flops,
-        "compile_seconds": res["compile_seconds"],
+        "compile_seconds": res["compile_seconds"], "collectives_version": COLLECTIVES_VERSION,
     }
     if res["oom"]:
         out.update(fits=False, oom_message=res["oom_message"], bytes_per_device=None)
