@@ -1,8 +1,8 @@
 """The docs/tpu.md tables: `bert_jax.aot` reports for BERT-base / BERT-large,
 phase 1 and 2, on single-host slices of each TPU generation and on pod slices.
 
-    .venv/bin/python bench/tpu_tables.py --run [--only=SUBSTRING] [--out=runs/tpu/rows.jsonl]
-    .venv/bin/python bench/tpu_tables.py --table [--out=runs/tpu/rows.jsonl]
+    .venv/bin/python bench/tpu_tables.py --run [--only=SUBSTRING] [--shard=0/2]
+    .venv/bin/python bench/tpu_tables.py --table
 
 --run compiles each planned row that the JSONL file does not hold yet (each in a
 fresh `python -m bert_jax.aot` process, so a long plan resumes after a stop and
@@ -168,7 +168,8 @@ def main() -> None:
     ap.add_argument("--run", action="store_true")
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--only", default="", help="run only rows whose key holds this")
-    ap.add_argument("--out", default=str(REPO / "runs/tpu/rows.jsonl"))
+    # Kept in the repo: the tables are rebuilt from it, and --run resumes the plan.
+    ap.add_argument("--out", default=str(REPO / "docs/tpu_rows.jsonl"))
     ap.add_argument("--shard", default="0/1", help="i/n: run every n-th planned row from i "
                     "(two processes on two cores)")
     args = ap.parse_args()

@@ -136,6 +136,9 @@ def _tiny_pretrain_config():
     c = bert_tiny.get_config()
     c.mesh.shape = (2, 4, 2)
     c.global_batch_size = 64
+    # Without dropout: XLA counts the random-bit generation as FLOPs (threefry's
+    # hash is +20% of bert_tiny's matmuls), which no model-FLOPs formula holds.
+    c.model.hidden_dropout_prob = c.model.attention_probs_dropout_prob = 0.0
     return c
 
 
@@ -156,7 +159,7 @@ def test_pretraining_step_compiles_for_multi_host_tpu_slice():
     assert r["collectives"]["all-reduce"]["count"] + r["collectives"]["reduce-scatter"][
         "count"] > 0
     # XLA counts every FLOP of the program, flops.py only the matmuls: the gap
-    # is the element-wise work (softmax, LayerNorm, GELU, dropout bits, AdamW).
+    # is the element-wise work (softmax, LayerNorm, GELU, AdamW).
     assert 0.97 < r["flops_xla_over_formula"] < 1.10, r["flops_xla_over_formula"]
     assert r["estimated_step_seconds"] > 0 and 0 < r["estimated_mfu"] < 1
 
