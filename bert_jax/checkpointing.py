@@ -2,8 +2,9 @@
 
 Items per step: `state` (params, opt_state, step; restored onto whatever mesh
 the current run uses) and `data` (the input pipeline's small JSON state).
-Orbax finalizes a step by an atomic rename, so a save interrupted by a crash
-is never listed; a finalized step whose files were later truncated or deleted
+Orbax finalizes a step by an atomic rename (locally) or by writing
+`commit_success.txt` last (on gs://, where there is no rename), so a save
+interrupted by a crash is never listed; a finalized step whose files were later truncated or deleted
 fails to restore and we fall back to the previous one with a warning.
 """
 
@@ -18,8 +19,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bert_jax import storage
 
-def _dir(workdir) -> pathlib.Path:
+
+def _dir(workdir):
+    """workdir/checkpoints: a pathlib.Path locally, an etils.epath.Path (orbax's
+    own path type) for a URL."""
+    if storage.is_url(workdir):
+        from etils import epath
+        return epath.Path(storage.join(workdir, "checkpoints"))
     return pathlib.Path(os.path.abspath(workdir)) / "checkpoints"
 
 
@@ -89,11 +97,12 @@ class Checkpointer:
         post-mortem): the run will save those step numbers again, which orbax
         refuses while the old directories exist."""
         if jax.process_index() == 0:
-            dest = self.directory.parent / "checkpoints_unreadable"
-            dest.mkdir(exist_ok=True)
+            directory = os.fspath(self.directory)
+            dest = storage.join(storage.parent(directory), "checkpoints_unreadable")
+            storage.makedirs(dest)
             for step in steps:
-                target = dest / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-                os.replace(self.directory / str(step), target)
+                target = storage.join(dest, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+                storage.rename(storage.join(directory, str(step)), target)
                 print(f"warning: moved unreadable checkpoint step {step} to {target}",
                       file=sys.stderr, flush=True)
         if jax.process_count() > 1:
@@ -111,7 +120,7 @@ class Checkpointer:
 
 def _host_manager(workdir) -> ocp.CheckpointManager:
     ckdir = _dir(workdir)
-    if not ckdir.exists():
+    if not storage.exists(os.fspath(ckdir)):
         raise FileNotFoundError(f"{workdir}: no checkpoints/ directory")
     # Handlers named up front: without them the manager cannot read metadata.
     return ocp.CheckpointManager(ckdir, item_names=("state", "data"), item_handlers={

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from bert_jax import storage
 from bert_jax.bert_config import BertConfig
 
 META_FILE = "bert_jax.json"
@@ -48,20 +49,18 @@ def unnest(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def write_meta(path: pathlib.Path, cfg: BertConfig, head: str, num_labels: int = 0,
+def write_meta(path: str | os.PathLike, cfg: BertConfig, head: str, num_labels: int = 0,
                label_names: list[str] | None = None, task: dict | None = None) -> None:
     meta = {"format": "bert_jax", "config": cfg.to_google_dict(), "head": head,
             "num_labels": num_labels, "label_names": list(label_names or []),
             "task": task or {}}
-    tmp = path / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, path / META_FILE)
+    storage.write_text(storage.join(path, META_FILE), json.dumps(meta, indent=2))
 
 
-def read_meta(path: pathlib.Path) -> dict[str, Any]:
-    f = path / META_FILE
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    f = storage.join(path, META_FILE)
     try:
-        return json.loads(f.read_text())
+        return json.loads(storage.read_text(f))
     except json.JSONDecodeError as e:
         raise ValueError(f"{f}: invalid JSON at line {e.lineno}: {e.msg}") from None
 
@@ -83,17 +82,17 @@ def load_params(path: pathlib.Path) -> dict[str, np.ndarray]:
         return unnest(ckptr.restore(path.absolute(), restore_args=restore_args))
 
 
-def copy_vocab(src: str | os.PathLike | None, dst_dir: pathlib.Path) -> None:
+def copy_vocab(src: str | os.PathLike | None, dst_dir: str | os.PathLike) -> None:
     if src is None:
         return
-    src = pathlib.Path(src)
-    if src.is_dir():
-        cands = [src / "vocab.txt"] + sorted(src.glob("*.model"))
-        src = next((c for c in cands if c.exists()), None)
+    if storage.isdir(src):
+        src = vocab_path(src)
         if src is None:
             return
-    if src.exists():
-        shutil.copyfile(src, dst_dir / ("vocab.txt" if src.suffix != ".model" else src.name))
+    if storage.exists(src):
+        base = storage.name(src)
+        storage.copy_file(src, storage.join(dst_dir, base if base.endswith(".model")
+                                            else "vocab.txt"))
 
 
 def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.ndarray],
@@ -116,12 +115,9 @@ def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.n
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | None:
-    d = pathlib.Path(model_dir)
-    for cand in [d / "vocab.txt", *sorted(d.glob("*.model"))]:
-        if cand.exists():
-            return cand
-    return None
+def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | str | None:
+    from bert_jax.data.tokenizer import vocab_in_dir
+    return vocab_in_dir(model_dir)
 
 
 def is_model_dir(path: pathlib.Path) -> bool:

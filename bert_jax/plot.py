@@ -7,18 +7,20 @@ Four panels over the step: losses (train and held-out `eval_*`), accuracies
 compilation are left out) and the learning rate. Works for pretraining
 (MLM/NSP) and fine-tuning workdirs alike: every metric whose name ends in
 `loss` or contains `accuracy` is drawn. The PNG is written to a temp file and
-renamed into place.
+renamed into place (uploaded once for a gs:// workdir).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import pathlib
 import sys
 
 from absl import app, flags
+
+from bert_jax import storage
 
 PANELS = ("loss", "accuracy", "throughput", "learning rate")
 
@@ -26,8 +28,7 @@ PANELS = ("loss", "accuracy", "throughput", "learning rate")
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """Records of a metrics.jsonl. A cut last line (a run still writing, or
     killed mid-line) is skipped; any other bad line is an error naming it."""
-    path = pathlib.Path(path)
-    lines = path.read_text().splitlines()
+    lines = storage.read_text(path).splitlines()
     out = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -95,11 +96,10 @@ def plot_curves(records: list[dict], out: str | os.PathLike, title: str = "") ->
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
-    out = pathlib.Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, out)
+    storage.write_bytes(out, png.getvalue())
     return drawn
 
 
@@ -110,17 +110,17 @@ flags.DEFINE_string("out", None, "PNG to write (default WORKDIR/curves.png).")
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: python -m bert_jax.plot WORKDIR [--out=FILE.png]")
-    workdir = pathlib.Path(argv[1])
-    metrics = workdir / "metrics.jsonl"
-    out = pathlib.Path(FLAGS.out) if FLAGS.out else workdir / "curves.png"
+    workdir = argv[1]
+    metrics = storage.join(workdir, "metrics.jsonl")
+    out = FLAGS.out or storage.join(workdir, "curves.png")
     try:
-        if not metrics.is_file():
+        if not storage.isfile(metrics):
             raise FileNotFoundError(f"{metrics}: no such file (is {workdir} a training workdir?)")
         records = read_metrics(metrics)
         if not records:
             raise ValueError(f"{metrics}: no records yet")
         drawn = plot_curves(records, out, title=str(workdir))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out} ({', '.join(k for keys in drawn.values() for k in keys)})")

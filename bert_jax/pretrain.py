@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pathlib
 import sys
 import time
 
@@ -20,7 +18,16 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from bert_jax import checkpointing, distributed, flops, losses, model_dir, sharding, training
+from bert_jax import (
+    checkpointing,
+    distributed,
+    flops,
+    losses,
+    model_dir,
+    sharding,
+    storage,
+    training,
+)
 from bert_jax.bert_config import BertConfig
 from bert_jax.heads import BertForPreTraining
 from bert_jax.optim import build_optimizer
@@ -111,7 +118,7 @@ def evaluate(eval_step, state, pipe, num_batches: int, mesh) -> dict[str, float]
 def train(config, workdir: str) -> dict:
     workdir = str(workdir)
     is_main = jax.process_index() == 0
-    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+    storage.makedirs(workdir)
     G = config.global_batch_size
     if G % config.grad_accum_steps:
         raise ValueError(f"global_batch_size={G} is not a multiple of "
@@ -167,11 +174,10 @@ def train(config, workdir: str) -> dict:
             state = training.init_state(spec, model_fn, optimizer, config.seed, init_params)
             start_step = 0
         if is_main:
-            model_dir.write_meta(pathlib.Path(workdir), cfg, "pretraining",
-                                 task={"kind": "pretraining"})
-            model_dir.copy_vocab(tokenizer.vocab_file, pathlib.Path(workdir))
-            (pathlib.Path(workdir) / "config.json").write_text(config.to_json_best_effort(
-                indent=2))
+            model_dir.write_meta(workdir, cfg, "pretraining", task={"kind": "pretraining"})
+            model_dir.copy_vocab(tokenizer.vocab_file, workdir)
+            storage.write_text(storage.join(workdir, "config.json"),
+                               config.to_json_best_effort(indent=2))
 
         # ---- Loop ---------------------------------------------------------------------
         step_fn = training.jit_train_step(spec, mesh, objective, optimizer, schedule,
@@ -289,9 +295,8 @@ def train(config, workdir: str) -> dict:
                    num_devices=n_dev, num_processes=jax.process_count(),
                    model_size=config.model.size, global_batch_size=G)
     if is_main:
-        tmp = pathlib.Path(workdir) / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, default=float))
-        os.replace(tmp, pathlib.Path(workdir) / "summary.json")
+        storage.write_text(storage.join(workdir, "summary.json"),
+                           json.dumps(summary, indent=2, default=float))
     return summary
 
 
@@ -311,7 +316,7 @@ def main(argv):
     distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
     try:
         train(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
