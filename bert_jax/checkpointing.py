@@ -11,7 +11,6 @@ fails to restore and we fall back to the previous one with a warning.
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
 import time
 
@@ -23,12 +22,7 @@ from bert_jax import storage
 
 
 def _dir(workdir):
-    """workdir/checkpoints: a pathlib.Path locally, an etils.epath.Path (orbax's
-    own path type) for a URL."""
-    if storage.is_url(workdir):
-        from etils import epath
-        return epath.Path(storage.join(workdir, "checkpoints"))
-    return pathlib.Path(os.path.abspath(workdir)) / "checkpoints"
+    return storage.orbax_path(storage.join(workdir, "checkpoints"))
 
 
 def _warn_unreadable(step: int, e: Exception) -> None:

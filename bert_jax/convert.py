@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-from bert_jax import hf_format, model_dir
+from bert_jax import hf_format, model_dir, storage
 from bert_jax.bert_config import BertConfig
 
 
@@ -59,9 +59,12 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
     when it has MLM/NSP weights or when asked); parameters it lacks are filled
     with a fresh init and their names appended to `report`.
     """
-    p = pathlib.Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such checkpoint")
+    if not storage.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    # A bert_jax dir in a bucket is read in place (orbax reads gs://); HF and
+    # TF1 dirs through the local cache.
+    p = path if storage.is_url(path) and model_dir.is_model_dir(path) else \
+        storage.local_copy(path)
     if model_dir.is_model_dir(p):
         cfg, meta, flat = model_dir.load_flat(p)
         if head is None or head == meta.get("head"):
@@ -110,11 +113,20 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
     if report is not None:
         report.extend(f"initialized fresh: {k}" for k in missing)
         report.extend(f"ignored (unused by the model): {k}" for k in unexpected)
-    meta["vocab"] = str(model_dir.vocab_path(p)) if model_dir.vocab_path(p) else None
+    vocab = model_dir.vocab_path(p)
+    meta["vocab"] = str(vocab) if vocab else None
     return cfg, meta, flat
 
 
-def _write_atomic(dst: pathlib.Path, writer) -> None:
+def _write_atomic(dst, writer) -> None:
+    """writer(dir) fills a temp dir beside `dst`, renamed onto it when done; for
+    a URL a local temp dir whose files are then uploaded, each object once."""
+    if storage.is_url(dst):
+        storage.remove(dst)
+        with storage.staged_dir(dst) as tmp:
+            writer(tmp)
+        return
+    dst = pathlib.Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
@@ -134,8 +146,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
     cfg, meta, flat = read_any(src, head=head, seed=seed, report=report)
     head = meta["head"]
     labels = meta.get("label_names", [])
-    vocab = meta.get("vocab") or model_dir.vocab_path(pathlib.Path(src))
-    dst = pathlib.Path(dst)
+    vocab = meta.get("vocab") or model_dir.vocab_path(src)
     if to == "bert_jax":
         model_dir.save_model_dir(dst, cfg, flat, head, meta.get("num_labels", 0), labels,
                                  meta.get("task"), vocab)
@@ -171,7 +182,7 @@ def main(argv):
         raise app.UsageError("usage: python -m bert_jax.convert SRC DST --to {bert_jax,hf,tf1}")
     try:
         report = convert(argv[1], argv[2], FLAGS.to, FLAGS.head, FLAGS.seed)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for line in report:

@@ -65,21 +65,22 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{f}: invalid JSON at line {e.lineno}: {e.msg}") from None
 
 
-def save_params(path: pathlib.Path, flat: dict[str, np.ndarray]) -> None:
+def save_params(path: str | os.PathLike, flat: dict[str, np.ndarray]) -> None:
     import orbax.checkpoint as ocp
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path.absolute(), nest(flat))
+        ckptr.save(storage.orbax_path(path), nest(flat))
         ckptr.wait_until_finished()
 
 
-def load_params(path: pathlib.Path) -> dict[str, np.ndarray]:
+def load_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
     import orbax.checkpoint as ocp
+    path = storage.orbax_path(path)
     with ocp.PyTreeCheckpointer() as ckptr:
-        meta = ckptr.metadata(path.absolute())
+        meta = ckptr.metadata(path)
         tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
         restore_args = __import__("jax").tree.map(
             lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        return unnest(ckptr.restore(path.absolute(), restore_args=restore_args))
+        return unnest(ckptr.restore(path, restore_args=restore_args))
 
 
 def copy_vocab(src: str | os.PathLike | None, dst_dir: str | os.PathLike) -> None:
@@ -99,7 +100,16 @@ def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.n
                    head: str, num_labels: int = 0, label_names: list[str] | None = None,
                    task: dict | None = None, vocab: str | os.PathLike | None = None) -> None:
     """Write a complete model dir to a temp dir beside `out`, then rename, so a
-    crash never leaves a half-written model behind."""
+    crash never leaves a half-written model behind. In a bucket (no rename)
+    the old dir is deleted, then params (orbax's commit protocol), vocab and
+    bert_jax.json last: a dir is a model dir only once that marker exists."""
+    if storage.is_url(out):
+        storage.remove(storage.join(out, META_FILE))
+        storage.remove(out)
+        save_params(storage.join(out, "params"), flat)
+        copy_vocab(vocab, out)
+        write_meta(out, cfg, head, num_labels, label_names, task)
+        return
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -120,19 +130,20 @@ def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | str | None:
     return vocab_in_dir(model_dir)
 
 
-def is_model_dir(path: pathlib.Path) -> bool:
-    return (path / META_FILE).exists()
+def is_model_dir(path: str | os.PathLike) -> bool:
+    return storage.exists(storage.join(path, META_FILE))
 
 
 def load_flat(path: str | os.PathLike) -> tuple[BertConfig, dict[str, Any], dict[str, np.ndarray]]:
     """(config, meta, canonical params) from a model dir or a training workdir."""
-    path = pathlib.Path(path)
+    if not storage.is_url(path):
+        path = pathlib.Path(path)
     if not is_model_dir(path):
         raise FileNotFoundError(f"{path}: not a bert_jax model dir (no {META_FILE})")
     meta = read_meta(path)
-    cfg = BertConfig.from_dict(meta["config"], source=str(path / META_FILE))
-    if (path / "params").exists():
-        return cfg, meta, load_params(path / "params")
+    cfg = BertConfig.from_dict(meta["config"], source=storage.join(path, META_FILE))
+    if storage.exists(storage.join(path, "params")):
+        return cfg, meta, load_params(storage.join(path, "params"))
     from bert_jax import checkpointing
     return cfg, meta, checkpointing.load_latest_params(path)
 

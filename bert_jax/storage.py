@@ -21,6 +21,7 @@ our object I/O whether or not TensorFlow is installed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -89,6 +90,15 @@ def parent(path) -> str:
 def absolute(path) -> str:
     path = os.fspath(path)
     return path if is_url(path) else os.path.abspath(path)
+
+
+def orbax_path(path):
+    """The path type orbax takes: etils.epath.Path for a URL, an absolute
+    pathlib.Path otherwise."""
+    if is_url(path):
+        from etils import epath
+        return epath.Path(os.fspath(path))
+    return pathlib.Path(os.path.abspath(path))
 
 
 def _fs(path):
@@ -279,3 +289,21 @@ def local_copy(path, key: str = "") -> pathlib.Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+@contextlib.contextmanager
+def staged_dir(path):
+    """A local directory whose files end up at `path`: `path` itself when it is
+    local; for a URL a temp dir whose files are uploaded (each object once)
+    when the block ends without an error, then deleted. For code that writes
+    files with ordinary open()/np.save (evaluation and prediction files)."""
+    if not is_url(path):
+        pathlib.Path(path).mkdir(parents=True, exist_ok=True)
+        yield pathlib.Path(path)
+        return
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bert_jax_stage_"))
+    try:
+        yield tmp
+        upload_tree(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import test_pretrain
 from test_pretrain import REPO, STEPS, assert_bitwise_equal, numbers
@@ -153,3 +154,106 @@ def test_damaged_newest_checkpoint_in_bucket_falls_back(gs_cli, gs_resumed, gcs,
     if has_strace:
         peers = inet_peers(trace)
         assert "127.0.0.1" in peers and peers <= {"127.0.0.1", "::1"}, peers
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+def test_finetune_from_bucket_into_bucket_then_convert_and_predict(gcs, tmp_path):
+    """RTE fine-tuned from a gs:// init checkpoint on gs:// GLUE files into a
+    gs:// workdir writes the same evaluation and test-prediction files, byte for
+    byte, as the same run with local paths; `convert` turns the gs:// model
+    into a local HF dir that transformers loads with our weights; `predict`
+    reads the gs:// model (and a gs:// input file) and agrees with the local one."""
+    import test_finetune_common as common
+    from conftest import data_path
+    from test_finetune_glue import finetune_cli
+    env = dict(common.cli_env(tmp_path / "jax_cache"), STORAGE_EMULATOR_HOST=gcs.url,
+               BERT_JAX_CACHE=os.environ["BERT_JAX_CACHE"])
+    glue = data_path("glue")
+    local_init = common.save_tiny_model(tmp_path / "init")
+    gs_init = storage.join(gcs.bucket, "ft", "init")
+    common.save_tiny_model(gs_init)  # the same seed: the same weights, written by orbax to gs
+    gs_glue = storage.join(gcs.bucket, "ft", "glue")
+    storage.upload_tree(glue / "RTE", storage.join(gs_glue, "RTE"))
+    args = ("--config.max_train_examples=64", "--config.num_epochs=1")
+    local, url = tmp_path / "rte", storage.join(gcs.bucket, "ft", "rte")
+    finetune_cli("rte", local, local_init, glue, env, *args)
+    finetune_cli("rte", url, gs_init, gs_glue, env, *args)
+    for rel in ("eval/epoch_1/dev/eval_results.json", "eval/epoch_1/dev/predictions.tsv",
+                "test_predictions/RTE.tsv", "model/vocab.txt"):
+        assert storage.read_bytes(storage.join(url, rel)) == (local / rel).read_bytes(), rel
+    # The model's metadata differs only in the paths its task config names.
+    metas = [json.loads(storage.read_text(storage.join(d, "model", "bert_jax.json")))
+             for d in (url, local)]
+    assert metas[0]["task"]["config"]["init_checkpoint"] == gs_init
+    assert [{k: v for k, v in m.items() if k != "task"} for m in metas] == [
+        {k: v for k, v in metas[1].items() if k != "task"}] * 2
+    assert [r["step"] for r in gs_records(url) if "loss" in r] == [2]
+
+    hf = tmp_path / "hf"
+    r = common.run_module("bert_jax.convert", storage.join(url, "model"), str(hf), "--to=hf",
+                          env=env)
+    common.check_ok(r)
+    transformers = pytest.importorskip("transformers")
+    model = transformers.BertForSequenceClassification.from_pretrained(hf)
+    from bert_jax import model_dir
+    _, meta, flat = model_dir.load_flat(local / "model")
+    assert model.config.id2label == dict(enumerate(meta["label_names"]))
+    np.testing.assert_array_equal(model.classifier.weight.detach().numpy(),
+                                  flat["classifier/kernel"].T)
+
+    rows = common.read_tsv(glue / "RTE" / "dev.tsv")[1:4]
+    pairs = "".join(f"{r[1]}\t{r[2]}\n" for r in rows)
+    storage.write_text(storage.join(gcs.bucket, "ft", "pairs.txt"), pairs)
+    (tmp_path / "pairs.txt").write_text(pairs)
+    outs = []
+    for ckpt, inp in ((url, storage.join(gcs.bucket, "ft", "pairs.txt")),
+                      (local, tmp_path / "pairs.txt")):
+        r = common.run_module("bert_jax.predict", f"--checkpoint={ckpt}", f"--input={inp}",
+                              "--json", env=env)
+        common.check_ok(r)
+        outs.append(r.stdout)
+    assert len(outs[0].splitlines()) == 3 and outs[0] == outs[1]
+
+
+# ---------------------------------------------------------------- data preparation
+
+
+def test_prepare_from_bucket_into_bucket(gcs, tiny_pretraining_data, tmp_path):
+    """`data.prepare` with the corpus, the vocab and --out all in the bucket
+    writes the same shards (same data fingerprint, same arrays) as with local
+    paths, and the pipeline opens the result from the bucket."""
+    from conftest import data_path
+
+    from bert_jax.data import prepared
+    from bert_jax.data.pipeline import PretrainingPipeline
+    novel = sorted(data_path("corpus", "eltec-eng").glob("*.txt"))[6]
+    lines = novel.read_text().splitlines()
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(2):
+        (texts / f"{i}.txt").write_text("\n".join(lines[300 * i:300 * i + 250]))
+    src = storage.join(gcs.bucket, "prep-src")
+    storage.upload_tree(texts, storage.join(src, "texts"))
+    storage.copy_file(tiny_pretraining_data["vocab"], storage.join(src, "vocab.txt"))
+    out = storage.join(gcs.bucket, "prep-out")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    for corpus, vocab, dst in ((f"raw:{src}/texts", f"{src}/vocab.txt", out),
+                               (f"raw:{texts}", str(tiny_pretraining_data["vocab"]),
+                                str(tmp_path / "local"))):
+        r = subprocess.run([sys.executable, "-m", "bert_jax.data.prepare", f"--corpus={corpus}",
+                            f"--vocab={vocab}", f"--out={dst}", "--num_workers=1"], env=env,
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    remote = json.loads(storage.read_text(storage.join(out, prepared.MANIFEST)))
+    local = json.loads((tmp_path / "local" / prepared.MANIFEST).read_text())
+    assert remote["data_fingerprint"] == local["data_fingerprint"]
+    assert remote["totals"] == local["totals"] and len(remote["shards"]) == 2
+    a, b = prepared.open_prepared(out), prepared.open_prepared(tmp_path / "local")
+    for x, y in zip(a.tokens, b.tokens):
+        np.testing.assert_array_equal(x, y)
+    pipe = PretrainingPipeline.from_config(
+        {"prepared_dir": out, "max_seq_length": 32, "max_predictions_per_seq": 5},
+        global_batch_size=4)
+    assert pipe.batch(0)["input_ids"].shape == (4, 32)
