@@ -10,6 +10,7 @@ fails to restore and we fall back to the previous one with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -50,6 +51,7 @@ class Checkpointer:
             save_interval_steps=self.every, enable_async_checkpointing=async_save,
             create=True, cleanup_tmp_directories=True)
         self.directory = _dir(workdir)
+        self._in_flight: int | None = None
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "data"))
 
@@ -57,8 +59,30 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
-        return self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
+        with self._writing():
+            saved = self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+                force=force)
+        self._in_flight = step if saved else self._in_flight
+        return saved
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """In a bucket, a failed (asynchronous) save surfaces here as whatever
+        the HTTP client raised: turn it into one line naming the URL and step.
+        The step is never committed (no commit_success.txt), so the next run
+        resumes from the previous one."""
+        try:
+            yield
+        except storage.StorageError:
+            raise
+        except Exception as e:
+            if not storage.is_url(self.directory):
+                raise
+            first = (str(e).splitlines() or [""])[0][:200]
+            step = f"step {self._in_flight}" if self._in_flight is not None else "a step"
+            raise storage.StorageError(f"{self.directory}: saving checkpoint {step} failed "
+                                       f"({type(e).__name__}: {first})") from None
 
     def should_save(self, step: int) -> bool:
         """Every `save_every` steps. (Orbax's own policy would also save the first
@@ -105,10 +129,12 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self):
-        self.manager.wait_until_finished()
+        with self._writing():
+            self.manager.wait_until_finished()
 
     def close(self):
-        self.manager.wait_until_finished()
+        with self._writing():
+            self.manager.wait_until_finished()
         self.manager.close()
 
 

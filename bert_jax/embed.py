@@ -19,8 +19,8 @@ In Python:
 
 from __future__ import annotations
 
+import io
 import os
-import pathlib
 import sys
 
 import jax
@@ -29,6 +29,8 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 from tqdm import tqdm
+
+from bert_jax import storage
 
 POOLINGS = ("pooler", "cls", "mean")
 
@@ -124,7 +126,7 @@ class Embedder:
 
 def read_lines(path: str | os.PathLike) -> tuple[list[str], list[str | None] | None]:
     texts, pairs = [], []
-    with open(path, encoding="utf-8") as f:
+    with open(storage.local_copy(path), encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():
@@ -165,13 +167,13 @@ def main(argv):
         emb = Embedder(FLAGS.checkpoint, FLAGS.dtype, FLAGS.vocab, FLAGS.max_length)
         out = emb.encode(texts, pairs, FLAGS.pooling, FLAGS.all_layers, FLAGS.batch_size,
                          progress=True)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    dst = pathlib.Path(FLAGS.output)
-    tmp = dst.with_name(dst.name + ".tmp.npz")
-    np.savez(tmp, **out)
-    os.replace(tmp, dst)
+    dst = FLAGS.output
+    npz = io.BytesIO()
+    np.savez(npz, **out)
+    storage.write_bytes(dst, npz.getvalue())  # temp file + rename locally, one upload to gs
     print(f"wrote {len(texts)} examples to {dst}: " + ", ".join(
         f"{k} {v.shape}" for k, v in out.items()))
     return 0

@@ -48,7 +48,9 @@ def configure() -> None:
         return
     if "://" not in emulator:
         emulator = f"http://{emulator}"
-    os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", emulator)
+    # Set, not defaulted: an inherited value for another server would split
+    # the checkpoint arrays (TensorStore) from everything else (gcsfs).
+    os.environ["TENSORSTORE_GCS_HTTP_URL"] = emulator
     os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
     # Read when gcsfs is imported (gcsfs/__init__.py), so before any gs:// use.
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")

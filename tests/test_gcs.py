@@ -26,9 +26,12 @@ def gs_records(url):
             .splitlines()]
 
 
-def gs_steps(url):
-    return sorted(int(n) for n in storage.listdir(storage.join(url, "checkpoints"))
-                  if n.isdigit())
+def gs_steps(url, committed=True):
+    """Checkpoint step dirs in the bucket; committed: only those orbax finished
+    (commit_success.txt, its marker on object storage)."""
+    ckpts = storage.join(url, "checkpoints")
+    return sorted(int(n) for n in storage.listdir(ckpts) if n.isdigit() and (
+        not committed or storage.exists(storage.join(ckpts, n, "commit_success.txt"))))
 
 
 def assert_same_gs_metrics(url, reference):
@@ -58,9 +61,11 @@ def gs_cli(cli, gcs, gs_data):
     data = (f"--config.data.prepared_dir={gs_data['train']}",
             f"--config.eval_data.prepared_dir={gs_data['heldout']}")
 
-    def run(workdir, *overrides, hook=None, devices=8, expect_rc=0, trace=None):
-        env = cli.env(devices, STORAGE_EMULATOR_HOST=gcs.url,
-                      BERT_JAX_CACHE=os.environ["BERT_JAX_CACHE"])
+    def run(workdir, *overrides, hook=None, devices=8, expect_rc=0, trace=None,
+            extra_env=None):
+        env = cli.env(devices, **{"STORAGE_EMULATOR_HOST": gcs.url,
+                                  "BERT_JAX_CACHE": os.environ["BERT_JAX_CACHE"],
+                                  **(extra_env or {})})
         command = cli.command(workdir, *data, *overrides, hook=hook)
         if trace:  # every connect() of the process tree, to check where it went
             command = ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect",
@@ -257,3 +262,138 @@ def test_prepare_from_bucket_into_bucket(gcs, tiny_pretraining_data, tmp_path):
         {"prepared_dir": out, "max_seq_length": 32, "max_predictions_per_seq": 5},
         global_batch_size=4)
     assert pipe.batch(0)["input_ids"].shape == (4, 32)
+
+
+# ---------------------------------------------------------------- faults
+
+# Runs the real CLI; SIGKILLs the process `pid` (the GCS server) right after
+# the asynchronous save of step `step` has started. TensorStore's GCS retries
+# (32 tries, backoff up to 32 s: about a quarter of an hour against a dead
+# server) are cut to 3 tries for the test; gcsfs keeps its own (about 30 s).
+STOP_SERVER_HOOK = """
+import json, os, signal, sys
+hook = json.loads(sys.argv.pop(1))
+from absl import app
+from orbax.checkpoint._src.serialization import tensorstore_utils
+from bert_jax import checkpointing, pretrain
+for ctx in (tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT, tensorstore_utils._BASE_TS_CONTEXT):
+    ctx["gcs_request_retries"] = {"max_retries": 3, "initial_delay": "0.2s", "max_delay": "1s"}
+save = checkpointing.Checkpointer.save
+
+def hooked_save(self, step, *args, **kwargs):
+    out = save(self, step, *args, **kwargs)
+    if step == hook["step"]:
+        os.kill(hook["pid"], signal.SIGKILL)
+    return out
+
+checkpointing.Checkpointer.save = hooked_save
+app.run(pretrain.main)
+"""
+
+
+def test_missing_bucket_stops_before_any_compile(gs_cli, gcs):
+    """A workdir or prepared data in a bucket that does not exist: one line
+    naming it, exit 1, and no XLA compilation logged (JAX_LOG_COMPILES)."""
+    for overrides, bad in (
+            (("--workdir=gs://no-such-bucket-17/run",), "gs://no-such-bucket-17/run"),
+            (("--config.data.prepared_dir=gs://no-such-bucket-17/prepared",),
+             "gs://no-such-bucket-17/prepared")):
+        workdir = storage.join(gcs.bucket, "never")
+        proc = gs_cli(workdir, *overrides, expect_rc=1, extra_env={"JAX_LOG_COMPILES": "1"})
+        assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == [
+            f"error: {bad}: bucket gs://no-such-bucket-17 does not exist"]
+        assert "Compiling" not in proc.stderr
+
+
+def test_server_stopped_during_save(cli, gs_cli, straight, tiny_pretraining_data, tmp_path,
+                                    monkeypatch):
+    """The GCS server dies while step 20 is being saved: the run ends with one
+    error line naming the checkpoint URL and step (after the clients' retries);
+    with the server back (same data), the rerun resumes from step 15, which the
+    failed save did not touch, and logs every step once with the local run's
+    numbers."""
+    from bert_jax import gcs_emulator
+    reference, _ = straight
+    emu = gcs_emulator.GcsEmulator(tmp_path / "gcs").start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", emu.url)
+        data = storage.join("gs://bert-jax-test", "prepared")
+        for name in ("train", "heldout"):
+            storage.upload_tree(tiny_pretraining_data[name], storage.join(data, name))
+        url = "gs://bert-jax-test/run"
+        hook = tmp_path / "hook.py"
+        hook.write_text(STOP_SERVER_HOOK)
+        command = cli.command(url, f"--config.data.prepared_dir={data}/train",
+                              f"--config.eval_data.prepared_dir={data}/heldout")
+        assert command[1:3] == ["-m", "bert_jax.pretrain"]
+        command[1:3] = [str(hook), json.dumps({"step": STEPS, "pid": emu.proc.pid})]
+        env = cli.env(8, STORAGE_EMULATOR_HOST=emu.url,
+                      BERT_JAX_CACHE=str(tmp_path / "cache"))
+        proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        [line] = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+        assert line.startswith(f"error: {url}/checkpoints: saving checkpoint step {STEPS} "
+                               "failed (")
+        emu.stop()
+        emu.start()  # same root and port: the objects written before are served again
+        # Step 20 was started (some objects exist) but never committed.
+        assert gs_steps(url) == [5, 10, 15] and gs_steps(url, committed=False) == [
+            5, 10, 15, 20]
+        proc = gs_cli(url, f"--config.data.prepared_dir={data}/train",
+                      f"--config.eval_data.prepared_dir={data}/heldout",
+                      extra_env={"STORAGE_EMULATOR_HOST": emu.url})
+        assert f"resumed from {url} at step 15" in proc.stdout
+        assert gs_steps(url) == [5, 10, 15, 20]
+        assert_same_gs_metrics(url, reference)
+    finally:
+        emu.stop()
+
+
+# ---------------------------------------------------------------- multi-process
+
+
+def test_two_processes_into_one_bucket_workdir_and_resume(cli, gcs, gs_data, straight):
+    """2 processes x 4 CPU devices (jax.distributed on 127.0.0.1) pretrain into
+    one gs:// workdir, both SIGKILLed right after the step-15 save started;
+    rerun, they resume from the newest committed step and finish with the
+    single-process local run's losses; only process 0 logs, once per step."""
+    reference, _ = straight
+    url = storage.join(gcs.bucket, "run-2proc")
+
+    def launch(hook=None):
+        port = test_pretrain._free_port()
+        procs = [subprocess.Popen(
+            cli.command(url, f"--config.data.prepared_dir={gs_data['train']}",
+                        "--config.eval_data.prepared_dir=", hook=hook),
+            env=cli.env(4, BERT_JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                        BERT_JAX_NUM_PROCESSES="2", BERT_JAX_PROCESS_ID=str(rank),
+                        STORAGE_EMULATOR_HOST=gcs.url,
+                        BERT_JAX_CACHE=os.environ["BERT_JAX_CACHE"]),
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for rank in (0, 1)]
+        try:
+            outs = [p.communicate(timeout=600) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+    first = launch(hook={"kill_in_save": 15})
+    assert first[0][0] == -9, first[0][2][-3000:]
+    assert 10 in gs_steps(url)
+    second = launch()
+    for rc, _, err in second:
+        assert rc == 0, err[-3000:]
+    resumed = int(second[0][1].split(f"resumed from {url} at step ")[1].split()[0])
+    assert resumed in (10, 15)
+    assert gs_steps(url) == [5, 10, 15, 20]
+    got = [r for r in gs_records(url) if "loss" in r]
+    ref = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    ref = [r for r in ref if "loss" in r]
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+    for a, b in zip(got, ref):
+        for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
+    assert json.loads(storage.read_text(storage.join(url, "summary.json")))[
+        "num_processes"] == 2

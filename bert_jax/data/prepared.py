@@ -126,6 +126,7 @@ def open_prepared(path: str | os.PathLike) -> PreparedCorpus:
     from there (each process still reads only its own rows of them)."""
     if storage.is_url(path):
         url = os.fspath(path)
+        storage.check_bucket(url)
         mpath = storage.join(url, MANIFEST)
         if not storage.exists(mpath):
             raise PreparedError(

@@ -5,15 +5,13 @@ into DIR/lr<lr>_seed<seed>/ and reports best and mean per metric (sweep_results.
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import distributed
+from bert_jax import distributed, storage
 from bert_jax.finetune import sweep, trainer
 
 FLAGS = flags.FLAGS
@@ -32,14 +30,12 @@ def main(argv):
         if FLAGS.sweep:
             result = sweep.run_sweep(FLAGS.config, FLAGS.workdir)
             if jax.process_index() == 0:  # the others saw no metrics (trainer returns {})
-                out = pathlib.Path(FLAGS.workdir) / "sweep_results.json"
-                tmp = out.with_suffix(".json.tmp")
-                tmp.write_text(json.dumps(result, indent=2, default=float))
-                os.replace(tmp, out)
+                storage.write_text(storage.join(FLAGS.workdir, "sweep_results.json"),
+                                   json.dumps(result, indent=2, default=float))
                 print(sweep.format_table(result))
         else:
             trainer.finetune(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
