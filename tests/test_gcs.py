@@ -362,22 +362,10 @@ def test_two_processes_into_one_bucket_workdir_and_resume(cli, gcs, gs_data, str
     url = storage.join(gcs.bucket, "run-2proc")
 
     def launch(hook=None):
-        port = test_pretrain._free_port()
-        procs = [subprocess.Popen(
-            cli.command(url, f"--config.data.prepared_dir={gs_data['train']}",
-                        "--config.eval_data.prepared_dir=", hook=hook),
-            env=cli.env(4, BERT_JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                        BERT_JAX_NUM_PROCESSES="2", BERT_JAX_PROCESS_ID=str(rank),
-                        STORAGE_EMULATOR_HOST=gcs.url,
-                        BERT_JAX_CACHE=os.environ["BERT_JAX_CACHE"]),
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for rank in (0, 1)]
-        try:
-            outs = [p.communicate(timeout=600) for p in procs]
-        finally:
-            for p in procs:
-                p.kill()
-        return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+        return test_pretrain.run_two_processes(
+            cli, url, f"--config.data.prepared_dir={gs_data['train']}",
+            "--config.eval_data.prepared_dir=", hook=hook, STORAGE_EMULATOR_HOST=gcs.url,
+            BERT_JAX_CACHE=os.environ["BERT_JAX_CACHE"])
 
     first = launch(hook={"kill_in_save": 15})
     assert first[0][0] == -9, first[0][2][-3000:]
