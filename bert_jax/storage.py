@@ -89,11 +89,6 @@ def parent(path) -> str:
     return os.path.dirname(os.path.abspath(path))
 
 
-def absolute(path) -> str:
-    path = os.fspath(path)
-    return path if is_url(path) else os.path.abspath(path)
-
-
 def orbax_path(path):
     """The path type orbax takes: etils.epath.Path for a URL, an absolute
     pathlib.Path otherwise."""
