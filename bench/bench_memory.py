@@ -31,15 +31,12 @@ from bench_compile import compile_step  # noqa: E402
 from common import load_average, markdown_table  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bert_jax.bert_config import BertConfig  # noqa: E402
-
 GOOGLE_MASKED = {128: 20, 512: 80}
 
 
 def step_gib(size: str, seq: int, remat: str, dtype: str, batch: int) -> float:
-    cfg = BertConfig.named(size, scan_layers=True, remat_policy=remat, dtype=dtype,
-                           max_position_embeddings=max(512, seq))
-    gib = compile_step(cfg, batch, seq, GOOGLE_MASKED.get(seq, round(0.15 * seq)))["step_gib"]
+    gib = compile_step(size, batch, seq, GOOGLE_MASKED.get(seq, round(0.15 * seq)), scan=True,
+                       remat=remat, dtype=dtype)["step_gib"]
     if gib is None:
         raise SystemExit(f"{jax.devices()[0].platform}: no memory analysis for compiled steps")
     return gib

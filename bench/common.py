@@ -18,6 +18,10 @@ from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # configs/ is a folder of the checkout, not installed
+
 
 def load_average() -> str:
     """'1.02 0.87 0.80' (1, 5, 15 minutes) or 'n/a' where the OS has none."""

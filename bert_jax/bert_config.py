@@ -14,7 +14,7 @@ import pathlib
 from typing import Any
 
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
-ATTENTION_IMPLS = ("reference", "xla", "cudnn")
+ATTENTION_IMPLS = ("reference", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 # Fields that define the checkpoint (saved in Google / HF JSON).
@@ -54,6 +54,13 @@ class BertConfig:
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(
                 f"attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLS}")
+        if self.attention_impl == "splash" and self.attention_probs_dropout_prob > 0:
+            # Splash has no dropout on attention probabilities; falling back to the
+            # reference path (as xla/cudnn do) would silently train another program.
+            raise ValueError(
+                f"attention_impl='splash' has no attention-probability dropout: set "
+                f"attention_probs_dropout_prob=0 (is {self.attention_probs_dropout_prob}; "
+                f"MosaicBERT and NVIDIA's fused-attention BERT train with 0)")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
         for name in ("dtype", "param_dtype"):

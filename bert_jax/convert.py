@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from absl import app, flags, logging
 
-from bert_jax import hf_format, model_dir, storage
+from bert_jax import hf_format, model_dir, outputs, storage
 from bert_jax.bert_config import BertConfig
 
 
@@ -51,13 +50,14 @@ def is_tf1_dir(path: pathlib.Path) -> bool:
 
 
 def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
-             report: list[str] | None = None) -> tuple[BertConfig, dict[str, Any],
-                                                       dict[str, np.ndarray]]:
+             report: list[str] | None = None, fill_missing: bool = True
+             ) -> tuple[BertConfig, dict[str, Any], dict[str, np.ndarray]]:
     """(config, meta, canonical params) from any supported checkpoint.
 
     For HF / TF1 sources the head is the richest the source has (pretraining
     when it has MLM/NSP weights or when asked); parameters it lacks are filled
-    with a fresh init and their names appended to `report`.
+    with a fresh init (unless `fill_missing` is False: then they are absent)
+    and their names appended to `report`.
     """
     if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
@@ -109,61 +109,81 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
             raise ValueError(f"{p}: parameter {k} has shape {tuple(flat[k].shape)}, the "
                              f"config implies {shape}")
     missing = sorted(set(target) - set(flat))
-    flat.update(_fresh_values(cfg, head, meta["num_labels"], seed, missing))
+    if fill_missing:
+        flat.update(_fresh_values(cfg, head, meta["num_labels"], seed, missing))
     if report is not None:
         report.extend(f"initialized fresh: {k}" for k in missing)
         report.extend(f"ignored (unused by the model): {k}" for k in unexpected)
     vocab = model_dir.vocab_path(p)
     meta["vocab"] = str(vocab) if vocab else None
+    if meta.get("do_lower_case") is None and not model_dir.is_model_dir(p):
+        casing = hf_format.read_casing(p)
+        if casing is not None:
+            meta["do_lower_case"] = casing
     return cfg, meta, flat
 
 
-def _write_atomic(dst, writer) -> None:
-    """writer(dir) fills a temp dir beside `dst`, renamed onto it when done; for
-    a URL a local temp dir whose files are then uploaded, each object once."""
-    if storage.is_url(dst):
-        storage.remove(dst)
-        with storage.staged_dir(dst) as tmp:
-            writer(tmp)
-        return
-    dst = pathlib.Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
-        writer(tmp)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+# Names of the entries each output format holds: a destination holding only
+# such entries is an earlier conversion, which a rerun may replace.
+def _own_entry(to: str) -> Callable[[str], bool]:
+    def allowed(name: str) -> bool:
+        if name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json") or \
+                name.endswith(".model"):
+            return True
+        if to == "bert_jax":
+            return name in (model_dir.META_FILE, "params")
+        if to == "hf":
+            return name in ("config.json", "model.safetensors", "tokenizer_config.json",
+                            "special_tokens_map.json")
+        return name in ("bert_config.json", "checkpoint") or name.startswith("bert_model.ckpt")
+    return allowed
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str | None = None,
-            seed: int = 0) -> list[str]:
-    """Convert `src` into format `to` at `dst`; returns the report lines."""
+            seed: int = 0, overwrite: bool = False) -> list[str]:
+    """Convert `src` into format `to` at `dst`; returns the report lines.
+
+    `dst` must be new, empty or an earlier conversion into the same format;
+    anything else is replaced only with `overwrite` (never the source itself)."""
+    if to not in ("bert_jax", "hf", "tf1"):
+        raise ValueError(f"--to={to!r}; expected bert_jax, hf or tf1")
+    if not storage.exists(src):
+        raise FileNotFoundError(f"{src}: no such checkpoint")
+    outputs.check_destination(dst, overwrite=overwrite, sources=[src], what="destination",
+                              is_own=outputs.only_entries(_own_entry(to)))
     report: list[str] = []
     cfg, meta, flat = read_any(src, head=head, seed=seed, report=report)
     head = meta["head"]
     labels = meta.get("label_names", [])
     vocab = meta.get("vocab") or model_dir.vocab_path(src)
+    # The casing travels with the vocabulary: recorded, else inferred from it.
+    lowercase = meta.get("do_lower_case")
+    tokenizer = model_dir.tokenizer_of(src, meta) if vocab else None
+    if tokenizer is not None:
+        lowercase = tokenizer.lowercase
+    else:
+        report.append("no vocabulary in the source: the output has none either")
+
+    def add_vocab(tmp):
+        model_dir.copy_vocab(vocab, tmp)
+        if tokenizer is not None and tokenizer.kind == "wordpiece":
+            hf_format.write_tokenizer_files(tmp, lowercase, cfg.max_position_embeddings)
+
     if to == "bert_jax":
         model_dir.save_model_dir(dst, cfg, flat, head, meta.get("num_labels", 0), labels,
-                                 meta.get("task"), vocab)
+                                 meta.get("task"), vocab, lowercase)
     elif to == "hf":
         def write(tmp):
             hf_format.write_hf_dir(tmp, cfg, flat, head, labels)
-            model_dir.copy_vocab(vocab, tmp)
-        _write_atomic(dst, write)
+            add_vocab(tmp)
+        outputs.write_dir_atomic(dst, write)
     elif to == "tf1":
         from bert_jax import tf1_format
 
         def write(tmp):
             tf1_format.write_tf1_dir(tmp, cfg, flat)
-            model_dir.copy_vocab(vocab, tmp)
-        _write_atomic(dst, write)
-    else:
-        raise ValueError(f"--to={to!r}; expected bert_jax, hf or tf1")
+            add_vocab(tmp)
+        outputs.write_dir_atomic(dst, write)
     return report
 
 
@@ -174,6 +194,9 @@ flags.DEFINE_enum("head", None, ["pretraining", "encoder", "classification", "re
                   "Head to keep/build (default: what the source has; pretraining for bare "
                   "encoders).")
 flags.DEFINE_integer("seed", 0, "Seed for parameters the source lacks.")
+if "overwrite" not in FLAGS:  # embed (which imports us) has its own --overwrite
+    flags.DEFINE_bool("overwrite", False, "Replace a DST that is not empty and not an earlier "
+                      "conversion (never the source).")
 
 
 def main(argv):
@@ -181,8 +204,8 @@ def main(argv):
     if len(argv) != 3:
         raise app.UsageError("usage: python -m bert_jax.convert SRC DST --to {bert_jax,hf,tf1}")
     try:
-        report = convert(argv[1], argv[2], FLAGS.to, FLAGS.head, FLAGS.seed)
-    except (ValueError, FileNotFoundError, storage.StorageError) as e:
+        report = convert(argv[1], argv[2], FLAGS.to, FLAGS.head, FLAGS.seed, FLAGS.overwrite)
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for line in report:
@@ -192,4 +215,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from bert_jax import cli
+    cli.run(main)

@@ -19,9 +19,7 @@ In Python:
 
 from __future__ import annotations
 
-import io
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -49,16 +47,16 @@ def _take(a: np.ndarray, idx: np.ndarray, rows: int, t: int) -> np.ndarray:
 
 class Embedder:
     def __init__(self, checkpoint: str | os.PathLike, dtype: str = "float32",
-                 vocab: str | os.PathLike | None = None, max_length: int = 512):
+                 vocab: str | os.PathLike | None = None, max_length: int = 512,
+                 allow_vocab_mismatch: bool = False):
         from bert_jax import model_dir
-        from bert_jax.data.tokenizer import load_tokenizer
 
+        self.tokenizer = checked_tokenizer(checkpoint, vocab, allow_vocab_mismatch)
         model, meta, _ = model_dir.load_model(checkpoint, head="encoder", dtype=dtype)
+        if model.cfg.vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(f"{self.tokenizer.vocab_file}: {self.tokenizer.vocab_size} tokens, "
+                             f"the model {checkpoint} has {model.cfg.vocab_size}")
         self.model = model
-        vocab = vocab or meta.get("vocab") or model_dir.vocab_path(checkpoint)
-        if vocab is None:
-            raise FileNotFoundError(f"{checkpoint}: no vocab.txt inside; pass --vocab")
-        self.tokenizer = load_tokenizer(vocab)
         self.max_length = min(max_length, model.cfg.max_position_embeddings)
         graphdef, state = nnx.split(model)
 
@@ -124,6 +122,39 @@ class Embedder:
         return out
 
 
+def checked_tokenizer(checkpoint, vocab=None, allow_vocab_mismatch: bool = False):
+    """The checkpoint's own tokenizer; `vocab` only where it has none, or where
+    it is the same vocabulary, or when a mismatch is explicitly allowed (other
+    token ids would give silently wrong vectors)."""
+    from bert_jax import model_dir
+    from bert_jax.data.tokenizer import load_tokenizer
+    own = model_dir.vocab_path(checkpoint)
+    lowercase = model_dir.recorded_casing(checkpoint)
+    if vocab is None:
+        if own is None:
+            raise FileNotFoundError(f"{checkpoint}: no vocab.txt inside; pass --vocab")
+        return load_tokenizer(own, lowercase=lowercase)
+    tok = load_tokenizer(vocab, lowercase=lowercase)
+    if own is not None and not allow_vocab_mismatch:
+        theirs = load_tokenizer(own)
+        if theirs.fingerprint != tok.fingerprint:
+            raise ValueError(f"--vocab={vocab}: not the vocabulary the checkpoint was trained "
+                             f"with ({own}, fingerprint {theirs.fingerprint} vs "
+                             f"{tok.fingerprint}); drop --vocab, or pass "
+                             "--allow_vocab_mismatch to use it anyway")
+    return tok
+
+
+def _is_embeddings_file(path) -> bool:
+    """An .npz this command wrote (rewriting it loses nothing)."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(storage.local_copy(path)) as z:
+            return {"pooled.npy", "last_hidden_state.npy"} <= set(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def read_lines(path: str | os.PathLike) -> tuple[list[str], list[str | None] | None]:
     texts, pairs = [], []
     with open(storage.local_copy(path), encoding="utf-8") as f:
@@ -154,6 +185,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", 32, "Examples per forward pass.")
     flags.DEFINE_integer("max_length", 512, "Truncate examples to this many tokens.")
     flags.DEFINE_string("vocab", None, "Vocabulary, if the checkpoint has none.")
+    flags.DEFINE_bool("allow_vocab_mismatch", False, "Use --vocab even though the checkpoint "
+                      "was trained with another vocabulary.")
+    flags.DEFINE_bool("overwrite", False, "Replace an --output that is not an earlier "
+                      "embeddings file.")
 
 
 def main(argv):
@@ -162,18 +197,24 @@ def main(argv):
     for name in ("checkpoint", "input", "output"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
-    try:
-        texts, pairs = read_lines(FLAGS.input)
-        emb = Embedder(FLAGS.checkpoint, FLAGS.dtype, FLAGS.vocab, FLAGS.max_length)
-        out = emb.encode(texts, pairs, FLAGS.pooling, FLAGS.all_layers, FLAGS.batch_size,
-                         progress=True)
-    except (ValueError, FileNotFoundError, storage.StorageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    from bert_jax import outputs
+    if FLAGS.batch_size < 1:
+        raise ValueError(f"--batch_size={FLAGS.batch_size}: expected >= 1")
+    if FLAGS.max_length < 2:
+        raise ValueError(f"--max_length={FLAGS.max_length}: expected >= 2 ([CLS] and [SEP])")
+    if not storage.exists(FLAGS.checkpoint):
+        raise FileNotFoundError(f"--checkpoint={FLAGS.checkpoint}: no such checkpoint")
+    outputs.check_destination(FLAGS.output, kind="file", overwrite=FLAGS.overwrite,
+                              is_own=_is_embeddings_file, what="--output file",
+                              sources=[FLAGS.checkpoint, FLAGS.input])
+    texts, pairs = read_lines(FLAGS.input)
+    emb = Embedder(FLAGS.checkpoint, FLAGS.dtype, FLAGS.vocab, FLAGS.max_length,
+                   FLAGS.allow_vocab_mismatch)
+    out = emb.encode(texts, pairs, FLAGS.pooling, FLAGS.all_layers, FLAGS.batch_size,
+                     progress=True)
     dst = FLAGS.output
-    npz = io.BytesIO()
-    np.savez(npz, **out)
-    storage.write_bytes(dst, npz.getvalue())  # temp file + rename locally, one upload to gs
+    # A temp file renamed into place locally; one upload of the final object to gs://.
+    outputs.write_file_atomic(dst, lambda tmp: np.savez(tmp, **out), suffix=".npz")
     print(f"wrote {len(texts)} examples to {dst}: " + ", ".join(
         f"{k} {v.shape}" for k, v in out.items()))
     return 0
@@ -181,4 +222,5 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from bert_jax import cli
+    cli.run(main)

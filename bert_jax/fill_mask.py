@@ -37,20 +37,22 @@ def load(checkpoint: str | os.PathLike):
     Raises ValueError when the checkpoint has no trained MLM head (a fine-tuned
     classifier, a bare encoder)."""
     from bert_jax import convert, model_dir
-    from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.heads import restore_model
 
     report: list[str] = []
-    cfg, _, flat = convert.read_any(checkpoint, head="pretraining", report=report)
-    fresh = {r.removeprefix("initialized fresh: ") for r in report}
-    lacking = [k for k in MLM_HEAD if k not in flat or k in fresh]
+    # Missing parameters are not filled yet: a checkpoint without an MLM head
+    # stops here, before a random head is built (and compiled).
+    cfg, meta, flat = convert.read_any(checkpoint, head="pretraining", report=report,
+                                       fill_missing=False)
+    lacking = [k for k in MLM_HEAD if k not in flat]
     if lacking:
         raise ValueError(f"{checkpoint}: no MLM head to fill masks with (missing {lacking[0]})")
-    vocab = model_dir.vocab_path(checkpoint)
-    if vocab is None:
-        raise FileNotFoundError(f"{checkpoint}: no vocab.txt or *.model next to the weights")
+    fresh = [r.removeprefix("initialized fresh: ") for r in report
+             if r.startswith("initialized fresh: ")]
+    flat.update(convert._fresh_values(cfg, "pretraining", 0, 0, fresh))  # e.g. NSP of an MLM
+    tokenizer = model_dir.tokenizer_of(checkpoint, meta)
     graphdef, state = restore_model(cfg, "pretraining", 0, flat, str(checkpoint))
-    return nnx.merge(graphdef, state), load_tokenizer(vocab)
+    return nnx.merge(graphdef, state), tokenizer
 
 
 def mask_probabilities(model, tokenizer, texts: list[str]) -> list[np.ndarray]:
@@ -62,6 +64,12 @@ def mask_probabilities(model, tokenizer, texts: list[str]) -> list[np.ndarray]:
     encs = [tokenizer.encode(t, max_length=max_len) for t in texts]
     for i, e in enumerate(encs):
         if tokenizer.mask_id not in e.ids:
+            full = tokenizer.encode(texts[i]).ids
+            if tokenizer.mask_id in full:
+                raise ValueError(
+                    f"text {i + 1} ({texts[i][:40]!r}): its [MASK] is token "
+                    f"{full.index(tokenizer.mask_id) + 1} of {len(full)}, beyond the {max_len} "
+                    "the model reads (max_position_embeddings); shorten the text")
             raise ValueError(f"text {i + 1} ({texts[i][:40]!r}) has no [MASK] token")
     T = max(len(e.ids) for e in encs)
     ids = np.full((len(encs), T), tokenizer.pad_id, np.int32)
@@ -132,4 +140,5 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from bert_jax import cli
+    cli.run(main)

@@ -173,3 +173,32 @@ def write_hf_dir(out: pathlib.Path, cfg: BertConfig, flat: dict[str, np.ndarray]
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
               str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config_dict(cfg, head, label_names), indent=2))
+
+
+SPECIAL_TOKENS_MAP = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                      "cls_token": "[CLS]", "mask_token": "[MASK]"}
+
+
+def write_tokenizer_files(out: pathlib.Path, lowercase: bool, model_max_length: int) -> None:
+    """tokenizer_config.json + special_tokens_map.json beside vocab.txt, so that
+    `AutoTokenizer.from_pretrained(out)` tokenizes as we do: BERT's basic
+    tokenizer with our casing (accents are stripped exactly when lower-casing,
+    as our normalizer does with strip_accents unset)."""
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": bool(lowercase),
+              "do_basic_tokenize": True, "tokenize_chinese_chars": True, "strip_accents": None,
+              "model_max_length": int(model_max_length), "clean_up_tokenization_spaces": False,
+              **SPECIAL_TOKENS_MAP}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS_MAP, indent=2) + "\n")
+
+
+def read_casing(path: pathlib.Path) -> bool | None:
+    """do_lower_case from a dir's tokenizer_config.json, None when it has none."""
+    f = path / "tokenizer_config.json"
+    if not f.exists():
+        return None
+    try:
+        value = json.loads(f.read_text()).get("do_lower_case")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{f}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    return value if isinstance(value, bool) else None

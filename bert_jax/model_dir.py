@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -50,10 +48,15 @@ def unnest(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
 
 
 def write_meta(path: str | os.PathLike, cfg: BertConfig, head: str, num_labels: int = 0,
-               label_names: list[str] | None = None, task: dict | None = None) -> None:
+               label_names: list[str] | None = None, task: dict | None = None,
+               do_lower_case: bool | None = None) -> None:
+    """`do_lower_case`: the casing the vocabulary was used with (None: unknown,
+    readers then infer it from the vocabulary)."""
     meta = {"format": "bert_jax", "config": cfg.to_google_dict(), "head": head,
             "num_labels": num_labels, "label_names": list(label_names or []),
             "task": task or {}}
+    if do_lower_case is not None:
+        meta["do_lower_case"] = bool(do_lower_case)
     storage.write_text(storage.join(path, META_FILE), json.dumps(meta, indent=2))
 
 
@@ -98,31 +101,48 @@ def copy_vocab(src: str | os.PathLike | None, dst_dir: str | os.PathLike) -> Non
 
 def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.ndarray],
                    head: str, num_labels: int = 0, label_names: list[str] | None = None,
-                   task: dict | None = None, vocab: str | os.PathLike | None = None) -> None:
+                   task: dict | None = None, vocab: str | os.PathLike | None = None,
+                   do_lower_case: bool | None = None) -> None:
     """Write a complete model dir to a temp dir beside `out`, then rename, so a
     crash never leaves a half-written model behind. In a bucket (no rename)
     the old dir is deleted, then params (orbax's commit protocol), vocab and
-    bert_jax.json last: a dir is a model dir only once that marker exists."""
+    bert_jax.json last: a dir is a model dir only once that marker exists.
+    The caller has checked the destination (`outputs.check_destination`)."""
     if storage.is_url(out):
         storage.remove(storage.join(out, META_FILE))
         storage.remove(out)
         save_params(storage.join(out, "params"), flat)
         copy_vocab(vocab, out)
-        write_meta(out, cfg, head, num_labels, label_names, task)
+        write_meta(out, cfg, head, num_labels, label_names, task, do_lower_case)
         return
-    out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    from bert_jax import outputs
+
+    def write(tmp):
         save_params(tmp / "params", flat)
         copy_vocab(vocab, tmp)
-        write_meta(tmp, cfg, head, num_labels, label_names, task)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_meta(tmp, cfg, head, num_labels, label_names, task, do_lower_case)
+    outputs.write_dir_atomic(out, write)
+
+
+def recorded_casing(checkpoint) -> bool | None:
+    """do_lower_case as a checkpoint dir records it (bert_jax.json, or a HF /
+    TF1 dir's tokenizer_config.json); None when it records none."""
+    path = checkpoint if storage.is_url(checkpoint) else pathlib.Path(checkpoint)
+    if is_model_dir(path):
+        return read_meta(path).get("do_lower_case")
+    from bert_jax import hf_format
+    return hf_format.read_casing(storage.local_copy(path))
+
+
+def tokenizer_of(checkpoint, meta: dict | None = None, vocab=None):
+    """The tokenizer a checkpoint was trained with: its vocabulary (or `vocab`)
+    with the casing its metadata records (inferred from the vocabulary when it
+    records none)."""
+    from bert_jax.data.tokenizer import load_tokenizer
+    vocab = vocab or (meta or {}).get("vocab") or vocab_path(checkpoint)
+    if vocab is None:
+        raise FileNotFoundError(f"{checkpoint}: no vocab.txt or *.model inside")
+    return load_tokenizer(vocab, lowercase=(meta or {}).get("do_lower_case"))
 
 
 def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | str | None:

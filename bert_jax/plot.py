@@ -12,11 +12,9 @@ renamed into place (uploaded once for a gs:// workdir).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-import sys
 
 from absl import app, flags
 
@@ -96,15 +94,22 @@ def plot_curves(records: list[dict], out: str | os.PathLike, title: str = "") ->
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
+    from bert_jax import outputs
+    outputs.write_file_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
-    storage.write_bytes(out, png.getvalue())
     return drawn
+
+
+def is_our_plot(path) -> bool:
+    """A PNG that matplotlib wrote (its tEXt chunk names it): an earlier plot."""
+    head = storage.read_bytes(path)[:512]
+    return head.startswith(b"\x89PNG") and b"Matplotlib" in head
 
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "PNG to write (default WORKDIR/curves.png).")
+if "overwrite" not in FLAGS:  # convert, imported into the same process, has one too
+    flags.DEFINE_bool("overwrite", False, "Replace an --out file that is not an earlier plot.")
 
 
 def main(argv):
@@ -113,19 +118,19 @@ def main(argv):
     workdir = argv[1]
     metrics = storage.join(workdir, "metrics.jsonl")
     out = FLAGS.out or storage.join(workdir, "curves.png")
-    try:
-        if not storage.isfile(metrics):
-            raise FileNotFoundError(f"{metrics}: no such file (is {workdir} a training workdir?)")
-        records = read_metrics(metrics)
-        if not records:
-            raise ValueError(f"{metrics}: no records yet")
-        drawn = plot_curves(records, out, title=str(workdir))
-    except (ValueError, FileNotFoundError, storage.StorageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    from bert_jax import outputs
+    if not storage.isfile(metrics):
+        raise FileNotFoundError(f"{metrics}: no such file (is {workdir} a training workdir?)")
+    outputs.check_destination(out, kind="file", overwrite=FLAGS.overwrite, is_own=is_our_plot,
+                              what="--out file", sources=[metrics])
+    records = read_metrics(metrics)
+    if not records:
+        raise ValueError(f"{metrics}: no records yet")
+    drawn = plot_curves(records, out, title=str(workdir))
     print(f"wrote {out} ({', '.join(k for keys in drawn.values() for k in keys)})")
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from bert_jax import cli
+    cli.run(main)

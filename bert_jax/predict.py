@@ -31,7 +31,6 @@ class Predictor:
 
     def __init__(self, checkpoint: str | pathlib.Path):
         from bert_jax import convert, model_dir
-        from bert_jax.data.tokenizer import load_tokenizer
         from bert_jax.heads import restore_model
 
         path = checkpoint if storage.is_url(checkpoint) else pathlib.Path(checkpoint)
@@ -45,10 +44,7 @@ class Predictor:
                              "it first (python -m bert_jax.finetune)")
         self.label_names = meta.get("label_names", [])
         self.task_config = ConfigDict(meta.get("task", {}).get("config", {}))
-        vocab = model_dir.vocab_path(path)
-        if vocab is None:
-            raise FileNotFoundError(f"{path}: no vocab.txt inside")
-        self.tokenizer = load_tokenizer(vocab)
+        self.tokenizer = model_dir.tokenizer_of(path, meta)
         graphdef, state = restore_model(cfg, self.head, meta.get("num_labels", 0), flat, str(path))
 
         @jax.jit
@@ -205,4 +201,5 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from bert_jax import cli
+    cli.run(main)

@@ -1,39 +1,35 @@
 """BERT pretraining (MLM + NSP): `python -m bert_jax.pretrain --config=... --workdir=...`.
 
 This file is kept short: flags, distributed init and one call to `train`.
+JAX, Flax and orbax are imported inside the functions that run the model, so
+that a bad config or workdir is reported in a fraction of a second, before
+those imports (and long before any compile).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import sys
 import time
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from flax import nnx
 from ml_collections import config_flags
-from tqdm import tqdm
 
-from bert_jax import (
-    checkpointing,
-    distributed,
-    flops,
-    losses,
-    model_dir,
-    sharding,
-    storage,
-    training,
-)
+from bert_jax import cli, model_dir, outputs, storage, workdir_lock
 from bert_jax.bert_config import BertConfig
-from bert_jax.heads import BertForPreTraining
-from bert_jax.optim import build_optimizer
+
+if TYPE_CHECKING:
+    from bert_jax import training
 
 
 def pretraining_objective(nsp: bool, gathered: bool) -> training.Objective:
+    import jax.numpy as jnp
+
+    from bert_jax import losses, training
+
     # A packed batch (data.packing) carries segment_ids, position_ids and one
     # NSP slot per packed instance; which keys exist is static under jit.
     def sums(model, batch, rng):
@@ -80,7 +76,54 @@ def bert_config(config, vocab_size: int) -> BertConfig:
         scan_layers=m.scan_layers, remat_policy=m.remat_policy,
         hidden_dropout_prob=m.hidden_dropout_prob,
         attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-        max_position_embeddings=max(m.max_position_embeddings, config.data.max_seq_length))
+        max_position_embeddings=m.max_position_embeddings)
+
+
+@dataclasses.dataclass
+class Built:
+    """The pieces of the pretraining step: what `train` runs and what
+    `bert_jax.aot` compiles for a TPU topology (one definition for both)."""
+
+    cfg: BertConfig
+    objective: training.Objective
+    optimizer: Any
+    schedule: Any
+    model_fn: Any
+    spec: training.StateSpec
+    step_fn: Any          # jitted train step (state, batch, rng) -> (state, metrics)
+    gathered: bool
+
+
+def build(config, vocab_size: int, mesh) -> Built:
+    """Model config, objective, optimizer, abstract sharded state and the jitted
+    step. Abstract end to end (nothing is allocated or run), so it also works on
+    the devices of a TPU topology with no TPU attached. Call it under
+    `jax.set_mesh(mesh)` and `sharding.axis_rules`."""
+    from flax import nnx
+
+    from bert_jax import sharding, training
+    from bert_jax.heads import BertForPreTraining
+    from bert_jax.optim import build_optimizer
+
+    G = config.global_batch_size
+    if G % config.grad_accum_steps:
+        raise ValueError(f"global_batch_size={G} is not a multiple of "
+                         f"grad_accum_steps={config.grad_accum_steps}")
+    cfg = bert_config(config, vocab_size)
+    gathered = config.model.mlm_head == "gathered"
+    if not gathered and not config.data.dense_labels:
+        raise ValueError("model.mlm_head=dense needs data.dense_labels=True")
+    training.rng_impl(config)  # checked before any compile
+    objective = pretraining_objective(config.data.nsp, gathered)
+    optimizer, schedule = build_optimizer(config.optim, config.num_train_steps)
+
+    def model_fn(key):
+        return BertForPreTraining(cfg, rngs=nnx.Rngs(params=key))
+
+    spec = training.state_spec(model_fn, optimizer, mesh, sharding.DEFAULT_RULES)
+    step_fn = training.jit_train_step(spec, mesh, objective, optimizer, schedule,
+                                      config.grad_accum_steps)
+    return Built(cfg, objective, optimizer, schedule, model_fn, spec, step_fn, gathered)
 
 
 def summarize(sums: dict[str, float]) -> dict[str, float]:
@@ -99,6 +142,8 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
 
 
 def _open_pipeline(data_cfg, batch_size):
+    import jax
+
     from bert_jax.data.pipeline import PretrainingPipeline
     return PretrainingPipeline.from_config(data_cfg, global_batch_size=batch_size,
                                            process_index=jax.process_index(),
@@ -106,6 +151,9 @@ def _open_pipeline(data_cfg, batch_size):
 
 
 def evaluate(eval_step, state, pipe, num_batches: int, mesh) -> dict[str, float]:
+    import jax
+
+    from bert_jax import training
     acc: dict[str, float] = {}
     for i in range(num_batches):
         sums = jax.device_get(eval_step(state["params"], training.global_batch(pipe.batch(i),
@@ -115,18 +163,168 @@ def evaluate(eval_step, state, pipe, num_batches: int, mesh) -> dict[str, float]
     return summarize(acc)
 
 
-def train(config, workdir: str) -> dict:
-    workdir = str(workdir)
-    is_main = jax.process_index() == 0
-    storage.makedirs(workdir)
+# What a pretraining workdir holds: a workdir with anything else (a fine-tuning
+# run, a model dir, someone's files) is not ours to write into.
+WORKDIR_ENTRIES = ("bert_jax.json", "vocab.txt", "config.json", "checkpoints",
+                   "checkpoints_unreadable", "metrics.jsonl", "metrics.jsonl.tmp", "tb",
+                   "summary.json", "summary.json.tmp", "bert_jax.json.tmp", "curves.png",
+                   workdir_lock.LOCK_NAME)
+
+
+def _is_pretraining_workdir(path) -> bool:
+    if not all(e in WORKDIR_ENTRIES or e.endswith(".model") for e in storage.listdir(path)):
+        return False
+    if storage.exists(storage.join(path, model_dir.META_FILE)):
+        try:
+            meta = model_dir.read_meta(path)
+        except ValueError:
+            return False
+        return meta.get("task", {}).get("kind") == "pretraining"
+    return True
+
+
+def validate_config(config) -> None:
+    """Values out of range, as one-line errors naming the config field (before
+    any data is read or anything compiles)."""
+    def need(ok: bool, field: str, value, allowed: str):
+        if not ok:
+            raise ValueError(f"config.{field}={value!r}: expected {allowed}")
     G = config.global_batch_size
+    need(isinstance(G, int) and G >= 1, "global_batch_size", G, "an integer >= 1")
+    need(config.grad_accum_steps >= 1, "grad_accum_steps", config.grad_accum_steps, ">= 1")
     if G % config.grad_accum_steps:
         raise ValueError(f"global_batch_size={G} is not a multiple of "
                          f"grad_accum_steps={config.grad_accum_steps}")
+    need(config.num_train_steps >= 1, "num_train_steps", config.num_train_steps, ">= 1")
+    from bert_jax.training import RNG_IMPLS
+    need(config.get("rng_impl", "threefry2x32") in RNG_IMPLS, "rng_impl",
+         config.get("rng_impl"), "one of " + ", ".join(RNG_IMPLS))
+    need(config.optim.lr > 0, "optim.lr", config.optim.lr, "a learning rate > 0")
+    need(config.optim.warmup_steps >= 0, "optim.warmup_steps", config.optim.warmup_steps,
+         ">= 0")
+    need(config.optim.weight_decay >= 0, "optim.weight_decay", config.optim.weight_decay,
+         ">= 0")
+    need(config.optim.name in ("adamw", "lamb"), "optim.name", config.optim.name,
+         "adamw or lamb")
+    for field in ("log_every", "eval_every", "checkpoint.every"):
+        v = config[field] if "." not in field else config.checkpoint.every
+        need(v >= 1, field, v, ">= 1")
+    m = config.model
+    from bert_jax.bert_config import SIZES
+    need(m.size in SIZES, "model.size", m.size, "one of " + ", ".join(SIZES))
+    need(m.mlm_head in ("gathered", "dense"), "model.mlm_head", m.mlm_head, "gathered or dense")
+    need(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", m.dtype,
+         "float32, bfloat16 or float16")
+    L = config.data.max_seq_length
+    if L > m.max_position_embeddings:
+        raise ValueError(
+            f"config.data.max_seq_length={L} exceeds config.model.max_position_embeddings="
+            f"{m.max_position_embeddings}; to train a model with {L} positions set "
+            f"--config.model.max_position_embeddings={L} (a new model only: a checkpoint's "
+            "position table keeps its size)")
+    need(config.data.max_predictions_per_seq >= 1, "data.max_predictions_per_seq",
+         config.data.max_predictions_per_seq, ">= 1")
+    if not config.data.prepared_dir:
+        raise ValueError("config.data.prepared_dir is empty: give the directory "
+                         "`python -m bert_jax.data.prepare --out=...` wrote")
 
-    # ---- Mesh -------------------------------------------------------------------------
-    mesh = sharding.make_mesh(config.mesh.shape)
-    rules = sharding.DEFAULT_RULES
+
+def check_workdir(workdir) -> None:
+    """A new or empty dir, or this command's earlier workdir (it resumes)."""
+    outputs.check_destination(workdir, sources=(), what="workdir", flag="a new --workdir",
+                              is_own=_is_pretraining_workdir)
+
+
+def check_init_from(config, cfg: BertConfig, tokenizer) -> dict[str, np.ndarray]:
+    """The canonical params of config.init_from, after checking that every one
+    the model has fits its shape and that it was trained with our vocabulary."""
+    from bert_jax import convert
+    src = config.init_from
+    if not storage.exists(src):
+        raise FileNotFoundError(f"config.init_from={src}: no such checkpoint")
+    _, meta, flat = convert.read_any(src)
+    target = convert._target_shapes(cfg, "pretraining", 0)
+    for k, v in flat.items():
+        if k in target and tuple(v.shape) != target[k]:
+            raise ValueError(f"config.init_from={src}: parameter {k} has shape "
+                             f"{tuple(v.shape)}, this model's is {target[k]}")
+    check_same_vocab(src, meta.get("vocab") or model_dir.vocab_path(src), tokenizer,
+                     config.get("allow_vocab_mismatch", False),
+                     "config.allow_vocab_mismatch=True")
+    return flat
+
+
+def check_same_vocab(checkpoint, ckpt_vocab, tokenizer, allowed: bool, how: str) -> None:
+    """A checkpoint trained with one vocabulary, used with another of the same
+    size, gives silently wrong embeddings: an error unless asked for."""
+    if not ckpt_vocab or allowed:
+        return
+    from bert_jax.data.tokenizer import load_tokenizer
+    theirs = load_tokenizer(ckpt_vocab)
+    if theirs.fingerprint != tokenizer.fingerprint:
+        raise ValueError(f"{checkpoint}: trained with the vocabulary {ckpt_vocab} (fingerprint "
+                         f"{theirs.fingerprint}, {theirs.vocab_size} tokens), this run uses "
+                         f"{tokenizer.vocab_file} ({tokenizer.fingerprint}, "
+                         f"{tokenizer.vocab_size} tokens); set {how} to use it anyway")
+
+
+def train(config, workdir: str) -> dict:
+    """Validate everything, take the workdir (lock), then `_train`. A run that
+    fails before its first step removes the workdir it created."""
+    workdir = str(workdir)
+    validate_config(config)
+    check_workdir(workdir)
+    created = not storage.exists(workdir)
+    import jax
+    try:
+        return _train(config, workdir)
+    except BaseException:
+        if created and jax.process_index() == 0 and not _has_progress(workdir):
+            try:
+                storage.remove(workdir)
+            except OSError:
+                pass  # e.g. the storage server that made the run fail
+        raise
+
+
+def _has_checkpoint(workdir) -> bool:
+    return any(p.isdigit() for p in storage.listdir(storage.join(workdir, "checkpoints")))
+
+
+def _has_progress(workdir) -> bool:
+    try:
+        if _has_checkpoint(workdir):
+            return True
+        m = storage.join(workdir, "metrics.jsonl")
+        return storage.exists(m) and bool(storage.read_bytes(m).strip())
+    except OSError:
+        return True  # cannot tell: keep it
+
+
+def _take_lock(workdir: str) -> workdir_lock.WorkdirLock | None:
+    """Process 0 locks the workdir; with several processes its answer is
+    broadcast so that all stop together when the workdir is taken."""
+    import jax
+    lock, err = None, None
+    if jax.process_index() == 0:
+        lock = workdir_lock.WorkdirLock(workdir)
+        try:
+            lock.acquire()
+        except workdir_lock.WorkdirLocked as e:
+            lock, err = None, e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        taken = int(multihost_utils.broadcast_one_to_all(np.int32(err is not None)))
+        if taken and err is None:
+            raise workdir_lock.WorkdirLocked(f"{workdir}: in use by another run (see "
+                                             "process 0's error)")
+    if err is not None:
+        raise err
+    return lock
+
+
+def _train(config, workdir: str) -> dict:
+    G = config.global_batch_size
 
     # ---- Data -------------------------------------------------------------------------
     pipe = _open_pipeline(config.data, G)
@@ -139,21 +337,42 @@ def train(config, workdir: str) -> dict:
         if eval_pipe.corpus.vocab_fingerprint != pipe.corpus.vocab_fingerprint:
             raise ValueError(f"eval_data.prepared_dir={config.eval_data.prepared_dir} was "
                              f"prepared with another vocabulary than {config.data.prepared_dir}")
-    peak = flops.device_peak_flops()  # before set_mesh: on CPU it runs a one-device matmul
-
-    # ---- Model + optimizer ------------------------------------------------------------
     cfg = bert_config(config, tokenizer.vocab_size)
     gathered = config.model.mlm_head == "gathered"
     if not gathered and not config.data.dense_labels:
         raise ValueError("model.mlm_head=dense needs data.dense_labels=True")
-    objective = pretraining_objective(config.data.nsp, gathered)
-    optimizer, schedule = build_optimizer(config.optim, config.num_train_steps)
+    init_params = None
+    resuming = _has_checkpoint(workdir)
+    if config.init_from and not resuming:
+        init_params = check_init_from(config, cfg, tokenizer)
 
-    def model_fn(key):
-        return BertForPreTraining(cfg, rngs=nnx.Rngs(params=key))
+    # ---- Workdir: created and locked only now that the inputs are known good ----------
+    storage.makedirs(workdir)
+    lock = _take_lock(workdir)
+    try:
+        return _run(config, workdir, pipe, eval_pipe, cfg, gathered, init_params)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _run(config, workdir, pipe, eval_pipe, cfg, gathered, init_params) -> dict:
+    import jax
+    from tqdm import tqdm
+
+    from bert_jax import checkpointing, flops, sharding, training
+
+    is_main = jax.process_index() == 0
+    G = config.global_batch_size
+    mesh = sharding.make_mesh(config.mesh.shape)
+    rules = sharding.DEFAULT_RULES
+    tokenizer = pipe.tokenizer
+    peak = flops.device_peak_flops()  # before set_mesh: on CPU it runs a one-device matmul
+
+    # ---- Model + optimizer + step -----------------------------------------------------
     with jax.set_mesh(mesh), sharding.axis_rules(rules):
-        spec = training.state_spec(model_fn, optimizer, mesh, rules)
+        built = build(config, tokenizer.vocab_size, mesh)
+        cfg, spec, objective, gathered = built.cfg, built.spec, built.objective, built.gathered
 
         # ---- Restore ------------------------------------------------------------------
         ckpt = checkpointing.Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep,
@@ -166,26 +385,24 @@ def train(config, workdir: str) -> dict:
             if is_main:
                 print(f"resumed from {workdir} at step {start_step}", flush=True)
         else:
-            init_params = None
-            if config.init_from:
-                _, _, init_params = model_dir.load_flat(config.init_from)
-                if is_main:
-                    print(f"initialized weights from {config.init_from}", flush=True)
-            state = training.init_state(spec, model_fn, optimizer, config.seed, init_params)
+            if init_params is not None and is_main:
+                print(f"initialized weights from {config.init_from}", flush=True)
+            state = training.init_state(spec, built.model_fn, built.optimizer, config.seed,
+                                        init_params)
             start_step = 0
         if is_main:
-            model_dir.write_meta(workdir, cfg, "pretraining", task={"kind": "pretraining"})
+            model_dir.write_meta(workdir, cfg, "pretraining", task={"kind": "pretraining"},
+                                 do_lower_case=tokenizer.lowercase)
             model_dir.copy_vocab(tokenizer.vocab_file, workdir)
             storage.write_text(storage.join(workdir, "config.json"),
                                config.to_json_best_effort(indent=2))
 
         # ---- Loop ---------------------------------------------------------------------
-        step_fn = training.jit_train_step(spec, mesh, objective, optimizer, schedule,
-                                          config.grad_accum_steps)
+        step_fn = built.step_fn
         eval_fn = training.jit_eval_step(spec, mesh, objective) if eval_pipe else None
         writer = training.MetricWriter(workdir, resume_step=start_step)
         preempt = training.PreemptionFlag()
-        rng = jax.random.key(config.seed + 1)
+        rng = training.dropout_key(config)
         n_steps = config.num_train_steps
         seq_flops = flops.train_flops_per_sequence(
             cfg, config.data.max_seq_length,
@@ -272,8 +489,8 @@ def train(config, workdir: str) -> dict:
                 if stop:
                     ckpt.wait()
                     if is_main:
-                        tqdm.write(f"preemption: saved step {done}; rerun the same command to "
-                                   "continue")
+                        tqdm.write(f"{preempt.reason}: saved step {done}; rerun the same "
+                                   "command to continue")
                     summary["preempted_at"] = done
                     break
             if pending is not None:
@@ -312,16 +529,20 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         # orbax logs every checkpoint step at INFO; the progress bar says enough.
         logging.set_verbosity(logging.WARNING)
+    # Before JAX is imported and the processes join: seconds earlier.
+    validate_config(FLAGS.config)
+    check_workdir(FLAGS.workdir)
+    from bert_jax import distributed
     d = FLAGS.config.distributed
     distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
     try:
-        train(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, FloatingPointError, storage.StorageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        summary = train(FLAGS.config, FLAGS.workdir)
+    except (ValueError, OSError, FloatingPointError) as e:
+        cli.error(str(e))
+        return cli.EXIT_ERROR
+    return cli.EXIT_PREEMPTED if "preempted_at" in summary else cli.EXIT_OK
 
 
 if __name__ == "__main__":
     np.set_printoptions(precision=4)
-    app.run(main)
+    cli.run(main)

@@ -109,7 +109,7 @@ def _remote(op: str, path, fn):
     fs, inner = _fs(path)
     try:
         return fn(fs, inner)
-    except FileNotFoundError:
+    except (FileNotFoundError, FileExistsError):
         raise
     except Exception as e:  # noqa: BLE001 - aiohttp/gcsfs errors of many kinds
         first = (str(e).splitlines() or [""])[0][:200]
@@ -304,3 +304,42 @@ def staged_dir(path):
         upload_tree(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def create_exclusive(path, data: bytes) -> bool:
+    """Write object `path` only if it does not exist (GCS precondition
+    ifGenerationMatch=0, checked by the server); False when it exists."""
+    def create(fs, p):
+        try:
+            fs.pipe_file(p, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    return _remote("exclusive create", path, create)
+
+
+def generation(path) -> str | None:
+    """The object's generation (changes on every rewrite); None if absent."""
+    def gen(fs, p):
+        try:
+            return str(fs.info(p).get("generation") or "") or None
+        except FileNotFoundError:
+            return None
+    return _remote("stat", path, gen)
+
+
+def remove_generation(path, gen: str) -> bool:
+    """Delete object `path` only if it is still generation `gen` (False when it
+    was rewritten or deleted meanwhile)."""
+    from fsspec.asyn import sync
+
+    def rm(fs, p):
+        bucket, key = p.split("/", 1)
+        try:
+            sync(fs.loop, fs._call, "DELETE", "b/{}/o/{}", bucket, key,
+                 ifGenerationMatch=gen)
+        except (FileNotFoundError, FileExistsError):  # 404 / 412: not ours any more
+            return False
+        fs.invalidate_cache(p)
+        return True
+    return _remote("delete", path, rm)

@@ -17,9 +17,11 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import pathlib
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -80,8 +82,7 @@ def state_spec(model_fn: Callable[[jax.Array], nnx.Module], optimizer, mesh,
     pure_abs = nnx.to_pure_dict(abs_params)
     abs_opt = jax.eval_shape(optimizer.init, pure_abs)
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abs_opt, param_sh,
-                                   transform_non_params=lambda _: replicated)
+    opt_sh = _opt_shardings(abs_opt, pure_abs, param_sh, replicated)
     shardings = {"step": replicated, "params": param_sh, "opt_state": opt_sh}
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -89,6 +90,21 @@ def state_spec(model_fn: Callable[[jax.Array], nnx.Module], optimizer, mesh,
         shardings)
     scanned = bool(getattr(getattr(abstract_model, "cfg", None), "scan_layers", False))
     return StateSpec(graphdef, abstract, shardings, scanned)
+
+
+def _opt_shardings(abs_opt, abs_params, param_sh, replicated):
+    """Optimizer-state shardings: every subtree shaped like the parameters (Adam's
+    mu and nu, LAMB's moments) takes the parameters' shardings, anything else
+    (step counts) is replicated. Purely structural, so nothing runs eagerly: on
+    the devices of a TPU topology with no TPU attached (`bert_jax.aot`) an eager
+    op fails, and `optax.tree_map_params` calls `optimizer.init` eagerly."""
+    treedef = jax.tree.structure(abs_params)
+
+    def shaped_like_params(x):
+        return isinstance(x, dict) and jax.tree.structure(x) == treedef
+
+    return jax.tree.map(lambda x: param_sh if shaped_like_params(x) else replicated, abs_opt,
+                        is_leaf=shaped_like_params)
 
 
 def init_state(spec: StateSpec, model_fn, optimizer, seed: int,
@@ -212,6 +228,21 @@ def jit_eval_step(spec: StateSpec, mesh, objective):
     return jax.jit(fn, in_shardings=(spec.shardings["params"], None), out_shardings=replicated)
 
 
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
+def rng_impl(config) -> str:
+    impl = config.get("rng_impl", "threefry2x32")
+    if impl not in RNG_IMPLS:
+        raise ValueError(f"rng_impl={impl!r}; expected one of {', '.join(RNG_IMPLS)}")
+    return impl
+
+
+def dropout_key(config) -> jax.Array:
+    """The dropout key of a run: `config.seed + 1` with `config.rng_impl`."""
+    return jax.random.key(config.seed + 1, impl=rng_impl(config))
+
+
 def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
     """Assemble the global batch from this process's rows (sharded over data x fsdp)."""
     out = {}
@@ -297,7 +328,6 @@ class MetricWriter:
 def _summary_writer_class():
     """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports
     torch (2-3 s, ~1 GB) when present only to accept torch tensors; we log floats."""
-    import sys
     if "torch" in sys.modules or "tensorboardX" in sys.modules:
         from tensorboardX import SummaryWriter
         return SummaryWriter
@@ -320,29 +350,45 @@ def _jsonable(v):
 
 
 class PreemptionFlag:
-    """Whether to save and stop now (SIGTERM: what schedulers and spot VMs send
-    before killing us).
+    """Whether to save and stop now: SIGTERM (what schedulers and spot VMs send
+    before killing us) or a first Ctrl-C (SIGINT). A second Ctrl-C exits at
+    once with status 130 (the last complete checkpoint stays; orbax never lists
+    a half-written one).
 
-    One process: our SIGTERM handler sets `set`. Several processes: JAX's
-    preemption service (started by `jax.distributed.initialize`) catches SIGTERM
-    on any process and picks one step at which all of them stop together; a
-    per-process flag would let one process leave while the others wait in a
-    collective, so no Python handler is installed there. Call `reached(step)`
-    once per step on every process.
+    One process: our handlers set `set` (and `reason`). Several processes:
+    JAX's preemption service (started by `jax.distributed.initialize`) catches
+    SIGTERM on any process and picks one step at which all of them stop
+    together; a per-process flag would let one process leave while the others
+    wait in a collective, so no Python handler is installed there (Ctrl-C then
+    stops the processes without saving). Call `reached(step)` once per step on
+    every process.
     """
+
+    SIGNALS = {signal.SIGTERM: "preemption", signal.SIGINT: "interrupted"}
 
     def __init__(self):
         self.set = False
-        self._old = None
+        self.reason = ""
+        self._old = {}
         if jax.process_count() > 1:
             return
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread
-            pass
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
 
     def _handler(self, signum, frame):
-        del signum, frame
+        del frame
+        if signum == signal.SIGINT and self.set:
+            print("\naborted: second Ctrl-C; exiting without saving (the newest complete "
+                  "checkpoint is kept)", file=sys.stderr, flush=True)
+            os._exit(130)  # cli.EXIT_ABORTED: at once, not after the step in flight
+        if not self.set:
+            self.reason = self.SIGNALS[signum]
+            if signum == signal.SIGINT:
+                print("\ninterrupted: saving a checkpoint after this step, then exiting "
+                      "(Ctrl-C again aborts at once)", file=sys.stderr, flush=True)
         self.set = True
 
     def reached(self, step: int) -> bool:
@@ -350,13 +396,17 @@ class PreemptionFlag:
             return self.set
         from jax.experimental import multihost_utils
         try:
-            return multihost_utils.reached_preemption_sync_point(step)
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.reason = "preemption"
+                return True
+            return False
         except RuntimeError:  # jax_enable_preemption_service=False
             return False
 
     def restore(self):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 def timed(it: Iterator) -> Iterator[tuple[float, Any]]:

@@ -118,6 +118,14 @@ def test_squad_v1_outputs(v1, dev):
     assert res["exact_match"] == pytest.approx(100 * em / N_EVAL)
     assert res["f1"] == pytest.approx(100 * f1 / N_EVAL)
     assert 0 <= res["exact_match"] <= res["f1"] <= 100
+    # What was read (and skipped, by reason) is in summary.json: runlocal keeps
+    # 64 training and N_EVAL evaluated questions.
+    inp = json.loads((v1[0] / "summary.json").read_text())["input"]
+    assert inp["train"]["examples"] == 64 and inp["dev"]["examples"] == N_EVAL
+    assert 0 <= inp["train"]["skipped"] <= 64 and inp["dev"]["skipped"] == 0
+    assert set(inp["train"]["reasons"]) <= {"non_ascii", "empty_context", "question_too_long",
+                                            "missing_answer", "answer_start_mismatch",
+                                            "answer_covers_no_token"}
 
 
 def test_squad_v2_outputs(tmp_path, tiny_init, dev_file, dev, env):

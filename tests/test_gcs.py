@@ -87,11 +87,11 @@ def inet_peers(trace) -> set[str]:
 @pytest.fixture(scope="module")
 def gs_resumed(gs_cli, gcs):
     """Workdir and prepared data in the bucket: SIGTERM after step 7 (saves step
-    8, exit 0), rerun SIGKILLed while the step-15 save is in flight, rerun to
+    8, exit 75 "preempted, rerun"), rerun SIGKILLed while the step-15 save is in flight, rerun to
     the end. Returns (url, outputs of the three runs, checkpoint steps after
     the first run)."""
     url = storage.join(gcs.bucket, "run-resume")
-    first = gs_cli(url, hook={"term_at": 7})
+    first = gs_cli(url, hook={"term_at": 7}, expect_rc=75)
     steps_after_first = gs_steps(url)
     second = gs_cli(url, hook={"kill_in_save": 15}, expect_rc=-9)
     logged = [r["step"] for r in gs_records(url) if "loss" in r]
@@ -104,7 +104,8 @@ def test_gs_workdir_preempted_killed_resumes_exactly(gs_resumed, gcs, straight):
     to the uninterrupted local run, each step logged once in the bucket."""
     reference, _ = straight
     url, (first, second, third), steps_after_first, logged = gs_resumed
-    assert "preemption: saved step 8" in first.stderr + first.stdout
+    assert "preemption: saved step 8; rerun the same command to continue" in \
+        first.stderr + first.stdout
     assert steps_after_first == [5, 8]
     assert f"resumed from {url} at step 8" in second.stdout
     assert logged == list(range(1, 16))

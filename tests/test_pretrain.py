@@ -36,8 +36,9 @@ TIMING = {"step_time", "sequences_per_sec", "tokens_per_sec", "real_tokens_per_s
           "includes_compile"}
 
 # Runs the real CLI with hooks at given steps: kill_in_save (SIGKILL right after
-# that step's asynchronous save was started), term_at (SIGTERM after that
-# step's metrics were written), nan_at (that step's batch gets NaN MLM weights).
+# that step's asynchronous save was started), term_at / int_at (SIGTERM / one
+# Ctrl-C = SIGINT after that step's metrics were written), int_twice_at (two
+# Ctrl-C there), nan_at (that step's batch gets NaN MLM weights).
 HOOK = textwrap.dedent("""
     import json, os, signal, sys
     import numpy as np
@@ -59,6 +60,10 @@ HOOK = textwrap.dedent("""
         write(self, step, metrics, prefix)
         if step == hook.get("term_at") and not prefix:
             os.kill(os.getpid(), signal.SIGTERM)
+        if step in (hook.get("int_at"), hook.get("int_twice_at")) and not prefix:
+            os.kill(os.getpid(), signal.SIGINT)
+        if step == hook.get("int_twice_at") and not prefix:
+            os.kill(os.getpid(), signal.SIGINT)
 
     def hooked_batch(self, step):
         b = batch(self, step)
@@ -220,13 +225,14 @@ def test_bad_settings_stop_before_training(tiny_pretraining_data, tmp_path):
 def test_preempted_then_crashed_run_resumes_exactly(cli, straight, tmp_path):
     """A run preempted (SIGTERM) and then killed (SIGKILL) ends bitwise equal to
     the uninterrupted run, with every step logged once:
-    1. SIGTERM after step 7: the step in progress (8) is saved, exit 0;
+    1. SIGTERM after step 7: the step in progress (8) is saved, exit 75
+       ("preempted, rerun to continue");
     2. the rerun resumes from 8 and is killed while the step-15 save is in
        flight (step 10's is final);
     3. the rerun resumes from 10, never from the half-written 15, drops the
        log lines after 10 and redoes them."""
     reference, _ = straight
-    proc = cli(tmp_path, hook={"term_at": 7})
+    proc = cli(tmp_path, hook={"term_at": 7}, expect_rc=75)
     assert "preemption: saved step 8" in proc.stderr + proc.stdout
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [5, 8]
     assert json.loads((tmp_path / "summary.json").read_text())["preempted_at"] == 8
@@ -247,6 +253,62 @@ def test_preempted_then_crashed_run_resumes_exactly(cli, straight, tmp_path):
     assert_same_metrics(tmp_path, reference)
 
 
+def test_ctrl_c_saves_then_resumes_exactly(cli, straight, tmp_path):
+    """Ctrl-C (SIGINT) after step 6 saves the step in flight (7) like SIGTERM and
+    exits 75; the rerun ends bitwise equal to the uninterrupted run. Two Ctrl-C
+    after step 12 abort at once: exit 130, nothing saved after step 10, and the
+    dead run's lock record is taken over (with a warning) by the rerun, which
+    also ends bitwise equal."""
+    reference, _ = straight
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    proc = cli(once, hook={"int_at": 6}, expect_rc=75)
+    assert "interrupted: saved step 7; rerun the same command" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(int(p.name) for p in (once / "checkpoints").iterdir()) == [5, 7]
+    assert json.loads((once / "summary.json").read_text())["preempted_at"] == 7
+    assert int(state(once, 7)["step"]) == 7
+    proc = cli(once)
+    assert f"resumed from {once} at step 7" in proc.stdout
+    assert_bitwise_equal(state(once, STEPS), state(reference, STEPS))
+    assert_same_metrics(once, reference)
+
+    proc = cli(twice, hook={"int_twice_at": 12}, expect_rc=130)
+    assert "aborted: second Ctrl-C" in proc.stderr
+    kept = sorted(int(p.name) for p in (twice / "checkpoints").iterdir() if p.name.isdigit())
+    # Step 10's asynchronous save may still have been in flight: the abort does
+    # not wait for it, and orbax never lists a save cut short.
+    assert kept in ([5], [5, 10])
+    proc = cli(twice)
+    assert f"warning: {twice}: taking over from a run that ended without releasing it" in \
+        proc.stderr
+    assert f"resumed from {twice} at step {kept[-1]}" in proc.stdout
+    assert_bitwise_equal(state(twice, STEPS), state(reference, STEPS))
+
+
+def test_second_run_on_a_busy_workdir_stops(cli, tmp_path):
+    """While a run holds the workdir, a second one stops before compiling with
+    one line naming the holder's pid and host; it leaves the workdir as it was."""
+    import socket
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from bert_jax.workdir_lock import "
+         "WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); print('held', flush=True); "
+         "time.sleep(120)", str(workdir)],
+        env=cli.env(1), cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = cli(workdir, expect_rc=1)
+    finally:
+        holder.kill()
+        holder.wait()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {workdir}: in use by another run (pid {holder.pid} on "
+                           f"{socket.gethostname()} since ")
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in workdir.iterdir()) == [".bert_jax.lock"]
+
+
 def test_packed_run_trains_and_resumes_exactly(cli, tmp_path):
     """data.packing=3 through the CLI on 8 devices: packed rows train and
     evaluate (finite losses), and a preempted packed run resumes bitwise equal
@@ -259,7 +321,7 @@ def test_packed_run_trains_and_resumes_exactly(cli, tmp_path):
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) for r in train)
     evals = [r for r in records(straight) if "eval_mlm_loss" in r]
     assert [r["step"] for r in evals] == [10] and np.isfinite(evals[0]["eval_mlm_loss"])
-    proc = cli(resumed, *packed, hook={"term_at": 3})
+    proc = cli(resumed, *packed, hook={"term_at": 3}, expect_rc=75)
     assert "preemption: saved step 4" in proc.stderr + proc.stdout
     proc = cli(resumed, *packed)
     assert f"resumed from {resumed} at step 4" in proc.stdout

@@ -1,5 +1,6 @@
 """bert_jax.storage: local paths as before, gs:// against the local GCS server."""
 
+import os
 import threading
 
 import pytest
@@ -84,3 +85,79 @@ def test_local_copy_is_cached_and_follows_changes(gcs):
     storage.write_text(storage.join(d, "vocab.txt"), "v2")
     assert storage.local_copy(storage.join(d, "vocab.txt")).read_text() == "v2"
 
+
+
+def test_bucket_lock_one_holder_takeover_of_a_dead_one(gcs, capsys):
+    """The workdir lock in a bucket: the server's create-if-absent lets one run
+    in; a second is refused naming the holder; a lock left by a dead process
+    (kill -9) is taken over with a warning; a clean release deletes it."""
+    import json
+    import subprocess
+
+    from bert_jax import workdir_lock
+    wd = storage.join(gcs.bucket, "unit-lock")
+    first = workdir_lock.WorkdirLock(wd)
+    first.acquire()
+    obj = storage.join(wd, workdir_lock.LOCK_NAME)
+    rec = json.loads(storage.read_text(obj))
+    assert rec["pid"] == os.getpid() and "heartbeat" in rec
+    with pytest.raises(workdir_lock.WorkdirLocked, match=f"pid {os.getpid()} on "):
+        workdir_lock.WorkdirLock(wd).acquire()
+    first.release()
+    assert not storage.exists(obj)
+    # A holder that died without releasing: a pid that has exited, on this host.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    storage.write_text(obj, json.dumps({**rec, "pid": dead.pid}))
+    second = workdir_lock.WorkdirLock(wd)
+    second.acquire()
+    assert f"taking over from a run that ended without releasing it (pid {dead.pid}" in \
+        capsys.readouterr().err
+    assert json.loads(storage.read_text(obj))["pid"] == os.getpid()
+    # A record whose heartbeat stopped long ago (a VM that went away) is stale too.
+    second.release()
+    storage.write_text(obj, json.dumps({**rec, "pid": 1, "host": "elsewhere",
+                                        "heartbeat": 0.0}))
+    third = workdir_lock.WorkdirLock(wd)
+    third.acquire()
+    third.release()
+    assert not storage.exists(obj)
+
+
+def test_gs_destinations_are_checked_and_written_whole(gcs, tmp_path):
+    """outputs on gs://: a prefix holding another command's object is refused
+    (and kept), an earlier output of the command is replaced, --overwrite
+    replaces anything; a directory is written from a local staging dir, so a
+    writer that fails leaves the bucket untouched."""
+    from bert_jax import outputs
+    dst = storage.join(gcs.bucket, "unit-out", "model")
+    own = outputs.only_entries(lambda n: n in ("a.txt", "sub"))
+    outputs.check_destination(dst, is_own=own)  # absent: fine
+    storage.write_text(storage.join(dst, "notes.txt"), "keep me")
+    with pytest.raises(outputs.OutputError, match="is not empty and is not this command"):
+        outputs.check_destination(dst, is_own=own)
+    assert storage.read_text(storage.join(dst, "notes.txt")) == "keep me"
+    with pytest.raises(outputs.OutputError, match="lies inside the source"):
+        outputs.check_destination(storage.join(dst, "x"), sources=[dst], overwrite=True)
+
+    def boom(tmp):
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("writer failed")
+    with pytest.raises(RuntimeError):
+        outputs.write_dir_atomic(dst, boom)
+    assert storage.listdir(dst) == ["notes.txt"]
+
+    def write(tmp):
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.txt").write_text("b")
+        (tmp / "a.txt").write_text("a")
+    outputs.check_destination(dst, is_own=own, overwrite=True)
+    outputs.write_dir_atomic(dst, write)
+    assert storage.listdir(dst) == ["a.txt", "sub"]
+    assert storage.read_text(storage.join(dst, "sub", "b.txt")) == "b"
+    outputs.check_destination(dst, is_own=own)  # its own output now: no flag needed
+    f = storage.join(gcs.bucket, "unit-out", "x.npz")
+    outputs.write_file_atomic(f, lambda tmp: tmp.write_bytes(b"npz"), suffix=".npz")
+    assert storage.read_bytes(f) == b"npz"
+    with pytest.raises(outputs.OutputError, match="exists and is not this command"):
+        outputs.check_destination(f, kind="file")

@@ -7,6 +7,7 @@ all-MiniLM-L6-v2 weights (MLM/NSP heads random), and both readers must give
 the same MLM/NSP logits and hidden states on real GLUE sentences.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -125,9 +126,12 @@ def ours_dir(tf1_dir, tmp_path_factory):
 def test_cli_writes_google_layout(tf1_dir):
     out, stdout = tf1_dir
     assert "initialized fresh: seq_relationship/kernel" in stdout
+    # Google's layout, plus the casing of the (uncased) vocabulary, which
+    # Google's dirs leave to a flag.
     assert sorted(p.name for p in out.iterdir()) == [
         "bert_config.json", "bert_model.ckpt.data-00000-of-00001", "bert_model.ckpt.index",
-        "vocab.txt"]
+        "special_tokens_map.json", "tokenizer_config.json", "vocab.txt"]
+    assert json.loads((out / "tokenizer_config.json").read_text())["do_lower_case"] is True
     shapes = dict(tf.train.list_variables(str(out / "bert_model.ckpt")))
     assert set(shapes) == google_names(6)
     assert shapes["cls/seq_relationship/output_weights"] == [2, 384]  # [out, in]

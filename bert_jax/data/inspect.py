@@ -115,7 +115,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "pretraining config with a `data` field")
@@ -130,4 +130,5 @@ if __name__ == "__main__":
     flags.DEFINE_integer("start_step", 0, "first step")
     flags.DEFINE_integer("num_examples", 4, "examples to print")
     flags.DEFINE_bool("json", False, "print only the statistics as JSON")
-    app.run(main)
+    from bert_jax import cli
+    cli.run(main)

@@ -114,6 +114,34 @@ class DataConfig:
         return {k: getattr(self, k) for k in _STREAM_FIELDS}
 
 
+def batch_spec(data_cfg, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{key: (shape, dtype)} of the batches this config yields, with no data:
+    what `bert_jax.aot` compiles against. tests/test_aot.py checks it against
+    real batches of every kind (padded, packed, dense labels, MLM-only)."""
+    d = data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg)
+    T, B = int(d["max_seq_length"]), int(batch_size)
+    i32, f32 = np.dtype(np.int32), np.dtype(np.float32)
+    spec = {"input_ids": ((B, T), i32), "token_type_ids": ((B, T), i32),
+            "attention_mask": ((B, T), i32)}
+    k = int(d.get("packing", 0))
+    if k > 1:
+        P = packing.max_predictions_per_row(T, d["masked_lm_prob"],
+                                            d["max_predictions_per_seq"], k)
+        spec.update(segment_ids=((B, T), i32), position_ids=((B, T), i32),
+                    nsp_positions=((B, k), i32), nsp_weights=((B, k), f32))
+        nsp_shape = (B, k)
+    else:
+        P = int(d["max_predictions_per_seq"])
+        nsp_shape = (B,)
+        if d.get("dense_labels"):
+            spec["mlm_labels"] = ((B, T), i32)
+    spec.update(masked_positions=((B, P), i32), masked_ids=((B, P), i32),
+                masked_weights=((B, P), f32))
+    if d.get("nsp", True):
+        spec["nsp_labels"] = (nsp_shape, i32)
+    return spec
+
+
 class PretrainingPipeline:
     """Deterministic MLM(+NSP) batches for one process (see module docstring)."""
 

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from bert_jax import storage
+from bert_jax import outputs, storage
 from bert_jax.data import corpora, prepared
 from bert_jax.data.tokenizer import load_tokenizer
 
@@ -191,6 +191,12 @@ def _vocab_copy_name(tok) -> str:
     return "vocab.txt" if tok.kind == "wordpiece" else pathlib.Path(tok.vocab_file).name
 
 
+def _prepared_entry(name: str) -> bool:
+    """A name `prepare_corpus` writes into its output directory."""
+    return (name in (prepared.MANIFEST, "vocab.txt") or name.endswith((".model", ".vocab"))
+            or name.startswith(("shard-", ".shard-", ".vocab.txt.tmp-", f".{prepared.MANIFEST}.")))
+
+
 def _clean_stale(out: pathlib.Path, n_units: int) -> None:
     """Remove temp dirs of crashed runs and shards beyond the current unit count."""
     for p in out.glob(".shard-*.tmp-*"):
@@ -237,7 +243,7 @@ def prepare_corpus(corpus: str, vocab: str | os.PathLike, out_dir: str | os.Path
                    num_workers: int = 2, segmenter: str = "sentencex",
                    encoding_errors: str = "strict", max_sentence_tokens: int = 256,
                    chunk_bytes: int = corpora.DEFAULT_CHUNK_BYTES,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, overwrite: bool = False) -> dict:
     """Tokenize `corpus` (a spec, see `corpora`) with `vocab` into `out_dir`.
 
     Args:
@@ -250,6 +256,9 @@ def prepare_corpus(corpus: str, vocab: str | os.PathLike, out_dir: str | os.Path
       max_sentence_tokens: longer sentences are split into pieces this long.
       chunk_bytes: BERT-format files above this size are split between workers.
       progress: show a tqdm bar.
+      overwrite: replace an `out_dir` that is not empty and not a prepared
+        directory (without it that is an error; an earlier prepared directory
+        is resumed or rebuilt in place).
 
     Returns:
       The manifest dict (also in out_dir/manifest.json).
@@ -258,7 +267,8 @@ def prepare_corpus(corpus: str, vocab: str | os.PathLike, out_dir: str | os.Path
         return _prepare_to_url(os.fspath(out_dir), corpus, vocab, num_workers=num_workers,
                                segmenter=segmenter, encoding_errors=encoding_errors,
                                max_sentence_tokens=max_sentence_tokens,
-                               chunk_bytes=chunk_bytes, progress=progress)
+                               chunk_bytes=chunk_bytes, progress=progress,
+                               overwrite=overwrite)
     if encoding_errors not in ("strict", "replace"):
         raise ValueError(f"encoding_errors={encoding_errors!r}: use 'strict' or 'replace'")
     if max_sentence_tokens < 1:
@@ -268,12 +278,32 @@ def prepare_corpus(corpus: str, vocab: str | os.PathLike, out_dir: str | os.Path
     units = corpora.resolve(corpus, chunk_bytes)
     opts = PrepareOptions(segmenter, encoding_errors, max_sentence_tokens)
     out = pathlib.Path(out_dir)
+    sources = [tok.vocab_file] + [u.path for u in units if u.kind in ("bert", "raw")]
+    outputs.check_destination(out, overwrite=overwrite, is_own=outputs.only_entries(
+        _prepared_entry), sources=sources, what="--out directory")
+    if overwrite and out.is_dir() and not outputs.only_entries(_prepared_entry)(out):
+        shutil.rmtree(out)  # asked for: what was there is not a prepared directory
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _prepare(out, corpus, tok, units, opts, num_workers, progress)
+    except BaseException:
+        # A run that finished no shard leaves no directory it created behind.
+        if created and not any(out.glob("shard-*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _prepare(out: pathlib.Path, corpus: str, tok, units, opts, num_workers: int,
+             progress: bool) -> dict:
     mpath = out / prepared.MANIFEST
     header = {"format_version": prepared.FORMAT_VERSION, "vocab_fingerprint": tok.fingerprint,
               "units": [u.describe() for u in units], "options": dataclasses.asdict(opts)}
     if mpath.exists():
-        old = json.loads(mpath.read_text())
+        try:
+            old = json.loads(mpath.read_text())
+        except json.JSONDecodeError:
+            old = {}  # a damaged manifest: rebuild
         if {k: old.get(k) for k in header} == header:
             return old
         mpath.unlink()  # from here on the directory is "unfinished" until rewritten
@@ -291,14 +321,18 @@ def prepare_corpus(corpus: str, vocab: str | os.PathLike, out_dir: str | os.Path
     return manifest
 
 
-def _prepare_to_url(url: str, corpus: str, vocab, **kwargs) -> dict:
+def _prepare_to_url(url: str, corpus: str, vocab, overwrite: bool = False, **kwargs) -> dict:
     """Prepare into a local staging dir (kept in the cache, so a rerun reuses its
     finished shards), then upload shards and vocab, and manifest.json last: as
-    locally, its presence in the bucket means "complete"."""
-    storage.check_bucket(url)
+    locally, its presence in the bucket means "complete". The bucket prefix is
+    checked first, as a local --out is (and the bucket must exist)."""
+    outputs.check_destination(url, overwrite=overwrite, sources=[vocab],
+                              is_own=outputs.only_entries(_prepared_entry),
+                              what="--out directory")
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     local = storage.cache_root() / "prepare" / digest
-    manifest = prepare_corpus(corpus, vocab, local, **kwargs)
+    # The staging dir is our own cache: whatever a crashed run left there may go.
+    manifest = prepare_corpus(corpus, vocab, local, overwrite=True, **kwargs)
     mpath = storage.join(url, prepared.MANIFEST)
     if storage.exists(mpath) and json.loads(storage.read_text(mpath)).get(
             "data_fingerprint") == manifest["data_fingerprint"]:
@@ -351,17 +385,14 @@ def main(argv) -> None:
 
     del argv
     f = flags.FLAGS
-    try:
-        manifest = prepare_corpus(f.corpus, f.vocab, f.out, num_workers=f.num_workers,
-                                  segmenter=f.segmenter, encoding_errors=f.encoding_errors,
-                                  max_sentence_tokens=f.max_sentence_tokens)
-    except (corpora.CorpusError, ValueError, FileNotFoundError, storage.StorageError) as e:
-        sys.exit(f"error: {e}")
+    manifest = prepare_corpus(f.corpus, f.vocab, f.out, num_workers=f.num_workers,
+                              segmenter=f.segmenter, encoding_errors=f.encoding_errors,
+                              max_sentence_tokens=f.max_sentence_tokens, overwrite=f.overwrite)
     print(summary(manifest))
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     flags.DEFINE_string("corpus", None, "corpus spec (see bert_jax.data.corpora)", required=True)
     flags.DEFINE_string("vocab", None, "vocab.txt or SentencePiece .model", required=True)
@@ -370,4 +401,7 @@ if __name__ == "__main__":
     flags.DEFINE_enum("segmenter", "sentencex", list(corpora.SEGMENTERS), "sentence splitter")
     flags.DEFINE_enum("encoding_errors", "strict", ["strict", "replace"], "non-UTF-8 policy")
     flags.DEFINE_integer("max_sentence_tokens", 256, "split longer sentences")
-    app.run(main)
+    flags.DEFINE_bool("overwrite", False, "replace an --out directory that is not empty and "
+                      "not a prepared directory")
+    from bert_jax import cli
+    cli.run(main)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import sys
 from collections.abc import Iterator
 
 from bert_jax.data import corpora
@@ -43,14 +42,18 @@ def train_vocab(corpus: str, vocab_size: int, out: str | os.PathLike, kind: str 
       min_frequency: WordPiece: minimum pair frequency of a merge.
       segmenter: sentence splitter for raw documents.
     """
-    if vocab_size < len(BERT_SPECIALS) + num_unused + 1:
-        raise ValueError(f"vocab_size={vocab_size}: too small for the special tokens")
+    _check_size(vocab_size, num_unused)
     if kind == "wordpiece":
         return _train_wordpiece(corpus, vocab_size, pathlib.Path(out), lowercase, num_unused,
                                 min_frequency, segmenter)
     if kind == "sentencepiece":
         return _train_sentencepiece(corpus, vocab_size, pathlib.Path(out), num_unused, segmenter)
     raise ValueError(f"kind={kind!r}: use 'wordpiece' or 'sentencepiece'")
+
+
+def _check_size(vocab_size: int, num_unused: int) -> None:
+    if vocab_size < len(BERT_SPECIALS) + num_unused + 1:
+        raise ValueError(f"vocab_size={vocab_size}: too small for the special tokens")
 
 
 def _train_wordpiece(corpus, vocab_size, out, lowercase, num_unused, min_frequency, segmenter):
@@ -97,19 +100,23 @@ def _train_sentencepiece(corpus, vocab_size, out, num_unused, segmenter):
 def main(argv) -> None:
     from absl import flags
 
+    from bert_jax import outputs
+
     del argv
     f = flags.FLAGS
-    try:
-        path = train_vocab(f.corpus, f.vocab_size, f.out, kind=f.kind, lowercase=f.lowercase,
-                           num_unused=f.num_unused, segmenter=f.segmenter)
-    except (corpora.CorpusError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    _check_size(f.vocab_size, f.num_unused)  # values first, then where they go
+    out = pathlib.Path(f.out)
+    if f.kind == "sentencepiece":
+        out = out.with_name(out.name.removesuffix(".model") + ".model")
+    outputs.check_destination(out, kind="file", overwrite=f.overwrite, what="--out file")
+    path = train_vocab(f.corpus, f.vocab_size, f.out, kind=f.kind, lowercase=f.lowercase,
+                       num_unused=f.num_unused, segmenter=f.segmenter)
     tok = load_tokenizer(path)
     print(f"wrote {path}: {tok.vocab_size} tokens ({tok.kind}, fingerprint {tok.fingerprint})")
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     flags.DEFINE_string("corpus", None, "corpus spec (see bert_jax.data.corpora)", required=True)
     flags.DEFINE_integer("vocab_size", 30522, "vocabulary size incl. special tokens")
@@ -119,4 +126,6 @@ if __name__ == "__main__":
     flags.DEFINE_bool("lowercase", True, "uncased WordPiece vocabulary")
     flags.DEFINE_integer("num_unused", 0, "[unusedN] placeholder tokens")
     flags.DEFINE_enum("segmenter", "sentencex", list(corpora.SEGMENTERS), "sentence splitter")
-    app.run(main)
+    flags.DEFINE_bool("overwrite", False, "replace an existing --out file")
+    from bert_jax import cli
+    cli.run(main)

@@ -5,14 +5,12 @@ into DIR/lr<lr>_seed<seed>/ and reports best and mean per metric (sweep_results.
 from __future__ import annotations
 
 import json
-import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import distributed, storage
-from bert_jax.finetune import sweep, trainer
+from bert_jax import cli, outputs, storage, workdir_lock
+from bert_jax.finetune import checks
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.", lock_config=True)
@@ -25,21 +23,63 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save/restore at INFO
     if FLAGS.config is None or not FLAGS.workdir:
         raise app.UsageError("--config and --workdir are required")
+    # Before JAX, the model code and the processes joining: a bad config or
+    # workdir is reported in a fraction of a second.
+    checks.check_config(FLAGS.config)
+    workdir = FLAGS.workdir
+    outputs.check_destination(workdir, what="workdir", flag="a new --workdir",
+                              is_own=checks.is_finetune_workdir,
+                              sources=[FLAGS.config.get("init_checkpoint") or None])
+    import jax
+
+    from bert_jax import distributed
     distributed.initialize()
+    created = not storage.exists(workdir)
+    lock = None
     try:
-        if FLAGS.sweep:
-            result = sweep.run_sweep(FLAGS.config, FLAGS.workdir)
-            if jax.process_index() == 0:  # the others saw no metrics (trainer returns {})
-                storage.write_text(storage.join(FLAGS.workdir, "sweep_results.json"),
-                                   json.dumps(result, indent=2, default=float))
-                print(sweep.format_table(result))
-        else:
-            trainer.finetune(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, FloatingPointError, storage.StorageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        if jax.process_index() == 0:
+            storage.makedirs(workdir)
+            lock = workdir_lock.WorkdirLock(workdir)
+            lock.acquire()
+        _run()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+            lock = None
+        # A run that stopped before writing anything leaves no directory behind.
+        if created and jax.process_index() == 0 and _nothing_written(workdir):
+            try:
+                storage.remove(workdir)
+            except OSError:
+                pass  # e.g. the storage server that made the run fail
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+    return cli.EXIT_OK
+
+
+def _nothing_written(workdir) -> bool:
+    try:
+        return storage.isdir(workdir) and not any(
+            e != workdir_lock.LOCK_NAME for e in storage.listdir(workdir))
+    except OSError:
+        return False
+
+
+def _run():
+    import jax
+
+    from bert_jax.finetune import sweep, trainer
+    if FLAGS.sweep:
+        result = sweep.run_sweep(FLAGS.config, FLAGS.workdir)
+        if jax.process_index() == 0:  # the others saw no metrics (trainer returns {})
+            storage.write_text(storage.join(FLAGS.workdir, "sweep_results.json"),
+                               json.dumps(result, indent=2, default=float))
+            print(sweep.format_table(result))
+    else:
+        trainer.finetune(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -163,6 +163,18 @@ def label_names_from(sentences: Sequence[Sentence]) -> list[str]:
     return ["O"] + sorted(f"{p}-{t}" for t in types for p in "BI")
 
 
+def check_entity_types(sentences: Sequence[Sentence], allowed: Sequence[str]) -> None:
+    """Every tag's entity type must be a known one: a typo ('B-PRE') would
+    otherwise become a class of its own."""
+    allowed_set = set(allowed)
+    for s in sentences:
+        for i, t in enumerate(s.tags):
+            if t != "O" and t[2:] not in allowed_set:
+                raise ValueError(f"{s.source}:{s.line + i}: tag {t!r} has entity type "
+                                 f"{t[2:]!r}, not one of config.entity_types "
+                                 f"({', '.join(allowed)}); add it there to learn a new type")
+
+
 def tag_ids(sentence: Sentence, label_index: Mapping[str, int]) -> np.ndarray:
     """int32 [words]: label ids of the IOB2 form of the sentence's tags.
 
@@ -401,7 +413,8 @@ class ConllTask:
     def __init__(self, load_split: Callable[[str], list[Sentence]], tokenizer,
                  max_seq_length: int = 128, window_stride: int = 64, doc_context: bool = False,
                  length_buckets: Sequence[int] = (32, 64, 128),
-                 label_names: Sequence[str] | None = None, packing: int = 0):
+                 label_names: Sequence[str] | None = None, packing: int = 0,
+                 entity_types: Sequence[str] | None = None):
         if max_seq_length > max(length_buckets):
             raise ValueError(f"max_seq_length={max_seq_length} exceeds the largest of "
                              f"length_buckets={tuple(length_buckets)}")
@@ -417,6 +430,8 @@ class ConllTask:
         self._sentences: dict[str, list[Sentence]] = {}
         self._features: dict[str, Features] = {}
         # Restored from a checkpoint when given, so ids keep their meaning.
+        if label_names is None and entity_types:
+            check_entity_types(self.sentences("train"), entity_types)
         self.label_names = (list(label_names) if label_names is not None
                             else label_names_from(self.sentences("train")))
         self.num_labels = len(self.label_names)
@@ -435,6 +450,11 @@ class ConllTask:
 
     def num_train_examples(self) -> int:
         return len(self.features("train").examples)
+
+    def input_report(self, split: str) -> dict | None:
+        if split not in self._sentences:
+            return None
+        return {"examples": len(self._sentences[split]), "skipped": 0, "reasons": {}}
 
     def train_steps_per_epoch(self, batch_size: int) -> int:
         """Optimizer steps in one epoch (packed: batches of `batch_size` rows)."""
@@ -527,7 +547,8 @@ def build_task(config, tokenizer, label_names: Sequence[str] | None = None) -> C
     return ConllTask(load, tokenizer, max_seq_length=config.max_seq_length,
                      window_stride=config.window_stride, doc_context=config.doc_context,
                      length_buckets=tuple(config.length_buckets), label_names=label_names,
-                     packing=config.get("packing", 0))
+                     packing=config.get("packing", 0),
+                     entity_types=tuple(config.get("entity_types") or ()))
 
 
 # ------------------------------------------------------------------ raw text

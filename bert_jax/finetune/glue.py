@@ -410,6 +410,14 @@ class GlueTask:
     def num_train_examples(self) -> int:
         return len(self.split_data("train").examples)
 
+    def input_report(self, split: str) -> dict | None:
+        """Rows read and malformed rows skipped (QQP's known defects)."""
+        if split not in self._data:
+            return None
+        d = self._data[split]
+        return {"examples": len(d.examples), "skipped": d.skipped,
+                "reasons": {"malformed_row": d.skipped} if d.skipped else {}}
+
     def train_steps_per_epoch(self, batch_size: int) -> int:
         """Optimizer steps in one epoch (packed: batches of `batch_size` rows)."""
         return batching.steps_per_epoch([len(f["input_ids"]) for f in self.features("train")],

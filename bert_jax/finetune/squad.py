@@ -689,6 +689,12 @@ class SquadTask:
         return {"train": self.train.report.summary(),
                 **{k: f.report.summary() for k, f in self.evals.items()}}
 
+    def input_report(self, split: str) -> dict:
+        """Examples read, skipped (no window: bad label in training, empty
+        context) and flagged, by reason (`InputReport.counts`)."""
+        r = self.train.report if split == "train" else self._split(split)[0].report
+        return {"examples": r.examples, "skipped": r.skipped, "reasons": dict(r.counts)}
+
     def num_train_examples(self) -> int:
         return len(self._train_rows)
 

@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from bert_jax import losses, model_dir, sharding, storage, training
+from bert_jax.finetune import checks
 from bert_jax.heads import build_model
 from bert_jax.optim import build_optimizer
 
@@ -127,18 +128,32 @@ def make_predict_fn(graphdef, params_sharding, mesh):
 
 
 def init_weights(config):
-    """(BertConfig, encoder params, vocab path) from config.init_checkpoint."""
+    """(BertConfig, encoder params, vocab path, its casing: True / False as the
+    checkpoint records it, None to infer it from the vocabulary) from
+    config.init_checkpoint."""
     from bert_jax import convert
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required: a bert_jax model dir or workdir, "
                          "a HF dir or a TF1 dir")
+    if not storage.exists(config.init_checkpoint):
+        raise FileNotFoundError(f"config.init_checkpoint={config.init_checkpoint}: no such "
+                                "checkpoint")
     cfg, meta, flat = convert.read_any(config.init_checkpoint)
-    vocab = config.get("vocab") or meta.get("vocab") or model_dir.vocab_path(
-        config.init_checkpoint)
+    own = meta.get("vocab") or model_dir.vocab_path(config.init_checkpoint)
+    vocab = config.get("vocab") or own
     if not vocab:
         raise ValueError(f"{config.init_checkpoint}: no vocab.txt inside; set config.vocab")
+    if own and config.get("vocab"):
+        from bert_jax.embed import checked_tokenizer
+        try:
+            checked_tokenizer(config.init_checkpoint, config.vocab,
+                              config.get("allow_vocab_mismatch", False))
+        except ValueError as e:
+            raise ValueError(str(e).replace("--vocab=", "config.vocab=").replace(
+                "drop --vocab, or pass --allow_vocab_mismatch",
+                "unset config.vocab, or set config.allow_vocab_mismatch=True")) from None
     encoder = {k: v for k, v in flat.items() if k.startswith("bert/")}
-    return cfg, encoder, str(vocab)
+    return cfg, encoder, str(vocab), meta.get("do_lower_case")
 
 
 def evaluate_task(task, predict, params, out_dir, eval_batch_size) -> dict[str, dict]:
@@ -147,6 +162,21 @@ def evaluate_task(task, predict, params, out_dir, eval_batch_size) -> dict[str, 
         outputs = [predict(params, b) for b in task.eval_batches(split, eval_batch_size)]
         results[split] = task.evaluate(split, outputs, out_dir=out_dir)
     return results
+
+
+def runtime_overrides(config) -> dict:
+    """config.model fields that change how a checkpoint's architecture runs."""
+    return {k: config.model[k] for k in ("dtype", "attention_impl", "scan_layers",
+                                         "remat_policy", "hidden_dropout_prob",
+                                         "attention_probs_dropout_prob")
+            if "model" in config and k in config.model}
+
+
+def optimizer_config(config) -> dict:
+    """The `build_optimizer` fields of a fine-tuning config (also compiled by bert_jax.aot)."""
+    return {"name": config.get("optimizer", "adamw"), "lr": config.learning_rate,
+            "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay,
+            "eps": config.get("adam_eps", 1e-6), "clip_norm": config.get("clip_norm", 1.0)}
 
 
 def finetune(config, workdir) -> dict:
@@ -163,37 +193,39 @@ def finetune(config, workdir) -> dict:
       'history': [per epoch]}); {} on the other processes.
     """
     workdir = str(workdir)
-    storage.makedirs(workdir)
     is_main = jax.process_index() == 0
     from bert_jax.data.tokenizer import load_tokenizer
 
+    # ---- Checks before anything is loaded or compiled --------------------------------
+    checks.check_config(config)
+    training.rng_impl(config)
+    mesh_shape = tuple(config.mesh.shape) if "mesh" in config else (-1, 1, 1)
+    mesh = sharding.make_mesh(mesh_shape)
+    checks.check_batch_split(config, mesh)
+
     # ---- Data + task ------------------------------------------------------------------
-    cfg, encoder, vocab = init_weights(config)
+    cfg, encoder, vocab, lowercase = init_weights(config)
+    checks.check_model_fit(config, cfg)
     # config.model may override how the checkpoint's architecture runs (and its
     # dropout rates, as HF's from_pretrained(..., hidden_dropout_prob=...) does).
-    runtime = {k: config.model[k] for k in ("dtype", "attention_impl", "scan_layers",
-                                            "remat_policy", "hidden_dropout_prob",
-                                            "attention_probs_dropout_prob")
-               if "model" in config and k in config.model}
-    cfg = cfg.replace(**runtime)
-    tokenizer = load_tokenizer(vocab)
+    cfg = cfg.replace(**runtime_overrides(config))
+    tokenizer = load_tokenizer(vocab, lowercase=lowercase)
     module = task_module(config)
     task = module.build_task(config, tokenizer)
     head, num_labels = task.head, task.num_labels
+    input_report = checks.read_all_splits(task)
+    if is_main and input_report:
+        tqdm.write(checks.format_report(input_report))
+    storage.makedirs(workdir)  # only now that the inputs are known good
 
-    # ---- Mesh, model, optimizer -------------------------------------------------------
-    mesh_shape = tuple(config.mesh.shape) if "mesh" in config else (-1, 1, 1)
-    mesh = sharding.make_mesh(mesh_shape)
+    # ---- Model, optimizer -------------------------------------------------------------
     batch_size = config.batch_size
     steps_per_epoch = (task.train_steps_per_epoch(batch_size)
                        if hasattr(task, "train_steps_per_epoch")
                        else math.ceil(task.num_train_examples() / batch_size))
     total_steps = steps_per_epoch * config.num_epochs
-    optim_cfg = {"name": config.get("optimizer", "adamw"), "lr": config.learning_rate,
-                 "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay,
-                 "eps": config.get("adam_eps", 1e-6), "clip_norm": config.get("clip_norm", 1.0)}
     from ml_collections import ConfigDict
-    optimizer, schedule = build_optimizer(ConfigDict(optim_cfg), total_steps)
+    optimizer, schedule = build_optimizer(ConfigDict(optimizer_config(config)), total_steps)
     model_head = head
 
     def model_fn(key):
@@ -207,7 +239,7 @@ def finetune(config, workdir) -> dict:
         step_fn = training.jit_train_step(spec, mesh, objective, optimizer, schedule)
         predict = make_predict_fn(spec.graphdef, spec.shardings["params"], mesh)
         writer = training.MetricWriter(workdir)
-        rng = jax.random.key(config.seed + 1)
+        rng = training.dropout_key(config)
         bar = tqdm(total=total_steps, disable=not is_main, unit="step", dynamic_ncols=True,
                    desc=f"finetune {task.name}")
         log_every = config.get("log_every", 50)
@@ -290,8 +322,9 @@ def finetune(config, workdir) -> dict:
                      "config": json.loads(config.to_json_best_effort())}
         model_dir.save_model_dir(storage.join(workdir, "model"), cfg.replace(scan_layers=False),
                                  flat, model_head, num_labels, list(task.label_names),
-                                 task_meta, vocab)
-        summary = {"task": task.name, "steps": step, "train_time_sec": train_time,
+                                 task_meta, vocab, tokenizer.lowercase)
+        summary = {"task": task.name, "steps": step, "input": input_report,
+                   "train_time_sec": train_time,
                    "train_loop_sec": loop_sec,
                    "train_tokens_processed": total_tokens,
                    "final": history[-1] if history else {}, "history": history}

@@ -42,6 +42,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # TFDS drops the -DOCSTART- lines, so it cannot give doc_context.
     c.tfds = config_dict.FieldReference(False, field_type=object)
     c.tfds_data_dir = ""
+    # Entity types a tag may have: another (a typo such as B-PRE) is an error
+    # naming its line, not a new class. Add to it to learn a new type.
+    c.entity_types = ("LOC", "MISC", "ORG", "PER")
     c.max_train_sentences = 0  # 0 = all; a prefix of the training file otherwise
     c.max_seq_length = 128
     # Most pieces between the starts of two windows of one long sentence.
@@ -54,6 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.warmup_ratio = 0.1
     c.weight_decay = 0.01
     c.seed = 0
+    c.rng_impl = "threefry2x32"    # dropout RNG: threefry | rbg (see configs/pretrain/bert.py)
     c.init_checkpoint = ""
     # Padded lengths a batch may take (CoNLL sentences average ~20 pieces).
     c.length_buckets = (32, 64, 128)

@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.warmup_ratio = 0.1
     c.weight_decay = 0.01
     c.seed = 0
+    c.rng_impl = "threefry2x32"    # dropout RNG: threefry | rbg (see configs/pretrain/bert.py)
     # > 0: train on a fixed random subset of this many training examples
     # (glue.subsample_indices, seed 0), e.g. to fit SST-2 on a CPU.
     c.max_train_examples = 0

@@ -76,6 +76,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.warmup_ratio = 0.1
     c.weight_decay = 0.01
     c.seed = 0
+    c.rng_impl = "threefry2x32"    # dropout RNG: threefry | rbg (see configs/pretrain/bert.py)
 
     if args["runlocal"]:
         c.max_seq_length = 128

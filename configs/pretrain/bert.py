@@ -69,7 +69,16 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.grad_accum_steps = 1
     c.num_train_steps = int(TOTAL_STEPS * (0.1 if phase2 else 0.9))
     c.init_from = ""                      # phase 2: phase-1 workdir (params only)
+    # init_from trained with another vocabulary (same size or not) is an error
+    # unless this is set: its embeddings would mean other tokens.
+    c.allow_vocab_mismatch = False
     c.seed = 0
+    # Dropout RNG. threefry2x32: partitioned over the mesh, the same bits on every
+    # backend. rbg: XLA's RngBitGenerator, a 3x cheaper TPU compile for bert_tiny
+    # (149 vs 437 CPU s), but under a sharded mesh every device materializes the
+    # whole random tensor (docs/tpu.md): only for one device or small batches.
+    # Resume stays bitwise on the same mesh with either.
+    c.rng_impl = "threefry2x32"
 
     c.mesh = config_dict.ConfigDict()
     c.mesh.shape = (-1, 1, 1)             # (data, fsdp, tensor); -1 = remaining devices

@@ -1,0 +1,628 @@
+r"""Compile the real training step for a TPU slice ahead of time, with no TPU.
+
+    python -m bert_jax.aot --config=configs/pretrain/bert.py:size=large,phase=1 \
+        --topology=v5p-1024 --config.mesh.shape=1,-1,1 [--find_batch] [--out=report.json]
+    python -m bert_jax.aot --config=configs/finetune/squad.py --topology=v5e:4x4 \
+        --model_size=base
+
+libtpu (the `tpu` extra: `pip install -e ".[tpu]"`) carries the TPU compiler;
+`jax.experimental.topologies` gives the devices of any slice (v4, v5e, v5p,
+v6e; many hosts) to compile against on this CPU. The step is the one
+`bert_jax.pretrain` (or the fine-tuning trainer) runs: `pretrain.build` /
+`finetune.trainer.objective_for` with the same model config, shardings,
+objective, optimizer, grad accumulation, dtype, remat, scan, attention
+implementation and packing; state, batch and RNG are abstract
+(ShapeDtypeStructs with shardings), so nothing is allocated or run.
+
+The report: devices and hosts, mesh, HBM per device, the compiled program's
+bytes per device (arguments, outputs, temporaries, aliased; peak) and whether
+they fit, FLOPs per step from XLA's cost analysis beside `flops.py`'s formula,
+the compiler's step-time estimate and the MFU it implies (an estimate, not a
+measurement), the collectives of the compiled program with their bytes (loop
+bodies counted once per trip), and the per-host input batch.
+
+XLA's cost analysis counts a loop body once, so a step with scan over layers or
+grad accumulation takes its FLOPs and time estimate from a second compile of
+the same step unrolled at the micro-batch (`cost_source` says which).
+`optimal_seconds` is the TPU compiler's own estimate; where it is absent or not
+positive the time is a roofline max(FLOPs / peak, bytes / HBM bandwidth)
+(`estimate_kind` says which).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before jax is imported: eager work stays on the CPU, and libtpu does not ask a
+# GCE metadata server what TPU this is (there is none; we name the topology).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+# libtpu takes /tmp/libtpu_lockfile so two processes never drive one TPU; with no
+# TPU attached that only stops two compiles at once (pytest -n 2, parallel plans).
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "true")
+
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+
+from bert_jax import flops, sharding  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    peak_flops: float      # dense bf16 FLOP/s per device (a megacore chip is one device)
+    hbm_bytes: int         # per device
+    hbm_bandwidth: float   # bytes/s per device
+    megacore: bool         # two TensorCores shown as one device
+
+
+# Google Cloud TPU system-architecture pages (per chip).
+CHIPS = {
+    "v4": Chip(275e12, 32 * 2**30, 1.2e12, True),
+    "v5e": Chip(197e12, 16 * 2**30, 819e9, False),
+    "v5p": Chip(459e12, 95 * 2**30, 2.765e12, True),
+    "v6e": Chip(918e12, 32 * 2**30, 1.64e12, False),
+}
+_KIND_TO_CHIP = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5": "v5p",
+                 "TPU v5p": "v5p", "TPU v6 lite": "v6e", "TPU v6e": "v6e"}
+
+# Cloud names (v5p-1024 = 512 chips; v4/v5p count TensorCores, v5e/v6e chips).
+_SHAPES_3D = {8: "2x2x1", 16: "2x2x2", 32: "2x2x4", 64: "2x4x4", 128: "4x4x4", 256: "4x4x8",
+              512: "4x8x8", 1024: "8x8x8", 2048: "8x8x16", 4096: "8x16x16"}
+_SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
+              256: "16x16"}
+_TOPOLOGY = re.compile(r"^([a-zA-Z0-9_ ]+)[=_:]([0-9x]+)(_twisted|_untwisted)?$")
+_CLOUD = re.compile(r"^(v4|v5p|v5e|v5litepod|v6e)-(\d+)$")
+
+
+def topology_kwargs(name: str) -> tuple[str, dict]:
+    """(chip generation, get_topology_desc kwargs) for `v5p:8x8x8` or `v5p-1024`."""
+    m = _CLOUD.match(name)
+    if m:
+        gen, n = m.group(1).replace("v5litepod", "v5e"), int(m.group(2))
+        table = _SHAPES_3D if gen in ("v4", "v5p") else _SHAPES_2D
+        if n not in table:
+            raise ValueError(f"--topology={name}: unknown size {n} for {gen}; "
+                             f"known: {', '.join(f'{gen}-{k}' for k in table)}, or give "
+                             f"the chip grid as {gen}:AxB[xC]")
+        name = f"{gen}:{table[n]}"
+    m = _TOPOLOGY.match(name)
+    if not m:
+        raise ValueError(f"--topology={name!r}: expected e.g. v5e:4x4, v5p:8x8x8 or v5p-1024")
+    gen = m.group(1).lower().replace("v5litepod", "v5e")
+    if gen == "v5":
+        gen = "v5p"
+    if gen not in CHIPS:
+        raise ValueError(f"--topology={name}: chip {m.group(1)!r}; expected one of "
+                         f"{', '.join(CHIPS)}")
+    dims = [int(x) for x in m.group(2).split("x")]
+    kw: dict[str, Any] = {"topology_name": f"{'v5p' if gen == 'v5p' else gen}:{m.group(2)}"}
+    if CHIPS[gen].megacore:
+        kw["chip_config_name"] = "megacore"
+    if int(np.prod(dims)) == 8 and len(dims) == 2:
+        # v5e-8 / v6e-8 are single hosts of 8 chips; pod slices have 4-chip hosts.
+        kw["chips_per_host_bounds"] = (2, 4, 1)
+    elif int(np.prod(dims)) < 4:
+        # Hosts hold 2x2(x1) chips; a smaller slice is one host of its own size.
+        kw["chips_per_host_bounds"] = tuple(dims + [1] * (3 - len(dims)))
+    return gen, kw
+
+
+@contextlib.contextmanager
+def _libtpu_quiet():
+    """libtpu prints warnings about TPU_ACCELERATOR_TYPE / TPU_WORKER_HOSTNAMES
+    on load: it looks for the TPU VM it runs on. Compiling for a named topology
+    needs neither, so those lines are dropped; anything else is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            noise = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "InitGoogle",
+                     "Source Location Trace", "libtpu_init_utils", "Failed to find host bounds")
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if line.strip() and not any(n in line for n in noise):
+                    print(line, file=sys.stderr)
+
+
+def topology_devices(name: str) -> tuple[str, list]:
+    gen, kw = topology_kwargs(name)
+    try:
+        from jax.experimental import topologies
+        with _libtpu_quiet():
+            devices = topologies.get_topology_desc(platform="tpu", **kw).devices
+    except Exception as e:  # libtpu absent, or a shape it rejects
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        import importlib.util
+        if importlib.util.find_spec("libtpu") is None:
+            msg += ' (the TPU compiler is not installed: pip install -e ".[tpu]")'
+        raise ValueError(f"--topology={name}: {msg}") from None
+    return gen, list(devices)
+
+
+# ---- Building the step abstractly ---------------------------------------------------
+
+
+@dataclasses.dataclass
+class Program:
+    """A step to compile: jitted fn, abstract args, and what the report needs."""
+
+    fn: Any
+    args: tuple
+    global_batch: int
+    seq_len: int
+    formula_flops: float      # flops.py, whole step
+    per_host_rows: int
+    per_host_bytes: int
+    model: str
+    num_layers: int
+
+
+def _abstract_batch(spec: dict[str, tuple[tuple[int, ...], np.dtype]], mesh) -> dict:
+    return {k: jax.ShapeDtypeStruct(shape, dtype,
+                                    sharding=sharding.batch_sharding(mesh, len(shape)))
+            for k, (shape, dtype) in spec.items()}
+
+
+def _rng(config, mesh):
+    from bert_jax import training
+    key = jax.eval_shape(lambda: training.dropout_key(config))
+    return jax.ShapeDtypeStruct(key.shape, key.dtype,
+                                sharding=NamedSharding(mesh, PartitionSpec()))
+
+
+def _host_input(spec, num_hosts: int) -> tuple[int, int]:
+    rows = next(iter(spec.values()))[0][0] // num_hosts
+    per_row = sum(int(np.prod(s[1:])) * np.dtype(d).itemsize for s, d in spec.values())
+    return rows, rows * per_row
+
+
+def is_finetune_config(config) -> bool:
+    return "task" in config
+
+
+def vocab_size_of(config) -> int:
+    """Lines of the configured vocab, else BERT's uncased 30522 (the paper's)."""
+    from bert_jax.data.prepared import open_prepared
+    path = config.data.get("vocab") or ""
+    if not path and config.data.get("prepared_dir"):
+        path = str(open_prepared(config.data.prepared_dir).vocab_path)
+    if not path:
+        return 30522
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for _ in f)
+
+
+def pretrain_program(config, mesh, num_hosts: int) -> Program:
+    from bert_jax import pretrain
+    from bert_jax.data.pipeline import batch_spec
+    G = config.global_batch_size
+    built = pretrain.build(config, vocab_size_of(config), mesh)
+    spec = batch_spec(config.data, G)
+    T = config.data.max_seq_length
+    masked = spec["masked_positions"][0][1] if built.gathered else T
+    formula = flops.train_flops_per_sequence(built.cfg, T, masked) * G
+    rows, nbytes = _host_input(spec, num_hosts)
+    return Program(built.step_fn, (built.spec.abstract, _abstract_batch(spec, mesh),
+                                       _rng(config, mesh)),
+                   G, T, formula, rows, nbytes, f"bert_{config.model.size}",
+                   built.cfg.num_hidden_layers)
+
+
+_TASK_HEADS = {"squad": ("span", 2), "conll2003": ("tagging", 9), "conll": ("tagging", 9),
+               "stsb": ("regression", 1), "mnli": ("classification", 3)}
+
+
+def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
+    """The fine-tuning step of `config.task` at max_seq_length (the largest bucket)."""
+    from ml_collections import ConfigDict
+
+    from bert_jax.bert_config import BertConfig
+    from bert_jax.finetune.trainer import objective_for, optimizer_config, runtime_overrides
+    from bert_jax.heads import build_model
+    from bert_jax.optim import build_optimizer
+    task = str(config.task).lower()
+    head, num_labels = _TASK_HEADS.get(task, ("classification", 2))
+    if config.get("init_checkpoint"):
+        from bert_jax import convert
+        cfg = convert.read_any(config.init_checkpoint)[0]
+    else:
+        cfg = BertConfig.named(model_size)
+    runtime = runtime_overrides(config)
+    if "model" in config and config.model.get("num_layers"):
+        runtime["num_hidden_layers"] = config.model.num_layers
+    cfg = cfg.replace(**runtime)
+    B, T = config.batch_size, config.max_seq_length
+    optimizer, schedule = build_optimizer(ConfigDict(optimizer_config(config)), 10_000)
+
+    def model_fn(key):
+        return build_model(cfg, head, num_labels, seed=key)
+
+    from bert_jax import training
+    spec = training.state_spec(model_fn, optimizer, mesh)
+    step = training.jit_train_step(spec, mesh, objective_for(head), optimizer, schedule)
+    i32, f32 = np.dtype(np.int32), np.dtype(np.float32)
+    bspec = {"input_ids": ((B, T), i32), "token_type_ids": ((B, T), i32),
+             "attention_mask": ((B, T), i32), "example_weights": ((B,), f32)}
+    bspec.update({"classification": {"labels": ((B,), i32)},
+                  "regression": {"labels": ((B,), f32)},
+                  "span": {"start_positions": ((B,), i32), "end_positions": ((B,), i32)},
+                  "tagging": {"label_ids": ((B, T), i32)}}[head])
+    # Encoder training FLOPs (no MLM head: 0 positions) minus the pooler/NSP term
+    # when the head does not use it, plus the head's own matmul.
+    enc = flops.train_flops_per_sequence(cfg, T, 0)
+    h = cfg.hidden_size
+    if head in ("span", "tagging"):
+        enc += -6 * (h * h + 2 * h) + 6 * T * h * num_labels
+    else:
+        enc += -6 * 2 * h + 6 * h * num_labels
+    rows, nbytes = _host_input(bspec, num_hosts)
+    return Program(step, (spec.abstract, _abstract_batch(bspec, mesh), _rng(config, mesh)), B, T,
+                   enc * B, rows, nbytes, f"{task} head on {cfg.num_hidden_layers}L/H{h}",
+                   cfg.num_hidden_layers)
+
+
+# ---- Reading the compiled program ---------------------------------------------------
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4,
+                "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
+                "f8e4m3fn": 1, "f8e5m2": 1}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_COMP_HEAD = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_INSTR = re.compile(r"=\s*(\(?[^=]*?\)?)\s+([a-z][a-z0-9\-]*)\(")
+_ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
+_CALLS = re.compile(r"\b(body|condition|calls|to_apply)=%?([\w.\-]+)|"
+                    r"\b(branch_computations|called_computations)=\{([^}]*)\}")
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+
+
+def _shape_bytes(shape: str) -> int:
+    """Bytes of the largest array in an HLO result shape (a tuple for async
+    starts: operand and result buffers, of which the result is the largest)."""
+    best = 0
+    for dtype, dims in _ARRAY.findall(shape):
+        if dtype not in _DTYPE_BYTES:
+            continue
+        n = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+        best = max(best, n * _DTYPE_BYTES[dtype])
+    return best
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
+    """Count and bytes of each collective in an HLO module, each op weighted by
+    how often its computation runs (a while body `known_trip_count` times)."""
+    comps: dict[str, list[str]] = {}
+    entry = None
+    name = None
+    for line in hlo_text.splitlines():
+        m = _COMP_HEAD.match(line.strip())
+        if m and ("->" in line or line.lstrip().startswith("ENTRY")):
+            name = m.group(1)
+            comps[name] = []
+            if line.lstrip().startswith("ENTRY"):
+                entry = name
+            continue
+        if name is not None:
+            if line.strip() == "}":
+                name = None
+            else:
+                comps[name].append(line)
+    calls: dict[str, list[tuple[str, int]]] = {c: [] for c in comps}
+    ops: dict[str, list[tuple[str, int]]] = {c: [] for c in comps}
+    for c, lines in comps.items():
+        for line in lines:
+            m = _INSTR.search(line)
+            if m:
+                op = m.group(2)
+                base = op[:-6] if op.endswith("-start") else op
+                if base in COLLECTIVES and not op.endswith("-done"):
+                    ops[c].append((base, _shape_bytes(m.group(1))))
+            trip = _TRIP.search(line)
+            for kind, one, _, many in _CALLS.findall(line):
+                targets = one or many
+                n = int(trip.group(1)) if (kind == "body" and trip) else 1
+                for t in re.split(r",\s*", targets):
+                    t = t.lstrip("%")
+                    if t in comps:
+                        calls[c].append((t, n))
+    times: dict[str, int] = {}
+
+    def visit(c, n):
+        times[c] = times.get(c, 0) + n
+        for callee, k in calls[c]:
+            visit(callee, n * k)
+    if entry is not None:
+        visit(entry, 1)
+    out = {k: {"count": 0, "bytes": 0} for k in COLLECTIVES}
+    for c, lst in ops.items():
+        for op, nbytes in lst:
+            out[op]["count"] += times.get(c, 0)
+            out[op]["bytes"] += times.get(c, 0) * nbytes
+    return out
+
+
+def _is_oom(e: Exception) -> bool:
+    s = str(e)
+    return "RESOURCE_EXHAUSTED" in s or "Ran out of memory" in s or "exceeds" in s and "hbm" in s.lower()
+
+
+def compile_program(prog: Program, mesh) -> dict:
+    """Lower + compile; memory and cost analyses. OOM is a result, not an error."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
+        lowered = prog.fn.lower(*prog.args)
+    t1, c1 = time.perf_counter(), time.process_time()
+    timing = {"lower_seconds": t1 - t0, "lower_cpu_seconds": c1 - c0}
+    try:
+        compiled = lowered.compile()
+    except Exception as e:
+        if _is_oom(e):
+            first = next((ln for ln in str(e).splitlines() if ln.strip()), str(e))
+            return {"oom": True, "oom_message": first[:300],
+                    "compile_seconds": time.perf_counter() - t0, **timing}
+        raise
+    secs = time.perf_counter() - t0
+    timing.update(xla_compile_seconds=time.perf_counter() - t1,
+                  xla_compile_cpu_seconds=time.process_time() - c1)
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+    b = {"arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
+         "temporaries": mem.temp_size_in_bytes, "aliased": mem.alias_size_in_bytes,
+         "generated_code": mem.generated_code_size_in_bytes}
+    b["peak"] = b["arguments"] + b["outputs"] - b["aliased"] + b["temporaries"]
+    return {"oom": False, "bytes_per_device": b, "compile_seconds": secs, **timing,
+            "flops_per_device": float(cost.get("flops", 0.0)),
+            "bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0)),
+            "optimal_seconds": float(cost.get("optimal_seconds", -1.0)),
+            "collectives": collectives(compiled.as_text())}
+
+
+# ---- The whole report ---------------------------------------------------------------
+
+
+def _mesh_for(config, devices):
+    shape = tuple(config.mesh.shape) if "mesh" in config else (-1, 1, 1)
+    return sharding.make_mesh(shape, devices=devices)
+
+
+def _program(config, mesh, num_hosts, model_size):
+    with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
+        if is_finetune_config(config):
+            return finetune_program(config, mesh, num_hosts, model_size)
+        return pretrain_program(config, mesh, num_hosts)
+
+
+def _cost_variant(config, layers: int):
+    """The same step unrolled, with `layers` layers, at the micro-batch: XLA's
+    cost analysis counts a loop body once, so the cost of the real step is
+    extrapolated from two loop-free compiles of 1 and 2 layers (cost is linear
+    in the layer count), which also compile in seconds."""
+    c = config.copy_and_resolve_references()
+    accum = int(c.get("grad_accum_steps", 1))
+    with c.unlocked():
+        if "model" not in c:
+            c.model = {}
+        c.model.scan_layers = False
+        c.model.num_layers = layers
+        if "grad_accum_steps" in c:
+            c.grad_accum_steps = 1
+        if "global_batch_size" in c:
+            c.global_batch_size = c.global_batch_size // accum
+    return c, accum
+
+
+def report(config, topology: str, model_size: str = "base") -> dict:
+    gen, devices = topology_devices(topology)
+    chip = CHIPS[gen]
+    mesh = _mesh_for(config, devices)
+    num_hosts = len({d.process_index for d in devices})
+    prog = _program(config, mesh, num_hosts, model_size)
+    res = compile_program(prog, mesh)
+    n = len(devices)
+    out: dict[str, Any] = {
+        "topology": topology, "device_kind": devices[0].device_kind, "num_devices": n,
+        "num_hosts": num_hosts, "devices_per_host": n // num_hosts,
+        "mesh": dict(zip(mesh.axis_names, (int(s) for s in mesh.devices.shape))),
+        "model": prog.model, "seq_len": prog.seq_len, "global_batch_size": prog.global_batch,
+        "per_host_batch_rows": prog.per_host_rows, "per_host_batch_bytes": prog.per_host_bytes,
+        "hbm_bytes_per_device": chip.hbm_bytes, "peak_flops_per_device": chip.peak_flops,
+        "compile_seconds": res["compile_seconds"],
+    }
+    if res["oom"]:
+        out.update(fits=False, oom_message=res["oom_message"], bytes_per_device=None)
+        return out
+    peak = res["bytes_per_device"]["peak"]
+    out.update(bytes_per_device=res["bytes_per_device"], fits=peak <= chip.hbm_bytes,
+               headroom_bytes=chip.hbm_bytes - peak, collectives=res["collectives"])
+    m = config.get("model", {})
+    accum = int(config.get("grad_accum_steps", 1))
+    if not m.get("scan_layers", False) and accum == 1:
+        cost, cost_source = res, "this compile"
+    else:
+        # Loops: cost from two small loop-free compiles (see _cost_variant).
+        (c1, accum), (c2, _) = _cost_variant(config, 1), _cost_variant(config, 2)
+        r1 = compile_program(_program(c1, mesh, num_hosts, model_size), mesh)
+        r2 = compile_program(_program(c2, mesh, num_hosts, model_size), mesh)
+        layers = prog.num_layers
+        cost_source = (f"1- and 2-layer unrolled compiles extrapolated to {layers} layers"
+                       + (f", x{accum} micro-batches of {prog.global_batch // accum}"
+                          if accum > 1 else ""))
+        out["cost_compile_seconds"] = r1["compile_seconds"] + r2["compile_seconds"]
+        if r1["oom"] or r2["oom"]:
+            out.update(cost_source=cost_source + ": did not fit, no cost analysis")
+            return out
+        cost = {k: r1[k] + (layers - 1) * (r2[k] - r1[k])
+                for k in ("flops_per_device", "bytes_accessed_per_device")}
+        # The compiler's time estimate only where both small compiles gave one.
+        cost["optimal_seconds"] = (r1["optimal_seconds"] + (layers - 1) * (
+            r2["optimal_seconds"] - r1["optimal_seconds"])
+            if min(r1["optimal_seconds"], r2["optimal_seconds"]) > 0 else -1.0)
+    flops_dev = cost["flops_per_device"] * accum
+    out.update(flops_per_step_xla=flops_dev * n, flops_per_device_xla=flops_dev,
+               flops_per_step_formula=prog.formula_flops,
+               flops_xla_over_formula=flops_dev * n / prog.formula_flops,
+               bytes_accessed_per_device=cost["bytes_accessed_per_device"] * accum,
+               cost_source=cost_source)
+    out["compiler_optimal_seconds"] = cost["optimal_seconds"] * accum
+    if cost["optimal_seconds"] > 0:
+        t, kind = cost["optimal_seconds"] * accum, "TPU compiler optimal_seconds"
+    else:
+        t = max(flops_dev / chip.peak_flops,
+                cost["bytes_accessed_per_device"] * accum / chip.hbm_bandwidth)
+        kind = "roofline max(FLOPs/peak, bytes/HBM bandwidth)"
+    out.update(estimated_step_seconds=t, estimate_kind=kind,
+               estimated_mfu=prog.formula_flops / (n * chip.peak_flops * t),
+               estimated_sequences_per_second=prog.global_batch / t)
+    return out
+
+
+def find_batch(config, topology: str, model_size: str = "base",
+               max_compiles: int = 6) -> tuple[int, dict]:
+    """Largest global batch that fits: memory is linear in the batch, so two
+    compiles fix the line, a third confirms the prediction, and bisection
+    between the largest fitting and smallest failing batch finishes it."""
+    gen, devices = topology_devices(topology)
+    mesh = _mesh_for(config, devices)
+    batch_ways = int(mesh.shape["data"] * mesh.shape["fsdp"])
+    num_hosts = len({d.process_index for d in devices})
+    accum = int(config.get("grad_accum_steps", 1))
+    unit = math.lcm(batch_ways, num_hosts, accum)
+    hbm = CHIPS[gen].hbm_bytes
+    key = "batch_size" if is_finetune_config(config) else "global_batch_size"
+    known: dict[int, int | None] = {}   # batch -> peak bytes, None = out of memory
+
+    def measure(b):
+        c = config.copy_and_resolve_references()
+        with c.unlocked():
+            c[key] = b
+        r = compile_program(_program(c, mesh, num_hosts, model_size), mesh)
+        known[b] = None if r["oom"] else r["bytes_per_device"]["peak"]
+        return known[b]
+
+    def fits(b):
+        return known.get(b) is not None and known[b] <= hbm
+
+    lo, hi = unit, 4 * unit
+    measure(lo)
+    if not fits(lo):
+        return 0, {"tried": known, "unit": unit}
+    measure(hi)
+    for _ in range(max_compiles):
+        good = max(b for b in known if fits(b))
+        bad = min((b for b in known if not fits(b)), default=None)
+        if bad is not None and bad - good <= unit:
+            break
+        pts = sorted((b, m) for b, m in known.items() if m is not None)
+        if len(pts) >= 2 and pts[-1][1] > pts[0][1]:
+            (b0, m0), (b1, m1) = pts[0], pts[-1]
+            guess = int(b0 + (hbm - m0) * (b1 - b0) / (m1 - m0)) // unit * unit
+        else:
+            guess = 2 * good
+        if bad is not None:
+            guess = min(guess, bad - unit) if guess < bad else (good + bad) // 2 // unit * unit
+        guess = max(guess, good + unit)
+        if guess in known:
+            guess = (good + (bad or 2 * guess)) // 2 // unit * unit
+            if guess in known or guess <= good:
+                break
+        measure(guess)
+    best = max(b for b in known if fits(b))
+    return best, {"tried": {str(b): m for b, m in sorted(known.items())}, "unit": unit}
+
+
+def _gib(x):
+    return f"{x / 2**30:.2f} GiB"
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['model']} seq {r['seq_len']}, global batch {r['global_batch_size']} on "
+             f"{r['topology']}: {r['num_devices']} x {r['device_kind']} on {r['num_hosts']} "
+             f"host(s), mesh {r['mesh']}",
+             f"per-host input batch: {r['per_host_batch_rows']} rows "
+             f"({r['per_host_batch_bytes'] / 2**20:.2f} MiB)"]
+    if r.get("bytes_per_device") is None:
+        lines.append(f"does NOT fit: the TPU compiler ran out of memory ({r.get('oom_message')})")
+        return "\n".join(lines)
+    b = r["bytes_per_device"]
+    lines.append(f"memory per device: peak {_gib(b['peak'])} of {_gib(r['hbm_bytes_per_device'])} "
+                 f"HBM -> {'fits' if r['fits'] else 'does NOT fit'}, headroom "
+                 f"{_gib(r['headroom_bytes'])} (arguments {_gib(b['arguments'])}, outputs "
+                 f"{_gib(b['outputs'])}, temporaries {_gib(b['temporaries'])}, aliased "
+                 f"{_gib(b['aliased'])})")
+    if "flops_per_step_xla" in r:
+        lines.append(f"FLOPs per step: XLA {r['flops_per_step_xla']:.4g}, formula "
+                     f"{r['flops_per_step_formula']:.4g} (ratio "
+                     f"{r['flops_xla_over_formula']:.3f}; {r['cost_source']})")
+        lines.append(f"compiler's estimate (not a measurement): step "
+                     f"{r['estimated_step_seconds'] * 1e3:.2f} ms ({r['estimate_kind']}), "
+                     f"MFU {r['estimated_mfu']:.1%}, "
+                     f"{r['estimated_sequences_per_second']:.0f} sequences/s")
+    coll = ", ".join(f"{k} {v['count']} x ({v['bytes'] / 2**20:.1f} MiB)"
+                     for k, v in r["collectives"].items() if v["count"])
+    lines.append(f"collectives per step: {coll or 'none'}")
+    lines.append(f"compile {r['compile_seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from absl import flags
+    from ml_collections import config_flags
+    fl = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "Pretraining or fine-tuning config file.",
+                                    flag_values=fl, lock_config=True)
+    flags.DEFINE_string("topology", None, "TPU slice: v5e:4x4, v5p:8x8x8, v5p-1024, ...",
+                        flag_values=fl)
+    flags.DEFINE_bool("find_batch", False, "Find the largest global batch that fits.",
+                      flag_values=fl)
+    flags.DEFINE_string("out", "", "Write the report as JSON here.", flag_values=fl)
+    flags.DEFINE_string("model_size", "base", "Fine-tuning configs without "
+                        "init_checkpoint: the architecture (tiny ... large).", flag_values=fl)
+    argv = sys.argv if argv is None else argv
+    try:
+        fl(argv)
+        if fl.config is None or not fl.topology:
+            raise ValueError("--config and --topology are required")
+        config = fl.config
+        if fl.find_batch:
+            best, info = find_batch(config, fl.topology, fl.model_size)
+            if not best:
+                raise ValueError(f"not even the smallest batch ({info['unit']}) fits on "
+                                 f"{fl.topology}: try remat, fsdp or a larger slice")
+            key = "batch_size" if is_finetune_config(config) else "global_batch_size"
+            config = config.copy_and_resolve_references()
+            with config.unlocked():
+                config[key] = best
+            print(f"largest global batch that fits: {best} (steps of {info['unit']}; "
+                  f"{len(info['tried'])} compiles)", flush=True)
+        r = report(config, fl.topology, fl.model_size)
+        if fl.find_batch:
+            r["find_batch"] = info
+    except (ValueError, FileNotFoundError, flags.Error) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(r), flush=True)
+    if fl.out:
+        with open(fl.out, "w") as f:
+            json.dump(r, f, indent=2, default=float)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""How every `python -m bert_jax.X` command starts and ends.
+
+`cli.run(main)` replaces `absl.app.run(main)`: a bad command line (unknown
+flag, unknown config field, a value of the wrong type, a config file that
+does not load) and bad input found by `main` end with one line
+`error: <what>` on stderr and the exit codes below, never a traceback.
+Tracebacks stay for our own bugs.
+
+Exit codes (README, "Exit codes"):
+  0    done
+  1    bad input or a failed run; the `error:` line names the file, line, field
+  2    bad command line (flags, config fields, config file)
+  75   preempted (SIGTERM) or interrupted (Ctrl-C) after saving a checkpoint:
+       rerun the same command to continue (EX_TEMPFAIL of sysexits.h, which
+       schedulers read as "retry", unlike 0 = finished)
+  130  aborted by a second Ctrl-C: nothing saved beyond the last checkpoint
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PREEMPTED = 75
+EXIT_ABORTED = 130
+
+
+def error(message: str) -> None:
+    """Print the one-line error (newlines folded, so it stays one line)."""
+    print("error: " + " ".join(str(message).split("\n")), file=sys.stderr, flush=True)
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = e.__cause__ or e.__context__
+        if nxt is None:
+            break
+        e = nxt
+    return e
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or type(e).__name__}"
+    if isinstance(e, KeyError):
+        return f"unknown key {e.args[0]!r}" if e.args else "unknown key"
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _config_field_error(argv: list[str]) -> str | None:
+    """For the first `--<config flag>.a.b=v` whose path does not exist in the
+    loaded config: the flag, the unknown field and the fields there are."""
+    from absl import flags
+    for arg in argv[1:]:
+        m = re.match(r"--?(\w+)\.([\w.]+)(=|$)", arg)
+        if not m or m.group(1) not in flags.FLAGS:
+            continue
+        flag = flags.FLAGS[m.group(1)]
+        try:
+            node = flag.value
+            if node is None:  # the override failed while the file was loading: reload it
+                spec = next(a.split("=", 1)[1] for a in argv[1:]
+                            if re.match(rf"--?{m.group(1)}=", a))
+                node = flag.parser.parse(spec)
+        except Exception:  # noqa: BLE001 - the config itself failed; reported elsewhere
+            return None
+        if node is None or not hasattr(node, "keys"):
+            continue
+        parts = m.group(2).split(".")
+        for i, part in enumerate(parts):
+            if hasattr(node, "keys") and part in node:
+                node = node[part]
+                continue
+            parent = ".".join([m.group(1), *parts[:i]])
+            known = sorted(node.keys()) if hasattr(node, "keys") else []
+            where = f"{parent} has no field {part!r}" if known else \
+                f"{parent} is a value, not a group"
+            return (f"--{m.group(1)}.{m.group(2)}: unknown config field: {where}"
+                    + (f" (fields: {', '.join(known)})" if known else ""))
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one-line errors (exit 2)."""
+    from absl import flags
+    try:
+        rest = flags.FLAGS(argv)
+        for name, flag in flags.FLAGS._flags().items():
+            # A config file that failed to load raises when its value is read.
+            if type(flag).__name__ == "_ConfigFlag" and name == flag.name:
+                value = flag.value
+                if type(value).__name__ == "_ErrorConfig":
+                    spec = flag.config_filename if hasattr(flag, "config_filename") else ""
+                    path = str(spec).split(":", 1)[0]
+                    import os
+                    why = "no such file" if path and not os.path.exists(path) else \
+                        "the file does not load"
+                    error(f"--{name}={spec}: {why}")
+                    sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_ABORTED)
+    except Exception as e:  # noqa: BLE001 - every parse failure is a usage error
+        msg = _config_field_error(argv)
+        if msg is None:
+            root = _root_cause(e)
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            if (root is not e or not msg) and _describe(root) not in msg:
+                msg = (msg + ": " if msg else "") + _describe(root)
+        error(msg)
+        sys.exit(EXIT_USAGE)
+    return rest
+
+
+# What `main` may raise for bad input or a failed run: one line, exit 1.
+INPUT_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def run(main) -> None:
+    """absl's app.run(main) with the exit codes above."""
+    from absl import app
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except app.UsageError as e:
+            error(str(e))
+            return EXIT_USAGE
+        except INPUT_ERRORS as e:
+            error(_describe(e))
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            error("interrupted")
+            return EXIT_ABORTED
+
+    app.run(wrapped, flags_parser=parse_flags)

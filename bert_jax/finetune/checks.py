@@ -1,0 +1,145 @@
+"""Everything a fine-tuning run can check before it compiles anything.
+
+`check_config` (values in range, TFDS available), `check_model_fit` (the
+sequence lengths fit the checkpoint's position table, the batch splits over
+the mesh) and `read_all_splits` (every train / dev / test file read, parsed
+and featurized up front, so a bad dev line stops the run before training, not
+after an epoch) raise one-line ValueErrors naming the config field, the file
+and line, and the allowed values. `read_all_splits` also returns what was
+skipped, by split and reason; the trainer prints it and writes it into
+summary.json.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+
+import numpy as np
+
+# Fine-tuning workdir entries (workdir itself and a sweep's lr*_seed*/ runs).
+WORKDIR_ENTRIES = ("metrics.jsonl", "metrics.jsonl.tmp", "tb", "eval", "model",
+                   "summary.json", "summary.json.tmp", "test_predictions", "sweep_results.json",
+                   "sweep_results.json.tmp", "curves.png")
+
+
+def is_finetune_workdir(path) -> bool:
+    from bert_jax import storage, workdir_lock
+    for e in storage.listdir(path):
+        if e in WORKDIR_ENTRIES or e == workdir_lock.LOCK_NAME:
+            continue
+        if e.startswith("lr") and "_seed" in e and storage.isdir(storage.join(path, e)):
+            continue  # a sweep run
+        if e.startswith((".model.", ".summary.json")):
+            continue  # temp siblings of an interrupted write
+        return False
+    return True
+
+
+def _need(ok: bool, field: str, value, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"config.{field}={value!r}: expected {allowed}")
+
+
+def _number(config, field: str):
+    v = config.get(field)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"config.{field}={v!r}: expected a number")
+    return v
+
+
+def check_config(config) -> None:
+    """Ranges of the fields every task has, and TFDS where asked for."""
+    lr = _number(config, "learning_rate")
+    _need(math.isfinite(lr) and lr > 0, "learning_rate", lr, "a learning rate > 0")
+    _need(isinstance(config.num_epochs, int) and config.num_epochs >= 1, "num_epochs",
+          config.num_epochs, "an integer >= 1")
+    for field in ("batch_size", "eval_batch_size", "max_seq_length"):
+        v = config.get(field)
+        _need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, field, v,
+              "an integer >= 1")
+    w = _number(config, "warmup_ratio")
+    _need(0 <= w <= 1, "warmup_ratio", w, "a fraction in [0, 1]")
+    wd = _number(config, "weight_decay")
+    _need(wd >= 0, "weight_decay", wd, ">= 0")
+    if config.get("log_every") is not None:
+        _need(config.log_every >= 1, "log_every", config.log_every, ">= 1")
+    buckets = tuple(config.get("length_buckets") or ())
+    if buckets:
+        _need(all(isinstance(b, int) and b >= 1 for b in buckets), "length_buckets", buckets,
+              "positive lengths")
+        _need(max(buckets) >= config.max_seq_length, "length_buckets", buckets,
+              f"a largest bucket >= max_seq_length={config.max_seq_length}")
+    tfds = config.get("tfds")
+    if tfds not in (None, False, "", "false", "False", "0"):
+        missing = [m for m in ("tensorflow", "tensorflow_datasets") if _not_installed(m)]
+        if missing:
+            raise ValueError(f"config.tfds={tfds!r} reads TFDS, which needs "
+                             f"{' and '.join(missing)} (not installed; pip install "
+                             "'bert_jax[tf]'); or set config.tfds=False and read the files")
+
+
+def _not_installed(module: str) -> bool:
+    if module in sys.modules:  # None there means "import fails"
+        return sys.modules[module] is None
+    return importlib.util.find_spec(module) is None
+
+
+def check_model_fit(config, cfg) -> None:
+    """The longest sequence the task makes must have a position embedding."""
+    longest = max([config.max_seq_length, *tuple(config.get("length_buckets") or ())])
+    if longest > cfg.max_position_embeddings:
+        field = ("max_seq_length" if config.max_seq_length >= longest else "length_buckets")
+        raise ValueError(f"config.{field}: sequences of {longest} tokens, but "
+                         f"{config.init_checkpoint} has max_position_embeddings="
+                         f"{cfg.max_position_embeddings}; expected <= "
+                         f"{cfg.max_position_embeddings}")
+
+
+def check_batch_split(config, mesh) -> None:
+    """The batches must split evenly over the mesh's batch axes."""
+    from bert_jax import sharding
+    spec = sharding.batch_sharding(mesh, 1).spec
+    axes = spec[0] if spec and spec[0] is not None else ()
+    axes = axes if isinstance(axes, tuple) else (axes,)
+    shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    for field in ("batch_size", "eval_batch_size"):
+        if config[field] % shards:
+            raise ValueError(f"config.{field}={config[field]}: expected a multiple of "
+                             f"{shards} (the batch is split over {shards} devices)")
+
+
+def read_all_splits(task) -> dict[str, dict]:
+    """Read and featurize every split now; {split: {'examples', 'skipped',
+    'reasons': {reason: count}}} of what the task left out or flagged."""
+    test_splits = tuple(getattr(task, "test_splits", ()))
+    splits = ["train", *getattr(task, "eval_splits", ("dev",)), *test_splits]
+    report: dict[str, dict] = {}
+    for split in dict.fromkeys(splits):
+        if hasattr(task, "features"):
+            try:
+                task.features(split)
+            except FileNotFoundError:
+                if split in test_splits:
+                    continue  # test files are optional (no predictions then)
+                raise
+        if hasattr(task, "input_report"):
+            rep = task.input_report(split)
+            if rep is not None:
+                report[split] = rep
+    if task.num_train_examples() == 0:
+        read = (" (" + format_report({"train": report["train"]}).removeprefix("input: ") + ")"
+                if "train" in report else "")
+        raise ValueError(f"{task.name}: no training examples{read}; check the train file and "
+                         "config.max_train_examples")
+    return report
+
+
+def format_report(report: dict[str, dict]) -> str:
+    lines = []
+    for split, r in report.items():
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(r.get("reasons", {}).items()))
+        lines.append(f"{split}: {r['examples']} examples, {r['skipped']} skipped"
+                     + (f" ({reasons})" if reasons else ""))
+    return "input: " + "; ".join(lines)

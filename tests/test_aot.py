@@ -1,0 +1,180 @@
+"""Ahead-of-time compilation for TPU slices (bert_jax.aot), with no TPU.
+
+The compile tests need libtpu (the `tpu` extra, installed by `make test`); they
+skip with that reason where it is absent. The rest checks what the compiled
+report is built from against independent references: real pipeline batches,
+optax's own optimizer-state mapping and hand-counted HLO collectives.
+"""
+
+import importlib.util
+
+import jax
+import optax
+import pytest
+
+from bert_jax import aot, sharding, training
+from bert_jax.bert_config import BertConfig
+from bert_jax.data.pipeline import PretrainingPipeline, batch_spec, default_data_config
+from bert_jax.heads import BertForPreTraining
+from bert_jax.optim import build_optimizer
+
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="libtpu absent: pip install -e '.[tpu]'")
+
+
+@pytest.mark.parametrize("kind", ["padded", "packed", "dense", "mlm_only"])
+def test_batch_spec_matches_real_batches(tiny_pretraining_data, kind):
+    cfg = default_data_config()
+    cfg.prepared_dir = str(tiny_pretraining_data["train"])
+    cfg.max_seq_length = 48
+    cfg.max_predictions_per_seq = 7
+    cfg.packing = 3 if kind == "packed" else 0
+    cfg.dense_labels = kind == "dense"
+    cfg.nsp = kind != "mlm_only"
+    pipe = PretrainingPipeline.from_config(cfg, global_batch_size=6)
+    real = pipe.batch(0)
+    spec = batch_spec(cfg, 6)
+    assert sorted(spec) == sorted(real)
+    for k, v in real.items():
+        assert spec[k] == (v.shape, v.dtype), k
+
+
+def test_optimizer_shardings_equal_optax_mapping():
+    """Our structural mapping (no eager init, so it works on topology devices)
+    gives what optax.tree_map_params gives on real devices."""
+    from flax import nnx
+    from ml_collections import ConfigDict
+    cfg = BertConfig.named("tiny", vocab_size=100, num_hidden_layers=1)
+    mesh = sharding.make_mesh((2, 2, 2))
+    for name in ("adamw", "lamb"):
+        opt, _ = build_optimizer(ConfigDict(dict(name=name, lr=1e-3, warmup_steps=1,
+                                                 weight_decay=0.01, clip_norm=1.0)), 10)
+        with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
+            spec = training.state_spec(lambda k: BertForPreTraining(cfg, rngs=nnx.Rngs(k)),
+                                       opt, mesh)
+        abs_opt = jax.eval_shape(opt.init, spec.abstract["params"])
+        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        ref = optax.tree_map_params(opt, lambda _, s: s, abs_opt, spec.shardings["params"],
+                                    transform_non_params=lambda _, r=rep: r)
+        assert jax.tree.leaves(ref) == jax.tree.leaves(spec.shardings["opt_state"]), name
+        assert any(s.spec != rep.spec for s in jax.tree.leaves(ref))
+
+
+HLO = """HloModule m
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(%a, %b)
+}
+
+%body (p: (s32[], bf16[4,256])) -> (s32[], bf16[4,256]) {
+  %p = (s32[], bf16[4,256]) parameter(0)
+  %x = bf16[4,256]{1,0} get-tuple-element(%p), index=1
+  %ag-start = (bf16[4,256]{1,0}, bf16[16,256]{1,0}) all-gather-start(%x), dimensions={0}
+  %ag = bf16[16,256]{1,0} all-gather-done(%ag-start)
+  %rs = bf16[4,256]{1,0} reduce-scatter(%ag), dimensions={0}, to_apply=%add
+  ROOT %t = (s32[], bf16[4,256]) tuple(%i, %rs)
+}
+
+%cond (p: (s32[], bf16[4,256])) -> pred[] {
+  ROOT %c = pred[] constant(true)
+}
+
+ENTRY %main (x: f32[1024]) -> f32[1024] {
+  %x = f32[1024]{0} parameter(0)
+  %ar = f32[1024]{0} all-reduce(%x), replica_groups={}, to_apply=%add
+  %w = (s32[], bf16[4,256]) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"12"}}
+  ROOT %cp = f32[1024]{0} collective-permute(%ar), source_target_pairs={{0,1}}
+}
+"""
+
+
+def test_collectives_counted_per_loop_trip():
+    c = aot.collectives(HLO)
+    assert c["all-reduce"] == {"count": 1, "bytes": 4096}
+    assert c["collective-permute"] == {"count": 1, "bytes": 4096}
+    # Inside the 12-trip loop: the gather's result (16x256 bf16) and the scatter's.
+    assert c["all-gather"] == {"count": 12, "bytes": 12 * 16 * 256 * 2}
+    assert c["reduce-scatter"] == {"count": 12, "bytes": 12 * 4 * 256 * 2}
+    assert c["all-to-all"]["count"] == 0
+
+
+def test_topology_names():
+    assert aot.topology_kwargs("v5p-1024") == (
+        "v5p", {"topology_name": "v5p:8x8x8", "chip_config_name": "megacore"})
+    assert aot.topology_kwargs("v5e:4x4") == ("v5e", {"topology_name": "v5e:4x4"})
+    assert aot.topology_kwargs("v6e-8")[1]["chips_per_host_bounds"] == (2, 4, 1)
+    with pytest.raises(ValueError, match="--topology=v7x:2x2"):
+        aot.topology_kwargs("v7x:2x2")
+    with pytest.raises(ValueError, match="unknown size 12"):
+        aot.topology_kwargs("v5e-12")
+
+
+def _tiny_pretrain_config():
+    from configs.pretrain import bert_tiny
+    c = bert_tiny.get_config()
+    c.mesh.shape = (2, 4, 2)
+    c.global_batch_size = 64
+    return c
+
+
+@needs_libtpu
+def test_pretraining_step_compiles_for_multi_host_tpu_slice():
+    """bert_tiny pretraining, v5e:4x4 = 16 chips on 4 hosts, (data, fsdp, tensor)
+    = (2, 4, 2): every axis used, so parameters, optimizer state and batch are
+    all sharded and the program needs all-gathers and reductions."""
+    r = aot.report(_tiny_pretrain_config(), "v5e:4x4")
+    assert (r["num_devices"], r["num_hosts"], r["device_kind"]) == (16, 4, "TPU v5 lite")
+    assert r["mesh"] == {"data": 2, "fsdp": 4, "tensor": 2}
+    assert r["per_host_batch_rows"] == 64 // 4
+    b = r["bytes_per_device"]
+    assert 0 < b["peak"] < r["hbm_bytes_per_device"] == 16 * 2**30 and r["fits"]
+    # The donated state is aliased: parameters + Adam moments do not count twice.
+    assert b["aliased"] > 0
+    assert r["collectives"]["all-gather"]["count"] > 0
+    assert r["collectives"]["all-reduce"]["count"] + r["collectives"]["reduce-scatter"][
+        "count"] > 0
+    # XLA counts every FLOP of the program, flops.py only the matmuls: the gap
+    # is the element-wise work (softmax, LayerNorm, GELU, dropout bits, AdamW).
+    assert 0.97 < r["flops_xla_over_formula"] < 1.10, r["flops_xla_over_formula"]
+    assert r["estimated_step_seconds"] > 0 and 0 < r["estimated_mfu"] < 1
+
+
+@needs_libtpu
+def test_finetuning_step_with_splash_attention_compiles_for_tpu():
+    """A SQuAD step on the same slice, with the Pallas splash kernel compiled by
+    Mosaic for TPU (not interpret mode) inside shard_map."""
+    from configs.finetune import squad
+    c = squad.get_config()
+    c.max_seq_length = 128
+    c.batch_size = 32
+    c.rng_impl = "rbg"  # the other dropout RNG (3x cheaper compile, see docs/tpu.md)
+    with c.unlocked():
+        c.mesh = {"shape": (4, 2, 2)}
+        c.model = {"attention_impl": "splash", "attention_probs_dropout_prob": 0.0}
+    r = aot.report(c, "v5e:4x4", model_size="tiny")
+    assert r["fits"] and r["per_host_batch_rows"] == 8
+    assert r["mesh"] == {"data": 4, "fsdp": 2, "tensor": 2}
+
+
+def test_find_batch_finds_the_largest_fitting_multiple(monkeypatch):
+    """The search on a memory line with a known answer: peak = 2 GiB + 37 MiB per
+    row on 16 GiB chips, batch in steps of 8 (data x fsdp): the largest fitting
+    batch is 8 * floor((16 GiB - 2 GiB) / 37 MiB / 8) = 384, found in few compiles."""
+    compiles = []
+
+    def fake_compile(prog, mesh):
+        compiles.append(prog.global_batch)
+        peak = 2 * 2**30 + prog.global_batch * 37 * 2**20
+        return {"oom": peak > 20 * 2**30, "bytes_per_device": {"peak": peak}}
+
+    monkeypatch.setattr(aot, "topology_devices", lambda name: ("v5e", jax.devices()))
+    monkeypatch.setattr(aot, "compile_program", fake_compile)
+    monkeypatch.setattr(aot, "vocab_size_of", lambda config: 128)
+    c = _tiny_pretrain_config()
+    c.mesh.shape = (2, 4, 1)
+    best, info = aot.find_batch(c, "v5e-8")
+    want = 8 * ((14 * 2**30) // (37 * 2**20) // 8)
+    assert (best, want) == (384, 384)
+    assert info["unit"] == 8 and len(compiles) <= 6, compiles

@@ -1,0 +1,495 @@
+"""Bad input to every CLI, as a user types it: one line, the right exit code,
+nothing destroyed, nothing half-written, nothing compiled.
+
+Each case runs `python -m bert_jax.<module> ...` in a subprocess and checks
+  - the exit code (README "Exit codes": 1 bad input, 2 bad command line),
+  - that stderr has no traceback and its last line is `error: ...` naming the
+    culprit (a file and line, a config field, a flag),
+  - what is left on disk (outputs absent, foreign files intact, no empty
+    directories left behind).
+Every case fails before anything compiles: that is the point, and it keeps
+the matrix fast (the cost is Python and JAX imports).
+
+The inputs are real files: Google's uncased vocabulary, SST-2 / SQuAD /
+CoNLL-2003 rows from the shared data with one defect each, a prepared corpus of
+two ELTeC novels' opening lines, and tiny random models in our format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import data_path
+from test_finetune_common import save_tiny_model
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- shared inputs
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """Paths of the good and bad inputs the cases use (built once)."""
+    from bert_jax import hf_format, model_dir
+    from bert_jax.data.prepare import prepare_corpus
+
+    root = tmp_path_factory.mktemp("bad_inputs")
+    vocab = data_path("vocab", "bert-base-uncased", "vocab.txt")
+    w = {"root": root, "vocab": vocab,
+         "cased_vocab": data_path("vocab", "bert-base-cased", "vocab.txt")}
+
+    # Vocabularies: one lacking [MASK]; one of the same size in another order.
+    lines = vocab.read_text(encoding="utf-8").splitlines()
+    (root / "no_mask_vocab.txt").write_text("\n".join(t for t in lines if t != "[MASK]") + "\n")
+    body = lines[104:]
+    random.Random(0).shuffle(body)
+    (root / "shuffled_vocab.txt").write_text("\n".join(lines[:104] + body) + "\n")
+
+    # Models: pretraining (with MLM head), another vocabulary, a HF encoder only,
+    # a classifier, and a model dir whose bert_jax.json is not JSON.
+    w["tiny"] = save_tiny_model(root / "tiny")
+    w["tiny_shuffled"] = root / "tiny_shuffled"
+    shutil.copytree(w["tiny"], w["tiny_shuffled"])
+    shutil.copyfile(root / "shuffled_vocab.txt", w["tiny_shuffled"] / "vocab.txt")
+    cfg, _, flat = model_dir.load_flat(w["tiny"])
+    enc = root / "encoder_hf"
+    enc.mkdir()
+    hf_format.write_hf_dir(enc, cfg, {k: v for k, v in flat.items() if k.startswith("bert/")},
+                           "encoder")
+    model_dir.copy_vocab(vocab, enc)
+    w["encoder_hf"] = enc
+    w["broken_meta"] = root / "broken_meta"
+    shutil.copytree(w["tiny"], w["broken_meta"])
+    (w["broken_meta"] / "bert_jax.json").write_text('{"format": "bert_jax",\n  "config": }\n')
+
+    # Pretraining data: the opening lines of two novels.
+    novels = sorted(data_path("corpus", "eltec-eng").glob("*.txt"))[:2]
+    raws = []
+    for i, novel in enumerate(novels):
+        raws.append(root / f"novel{i}.txt")
+        raws[-1].write_text("\n".join(novel.read_text().splitlines()[:300]))
+    prepare_corpus(",".join(f"raw:{p}" for p in raws), vocab, root / "prepared", num_workers=1,
+                   progress=False)
+    w["prepared"] = root / "prepared"
+    (root / "bad_utf8.txt").write_bytes(b"A fine first line.\nSecond \xff\xfe line.\n")
+
+    # GLUE SST-2: 40 real training rows; a dev file whose line 4 has label 7.
+    sst = data_path("glue", "SST-2", "train.tsv").read_text().splitlines()
+    dev = data_path("glue", "SST-2", "dev.tsv").read_text().splitlines()
+    for name, dev_rows in (("glue", dev[:21]), ("glue_bad_dev", dev[:3] + [
+            dev[3].rsplit("\t", 1)[0] + "\t7"] + dev[4:21])):
+        (root / name / "SST-2").mkdir(parents=True)
+        (root / name / "SST-2" / "train.tsv").write_text("\n".join(sst[:41]) + "\n")
+        (root / name / "SST-2" / "dev.tsv").write_text("\n".join(dev_rows) + "\n")
+
+    # SQuAD: the first article of dev-v1.1, and a copy whose answers all point
+    # one character off; a file cut mid-way; a question without its text.
+    squad = json.loads(data_path("squad", "dev-v1.1.json").read_text())
+    article = squad["data"][0]
+    article["paragraphs"] = article["paragraphs"][:3]
+    (root / "squad_good.json").write_text(json.dumps({"version": "1.1", "data": [article]}))
+    off = json.loads(json.dumps(article))
+    for p in off["paragraphs"]:
+        for qa in p["qas"]:
+            for a in qa["answers"]:
+                a["answer_start"] += 1
+    (root / "squad_off.json").write_text(json.dumps({"version": "1.1", "data": [off]}))
+    text = (root / "squad_good.json").read_text()
+    (root / "squad_cut.json").write_text(text[: len(text) // 2])
+    noq = json.loads(json.dumps(article))
+    del noq["paragraphs"][1]["qas"][2]["question"]
+    (root / "squad_noq.json").write_text(json.dumps({"version": "1.1", "data": [noq]}))
+
+    # CoNLL: 60 real sentences; a train file with a misspelled type on line 9;
+    # a dev file with a line of two columns.
+    conll = data_path("conll2003", "eng.train").read_text().split("\n")[:600]
+    (root / "conll_train.txt").write_text("\n".join(conll) + "\n")
+    typo = list(conll)
+    i = next(k for k, line in enumerate(typo) if line.endswith(" I-PER"))  # IOB1 file
+    typo[i] = typo[i][: -len("I-PER")] + "I-PRE"
+    w["typo_line"] = i + 1
+    (root / "conll_typo.txt").write_text("\n".join(typo) + "\n")
+    short = list(conll)
+    j = next(k for k, line in enumerate(short) if k > 10 and line.count(" ") == 3)
+    short[j] = " ".join(short[j].split(" ")[::3])
+    w["short_line"] = j + 1
+    (root / "conll_short.txt").write_text("\n".join(short) + "\n")
+
+    # Files for predict / embed / fill_mask / plot.
+    (root / "lines.txt").write_text("A first sentence.\n\nA third one.\n")
+    (root / "good_lines.txt").write_text("A first sentence.\nA second one.\n")
+    (root / "precious.npz").write_bytes(b"not ours")
+    (root / "run").mkdir()
+    (root / "run" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{oops\n'
+                                                '{"step": 3, "loss": 1.0}\n')
+    (root / "good_run").mkdir()
+    (root / "good_run" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (root / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\nsomeone's photo")
+    (root / "a_file").write_text("a file, not a directory\n")
+    return w
+
+
+PRETRAIN = ["--config=configs/pretrain/bert_tiny.py:runlocal",
+            "--config.data.prepared_dir={prepared}", "--config.data.max_seq_length=32",
+            "--config.data.max_predictions_per_seq=5", "--config.model.hidden_size=32",
+            "--config.model.num_layers=1", "--config.model.num_heads=2",
+            "--config.model.intermediate_size=64", "--config.global_batch_size=16"]
+GLUE = ["--config=configs/finetune/glue.py:task=sst2,runlocal",
+        "--config.init_checkpoint={tiny}", "--config.data_dir={root}/glue"]
+SQUAD = ["--config=configs/finetune/squad.py:source=json,runlocal",
+         "--config.init_checkpoint={tiny}", "--config.train_file={root}/squad_good.json",
+         "--config.dev_file={root}/squad_good.json"]
+CONLL = ["--config=configs/finetune/conll2003.py:runlocal", "--config.init_checkpoint={tiny}",
+         "--config.train_file={root}/conll_train.txt",
+         "--config.dev_file={root}/conll_train.txt"]
+
+
+def case(name, module, args, rc, culprit, left=None, env=None, out=None, before=None):
+    """`left`: check(ws) of what is on disk after; `out`: text stdout must hold;
+    `before`: setup(ws) run first (files the case needs)."""
+    return pytest.param(dict(name=name, module=module, args=args, rc=rc, culprit=culprit,
+                             left=left, env=env or {}, out=out, before=before), id=name)
+
+
+def absent(rel):
+    return lambda w: not (w["root"] / rel).exists()
+
+
+def intact(rel, content):
+    return lambda w: (w["root"] / rel).read_bytes() == content
+
+
+def holds_only(rel, names):
+    return lambda w: sorted(p.name for p in (w["root"] / rel).iterdir()) == sorted(names)
+
+
+def foreign_dir(rel):
+    def make(w):
+        (w["root"] / rel).mkdir(exist_ok=True)
+        (w["root"] / rel / "notes.txt").write_text("mine\n")
+    return make
+
+
+def file_at(rel, content=b"mine\n"):
+    return lambda w: (w["root"] / rel).write_bytes(content)
+
+
+def no_tf(w):
+    """A site dir whose sitecustomize makes `import tensorflow` fail, as on a
+    machine without the `tf` extra."""
+    site = w["root"] / "no_tf"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['tensorflow'] = None\n"
+        "sys.modules['tensorflow_datasets'] = None\n")
+
+
+NOT_EMPTY = "is not empty and is not this command's earlier output"
+
+CASES = [
+    # ---- vocabulary training
+    case("vocab_missing_corpus", "bert_jax.data.vocab",
+         ["--corpus=raw:{root}/nope.txt", "--out={root}/v1.txt"], 1, "nope.txt: no such file",
+         absent("v1.txt")),
+    case("vocab_size_too_small", "bert_jax.data.vocab",
+         ["--corpus=raw:{root}/novel0.txt", "--vocab_size=3", "--out={root}/v2.txt"], 1,
+         "vocab_size=3", absent("v2.txt")),
+    case("vocab_out_exists", "bert_jax.data.vocab",
+         ["--corpus=raw:{root}/novel0.txt", "--out={root}/v3.txt"], 1,
+         "v3.txt: the --out file exists", intact("v3.txt", b"mine\n"), before=file_at("v3.txt")),
+    case("vocab_out_is_dir", "bert_jax.data.vocab",
+         ["--corpus=raw:{root}/novel0.txt", "--out={root}/good_run"], 1,
+         "good_run: the --out file is a directory"),
+    case("vocab_unknown_flag", "bert_jax.data.vocab",
+         ["--corpus=raw:{root}/novel0.txt", "--out={root}/v4.txt", "--vocab_sise=100"], 2,
+         "vocab_sise", absent("v4.txt")),
+    # ---- prepare
+    case("prepare_missing_vocab", "bert_jax.data.prepare",
+         ["--corpus=raw:{root}/novel0.txt", "--vocab={root}/nope_vocab.txt", "--out={root}/p1"],
+         1, "nope_vocab.txt", absent("p1")),
+    case("prepare_vocab_without_mask", "bert_jax.data.prepare",
+         ["--corpus=raw:{root}/novel0.txt", "--vocab={root}/no_mask_vocab.txt",
+          "--out={root}/p2"], 1, "no_mask_vocab.txt: vocabulary lacks special token(s) [MASK]",
+         absent("p2")),
+    case("prepare_bad_utf8", "bert_jax.data.prepare",
+         ["--corpus=raw:{root}/bad_utf8.txt", "--vocab={vocab}", "--out={root}/p3",
+          "--num_workers=1"], 1, "bad_utf8.txt:2", absent("p3")),
+    case("prepare_out_foreign", "bert_jax.data.prepare",
+         ["--corpus=raw:{root}/novel0.txt", "--vocab={vocab}", "--out={root}/p4"], 1,
+         NOT_EMPTY, holds_only("p4", ["notes.txt"]), before=foreign_dir("p4")),
+    case("prepare_out_is_file", "bert_jax.data.prepare",
+         ["--corpus=raw:{root}/novel0.txt", "--vocab={vocab}", "--out={root}/a_file"], 1,
+         "a_file: the --out directory is a file", intact("a_file", b"a file, not a directory\n")),
+    case("prepare_out_holds_corpus", "bert_jax.data.prepare",
+         ["--corpus=raw:{root}/novel0.txt", "--vocab={vocab}", "--out={root}"], 1,
+         "contains the source"),
+    case("prepare_bad_policy", "bert_jax.data.prepare",
+         ["--corpus=raw:{root}/novel0.txt", "--vocab={vocab}", "--out={root}/p5",
+          "--encoding_errors=ignore"], 2, "encoding_errors", absent("p5")),
+    # ---- pretraining
+    case("pretrain_unknown_field", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w1", "--config.train.num_steps=3"], 2,
+         "--config.train.num_steps: unknown config field: config has no field 'train'",
+         absent("w1")),
+    case("pretrain_unknown_nested_field", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w2", "--config.optim.lrr=3"], 2,
+         "config.optim has no field 'lrr' (fields: b1, b2,", absent("w2")),
+    case("pretrain_bad_value", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w3", "--config.num_train_steps=many"], 2,
+         "--config.num_train_steps=many", absent("w3")),
+    case("pretrain_missing_config", "bert_jax.pretrain",
+         ["--config=configs/pretrain/bert_tinyy.py", "--workdir={root}/w4"], 2,
+         "--config=configs/pretrain/bert_tinyy.py: no such file", absent("w4")),
+    case("pretrain_negative_lr", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w5", "--config.optim.lr=-0.001"], 1,
+         "config.optim.lr=-0.001: expected a learning rate > 0", absent("w5")),
+    case("pretrain_zero_steps", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w6", "--config.num_train_steps=0"], 1,
+         "config.num_train_steps=0: expected >= 1", absent("w6")),
+    case("pretrain_seq_beyond_positions", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w7", "--config.data.max_seq_length=1024"], 1,
+         "config.data.max_seq_length=1024 exceeds config.model.max_position_embeddings=512",
+         absent("w7")),
+    case("pretrain_missing_data", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w8", "--config.data.prepared_dir={root}/nope_data"], 1,
+         "nope_data", absent("w8")),
+    case("pretrain_workdir_is_file", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/a_file"], 1, "a_file: the workdir is a file",
+         intact("a_file", b"a file, not a directory\n")),
+    case("pretrain_workdir_under_file", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/a_file/w"], 1, "a_file is a file, not a directory"),
+    case("pretrain_workdir_foreign", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w9"], 1, NOT_EMPTY, holds_only("w9", ["notes.txt"]),
+         before=foreign_dir("w9")),
+    case("pretrain_workdir_is_finetune_model", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={tiny}"], 1, NOT_EMPTY,
+         holds_only("tiny", ["bert_jax.json", "params", "vocab.txt"])),
+    case("pretrain_init_from_shapes", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w10", "--config.init_from={tiny}"], 1,
+         "parameter bert/embeddings/position_embeddings/embedding has shape (128, 32), this "
+         "model's is (512, 32)", absent("w10")),
+    case("pretrain_init_from_other_vocab", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w11", "--config.init_from={tiny_shuffled}",
+          "--config.model.max_position_embeddings=128"], 1,
+         "tiny_shuffled: trained with the vocabulary", absent("w11")),
+    case("pretrain_accum_not_dividing", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w12", "--config.grad_accum_steps=3"], 1,
+         "global_batch_size=16 is not a multiple of grad_accum_steps=3", absent("w12")),
+    case("pretrain_bad_mlm_head", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w13", "--config.model.mlm_head=sparse"], 1,
+         "config.model.mlm_head='sparse': expected gathered or dense", absent("w13")),
+    # ---- fine-tuning: GLUE
+    case("glue_missing_data", "bert_jax.finetune",
+         [*GLUE, "--workdir={root}/g1", "--config.data_dir={root}/nope_glue"], 1,
+         "nope_glue/SST-2/train.tsv: missing GLUE SST-2 train file", absent("g1")),
+    case("glue_bad_dev_label_before_training", "bert_jax.finetune",
+         [*GLUE, "--workdir={root}/g2", "--config.data_dir={root}/glue_bad_dev"], 1,
+         "glue_bad_dev/SST-2/dev.tsv:4: unknown label '7' for sst2 (expected one of 0, 1)",
+         absent("g2")),
+    case("glue_zero_epochs", "bert_jax.finetune",
+         [*GLUE, "--workdir={root}/g3", "--config.num_epochs=0"], 1,
+         "config.num_epochs=0: expected an integer >= 1", absent("g3")),
+    case("glue_negative_lr", "bert_jax.finetune",
+         [*GLUE, "--workdir={root}/g4", "--config.learning_rate=-2e-05"], 1,
+         "config.learning_rate=-2e-05: expected a learning rate > 0", absent("g4")),
+    case("glue_tfds_without_tensorflow", "bert_jax.finetune",
+         [*GLUE, "--workdir={root}/g5", "--config.tfds=True"], 1,
+         "config.tfds=True reads TFDS, which needs tensorflow and tensorflow_datasets",
+         absent("g5"), env={"PYTHONPATH": "{root}/no_tf:" + str(REPO)}, before=no_tf),
+    case("glue_batch_not_dividing_devices", "bert_jax.finetune",
+         [*GLUE, "--workdir={root}/g6", "--config.batch_size=6"], 1,
+         "config.batch_size=6: expected a multiple of 4", absent("g6"),
+         env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}),
+    case("glue_seq_beyond_positions", "bert_jax.finetune",
+         [*GLUE, "--workdir={root}/g7", "--config.max_seq_length=256",
+          "--config.length_buckets=(64,256)"], 1,
+         "config.max_seq_length: sequences of 256 tokens, but", absent("g7")),
+    case("glue_missing_init_checkpoint", "bert_jax.finetune",
+         [*GLUE, "--workdir={root}/g8", "--config.init_checkpoint={root}/nope_ckpt"], 1,
+         "config.init_checkpoint=", absent("g8")),
+    case("glue_init_checkpoint_broken_meta", "bert_jax.finetune",
+         [*GLUE, "--workdir={root}/g9", "--config.init_checkpoint={broken_meta}"], 1,
+         "broken_meta/bert_jax.json: invalid JSON at line 2", absent("g9")),
+    case("glue_workdir_is_pretraining_source", "bert_jax.finetune",
+         [*GLUE, "--workdir={tiny}"], 1, "the workdir is the source",
+         holds_only("tiny", ["bert_jax.json", "params", "vocab.txt"])),
+    case("glue_workdir_foreign", "bert_jax.finetune",
+         [*GLUE, "--workdir={root}/g10"], 1, NOT_EMPTY, holds_only("g10", ["notes.txt"]),
+         before=foreign_dir("g10")),
+    # ---- fine-tuning: SQuAD
+    case("squad_cut_json", "bert_jax.finetune",
+         [*SQUAD, "--workdir={root}/s1", "--config.dev_file={root}/squad_cut.json"], 1,
+         "squad_cut.json: malformed JSON at line 1", absent("s1")),
+    case("squad_question_missing", "bert_jax.finetune",
+         [*SQUAD, "--workdir={root}/s2", "--config.dev_file={root}/squad_noq.json"], 1,
+         "squad_noq.json: data[0].paragraphs[1].qas[2]: missing 'question'", absent("s2")),
+    case("squad_no_answer_matches", "bert_jax.finetune",
+         [*SQUAD, "--workdir={root}/s3", "--config.train_file={root}/squad_off.json"], 1,
+         "squad_v1.1: no training examples (train: 64 examples, 64 skipped "
+         "(answer_start_mismatch 64", absent("s3")),
+    # ---- fine-tuning: CoNLL-2003
+    case("conll_unknown_entity_type", "bert_jax.finetune",
+         [*CONLL, "--workdir={root}/c1", "--config.train_file={root}/conll_typo.txt"], 1,
+         "conll_typo.txt:{typo_line}: tag 'I-PRE' has entity type 'PRE', not one of "
+         "config.entity_types (LOC, MISC, ORG, PER)", absent("c1")),
+    case("conll_bad_dev_line_before_training", "bert_jax.finetune",
+         [*CONLL, "--workdir={root}/c2", "--config.dev_file={root}/conll_short.txt"], 1,
+         "conll_short.txt:{short_line}: 2 columns where line", absent("c2")),
+    case("conll_missing_train_file", "bert_jax.finetune",
+         [*CONLL, "--workdir={root}/c3", "--config.train_file={root}/nope.conll"], 1,
+         "nope.conll", absent("c3")),
+    # ---- convert
+    case("convert_dst_not_empty", "bert_jax.convert", ["{tiny}", "{root}/x1", "--to=hf"], 1,
+         "x1: the destination " + NOT_EMPTY, holds_only("x1", ["notes.txt"]),
+         before=foreign_dir("x1")),
+    case("convert_dst_inside_src", "bert_jax.convert", ["{tiny}", "{tiny}/hf", "--to=hf"], 1,
+         "the destination lies inside the source",
+         holds_only("tiny", ["bert_jax.json", "params", "vocab.txt"])),
+    case("convert_dst_is_src", "bert_jax.convert", ["{tiny}", "{tiny}", "--to=bert_jax"], 1,
+         "the destination is the source",
+         holds_only("tiny", ["bert_jax.json", "params", "vocab.txt"])),
+    case("convert_src_missing", "bert_jax.convert", ["{root}/nope_src", "{root}/x2"], 1,
+         "nope_src: no such checkpoint", absent("x2")),
+    case("convert_src_not_a_checkpoint", "bert_jax.convert", ["{root}/run", "{root}/x3"], 1,
+         "run: not a HF dir", absent("x3")),
+    case("convert_broken_meta_json", "bert_jax.convert", ["{broken_meta}", "{root}/x4"], 1,
+         "broken_meta/bert_jax.json: invalid JSON at line 2", absent("x4")),
+    case("convert_bad_format", "bert_jax.convert", ["{tiny}", "{root}/x5", "--to=onnx"], 2,
+         "--to", absent("x5")),
+    # ---- predict
+    case("predict_pretraining_checkpoint", "bert_jax.predict",
+         ["--checkpoint={tiny}", "--input={root}/good_lines.txt"], 1,
+         "a pretraining checkpoint has no task head"),
+    case("predict_missing_input", "bert_jax.predict",
+         ["--checkpoint={tiny}", "--input={root}/nope_input.txt"], 1,
+         "nope_input.txt: no such input file"),
+    case("predict_question_without_context", "bert_jax.predict",
+         ["--checkpoint={tiny}", "--question=Who?"], 1, "--question needs a non-empty --context"),
+    # ---- embed
+    case("embed_output_foreign", "bert_jax.embed",
+         ["--checkpoint={tiny}", "--input={root}/good_lines.txt", "--output={root}/precious.npz"],
+         1, "precious.npz: the --output file exists", intact("precious.npz", b"not ours")),
+    case("embed_other_vocab", "bert_jax.embed",
+         ["--checkpoint={tiny}", "--input={root}/good_lines.txt", "--output={root}/e1.npz",
+          "--vocab={root}/shuffled_vocab.txt"], 1,
+         "--vocab={root}/shuffled_vocab.txt: not the vocabulary the checkpoint was trained with",
+         absent("e1.npz")),
+    case("embed_empty_line", "bert_jax.embed",
+         ["--checkpoint={tiny}", "--input={root}/lines.txt", "--output={root}/e2.npz"], 1,
+         "lines.txt:2: empty line", absent("e2.npz")),
+    case("embed_zero_batch", "bert_jax.embed",
+         ["--checkpoint={tiny}", "--input={root}/good_lines.txt", "--output={root}/e3.npz",
+          "--batch_size=0"], 1, "--batch_size=0: expected >= 1", absent("e3.npz")),
+    case("embed_not_a_checkpoint", "bert_jax.embed",
+         ["--checkpoint={root}/good_run", "--vocab={vocab}", "--input={root}/good_lines.txt",
+          "--output={root}/e4.npz"], 1, "good_run: not a HF dir", absent("e4.npz")),
+    # ---- fill-mask
+    case("fill_mask_no_mask", "bert_jax.fill_mask",
+         ["--checkpoint={tiny}", "The cat sat on the mat."], 1,
+         "text 1 ('The cat sat on the mat.') has no [MASK] token"),
+    case("fill_mask_mask_beyond_truncation", "bert_jax.fill_mask",
+         ["--checkpoint={tiny}", "word " * 200 + "[MASK]"], 1,
+         "its [MASK] is token 202 of 203, beyond the 128 the model reads"),
+    case("fill_mask_encoder_only", "bert_jax.fill_mask",
+         ["--checkpoint={encoder_hf}", "a [MASK] b"], 1,
+         "no MLM head to fill masks with (missing transform/kernel)"),
+    # ---- plot
+    case("plot_missing_metrics", "bert_jax.plot", ["{root}/nope_run"], 1,
+         "nope_run/metrics.jsonl: no such file"),
+    case("plot_bad_json_line", "bert_jax.plot", ["{root}/run", "--out={root}/r1.png"], 1,
+         "run/metrics.jsonl:2: not a JSON object", absent("r1.png")),
+    case("plot_out_foreign", "bert_jax.plot", ["{root}/good_run", "--out={root}/photo.png"], 1,
+         "photo.png: the --out file exists",
+         intact("photo.png", b"\x89PNG\r\n\x1a\nsomeone's photo")),
+    case("plot_out_under_file", "bert_jax.plot",
+         ["{root}/good_run", "--out={root}/a_file/c.png"], 1,
+         "a_file is a file, not a directory"),
+]
+
+
+def _fmt(text: str, w: dict) -> str:
+    return text.format(**{k: str(v) for k, v in w.items()})
+
+
+def _run(spec, w) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS="",
+               TOKENIZERS_PARALLELISM="false", TF_CPP_MIN_LOG_LEVEL="3")
+    env.update({k: _fmt(v, w) for k, v in spec["env"].items()})
+    return subprocess.run([sys.executable, "-m", spec["module"],
+                           *(_fmt(a, w) for a in spec["args"])],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def results(ws):
+    """Every case's CompletedProcess, run concurrently (one per core): each
+    case writes only its own paths, and import time dominates."""
+    from concurrent.futures import ThreadPoolExecutor
+    specs = [p.values[0] for p in CASES]
+    for spec in specs:
+        if spec["before"] is not None:
+            spec["before"](ws)
+    with ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 1)) as pool:
+        procs = list(pool.map(lambda spec: _run(spec, ws), specs))
+    return {spec["name"]: proc for spec, proc in zip(specs, procs)}
+
+
+@pytest.mark.parametrize("spec", CASES)
+def test_bad_input(ws, results, spec):
+    proc = results[spec["name"]]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines, f"exit {proc.returncode}, no stderr"
+    last = lines[-1]
+    assert proc.returncode == spec["rc"], proc.stderr[-2000:]
+    assert last.startswith("error: "), proc.stderr[-2000:]
+    assert _fmt(spec["culprit"], ws) in last, last
+    if spec["out"] is not None:
+        assert spec["out"] in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    if spec["left"] is not None:
+        assert spec["left"](ws), f"left on disk: {sorted(p.name for p in ws['root'].iterdir())}"
+
+
+def test_matrix_size():
+    assert len(CASES) >= 40
+
+
+def test_convert_refuses_then_overwrites(ws):
+    """A directory holding someone's file as DST: refused with the file intact;
+    with --overwrite it is replaced by the conversion (which reads back equal
+    to the source); a rerun into its own output needs no --overwrite."""
+    import numpy as np
+
+    from bert_jax import convert
+    dst = ws["root"] / "convert_target"
+    dst.mkdir()
+    (dst / "thesis.tex").write_text("years of work\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    run = lambda *extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "bert_jax.convert", str(ws["tiny"]), str(dst), "--to=hf", *extra],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = run()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {dst}: the destination is "
+                                                           "not empty")
+    assert sorted(p.name for p in dst.iterdir()) == ["thesis.tex"]
+    assert (dst / "thesis.tex").read_text() == "years of work\n"
+    proc = run("--overwrite")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in dst.iterdir()) == [
+        "config.json", "model.safetensors", "special_tokens_map.json", "tokenizer_config.json",
+        "vocab.txt"]
+    assert not [p for p in ws["root"].iterdir() if p.name.startswith(".convert_target")]
+    _, _, ours = convert.read_any(ws["tiny"])
+    _, _, back = convert.read_any(dst)
+    for k in ours:
+        np.testing.assert_array_equal(back[k], ours[k], err_msg=k)
+    assert run().returncode == 0  # its own earlier output
