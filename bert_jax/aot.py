@@ -290,6 +290,26 @@ _ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
 _CALLS = re.compile(r"\b(body|condition|calls|to_apply)=%?([\w.\-]+)|"
                     r"\b(branch_computations|called_computations)=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_COND = re.compile(r"\bcondition=%?([\w.\-]+)")
+_CONST = re.compile(r"%([\w.\-]+)\s*=\s*s32\[\][^=]*constant\((\d+)\)")
+_LT = re.compile(r"compare\([^)]*%([\w.\-]+)\),\s*direction=LT")
+
+
+def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
+    """Trips of a while loop: XLA's known_trip_count where the backend config
+    has one (XLA:CPU), else the bound of the condition `i < N` with a constant N
+    (scan's lowering, counting from 0; what the TPU compiler leaves)."""
+    m = _TRIP.search(line)
+    if m:
+        return int(m.group(1))
+    c = _COND.search(line)
+    body = comps.get(c.group(1), []) if c else []
+    consts = {name: int(v) for ln in body for name, v in _CONST.findall(ln)}
+    for ln in body:
+        lt = _LT.search(ln)
+        if lt and lt.group(1) in consts:
+            return consts[lt.group(1)]
+    return 1
 
 
 def _shape_bytes(shape: str) -> int:
@@ -333,10 +353,9 @@ def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
                 base = op[:-6] if op.endswith("-start") else op
                 if base in COLLECTIVES and not op.endswith("-done"):
                     ops[c].append((base, _shape_bytes(m.group(1))))
-            trip = _TRIP.search(line)
             for kind, one, _, many in _CALLS.findall(line):
                 targets = one or many
-                n = int(trip.group(1)) if (kind == "body" and trip) else 1
+                n = _trip_count(line, comps) if kind == "body" else 1
                 for t in re.split(r",\s*", targets):
                     t = t.lstrip("%")
                     if t in comps:
@@ -617,10 +636,10 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, flags.Error) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_report(r), flush=True)
-    if fl.out:
+    if fl.out:  # before printing: the report survives a closed stdout
         with open(fl.out, "w") as f:
             json.dump(r, f, indent=2, default=float)
+    print(format_report(r), flush=True)
     return 0
 
 

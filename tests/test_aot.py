@@ -81,10 +81,25 @@ HLO = """HloModule m
   ROOT %c = pred[] constant(true)
 }
 
+%body2 (q: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %q = (s32[], f32[8]) parameter(0)
+  %y = f32[8]{0} get-tuple-element(%q), index=1
+  %a2a = f32[8]{0} all-to-all(%y), dimensions={0}
+  ROOT %t2 = (s32[], f32[8]) tuple(%j, %a2a)
+}
+
+%cond2 (q: (s32[], f32[8])) -> pred[] {
+  %bound = s32[]{:T(128)} constant(5)
+  %q = (s32[], f32[8]) parameter(0)
+  %i = s32[]{:T(128)} get-tuple-element(%q), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%i, %bound), direction=LT
+}
+
 ENTRY %main (x: f32[1024]) -> f32[1024] {
   %x = f32[1024]{0} parameter(0)
   %ar = f32[1024]{0} all-reduce(%x), replica_groups={}, to_apply=%add
   %w = (s32[], bf16[4,256]) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"12"}}
+  %w2 = (s32[], f32[8]) while(%init2), condition=%cond2, body=%body2
   ROOT %cp = f32[1024]{0} collective-permute(%ar), source_target_pairs={{0,1}}
 }
 """
@@ -97,7 +112,9 @@ def test_collectives_counted_per_loop_trip():
     # Inside the 12-trip loop: the gather's result (16x256 bf16) and the scatter's.
     assert c["all-gather"] == {"count": 12, "bytes": 12 * 16 * 256 * 2}
     assert c["reduce-scatter"] == {"count": 12, "bytes": 12 * 4 * 256 * 2}
-    assert c["all-to-all"]["count"] == 0
+    # No known_trip_count (as the TPU compiler leaves scans): the bound of the
+    # condition's `i < 5` gives the trips.
+    assert c["all-to-all"] == {"count": 5, "bytes": 5 * 8 * 4}
 
 
 def test_topology_names():
