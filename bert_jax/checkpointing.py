@@ -2,15 +2,16 @@
 
 Items per step: `state` (params, opt_state, step; restored onto whatever mesh
 the current run uses) and `data` (the input pipeline's small JSON state).
-Orbax finalizes a step by an atomic rename, so a save interrupted by a crash
-is never listed; a finalized step whose files were later truncated or deleted
+Orbax finalizes a step by an atomic rename (locally) or by writing
+`commit_success.txt` last (on gs://, where there is no rename), so a save
+interrupted by a crash is never listed; a finalized step whose files were later truncated or deleted
 fails to restore and we fall back to the previous one with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import pathlib
 import sys
 import time
 
@@ -18,9 +19,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bert_jax import storage
 
-def _dir(workdir) -> pathlib.Path:
-    return pathlib.Path(os.path.abspath(workdir)) / "checkpoints"
+
+def _dir(workdir):
+    return storage.orbax_path(storage.join(workdir, "checkpoints"))
 
 
 def _warn_unreadable(step: int, e: Exception) -> None:
@@ -48,6 +51,7 @@ class Checkpointer:
             save_interval_steps=self.every, enable_async_checkpointing=async_save,
             create=True, cleanup_tmp_directories=True)
         self.directory = _dir(workdir)
+        self._in_flight: int | None = None
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "data"))
 
@@ -55,8 +59,30 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
-        return self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
+        with self._writing():
+            saved = self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+                force=force)
+        self._in_flight = step if saved else self._in_flight
+        return saved
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """In a bucket, a failed (asynchronous) save surfaces here as whatever
+        the HTTP client raised: turn it into one line naming the URL and step.
+        The step is never committed (no commit_success.txt), so the next run
+        resumes from the previous one."""
+        try:
+            yield
+        except storage.StorageError:
+            raise
+        except Exception as e:
+            if not storage.is_url(self.directory):
+                raise
+            first = (str(e).splitlines() or [""])[0][:200]
+            step = f"step {self._in_flight}" if self._in_flight is not None else "a step"
+            raise storage.StorageError(f"{self.directory}: saving checkpoint {step} failed "
+                                       f"({type(e).__name__}: {first})") from None
 
     def should_save(self, step: int) -> bool:
         """Every `save_every` steps. (Orbax's own policy would also save the first
@@ -89,11 +115,12 @@ class Checkpointer:
         post-mortem): the run will save those step numbers again, which orbax
         refuses while the old directories exist."""
         if jax.process_index() == 0:
-            dest = self.directory.parent / "checkpoints_unreadable"
-            dest.mkdir(exist_ok=True)
+            directory = os.fspath(self.directory)
+            dest = storage.join(storage.parent(directory), "checkpoints_unreadable")
+            storage.makedirs(dest)
             for step in steps:
-                target = dest / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-                os.replace(self.directory / str(step), target)
+                target = storage.join(dest, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+                storage.rename(storage.join(directory, str(step)), target)
                 print(f"warning: moved unreadable checkpoint step {step} to {target}",
                       file=sys.stderr, flush=True)
         if jax.process_count() > 1:
@@ -102,16 +129,18 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self):
-        self.manager.wait_until_finished()
+        with self._writing():
+            self.manager.wait_until_finished()
 
     def close(self):
-        self.manager.wait_until_finished()
+        with self._writing():
+            self.manager.wait_until_finished()
         self.manager.close()
 
 
 def _host_manager(workdir) -> ocp.CheckpointManager:
     ckdir = _dir(workdir)
-    if not ckdir.exists():
+    if not storage.exists(os.fspath(ckdir)):
         raise FileNotFoundError(f"{workdir}: no checkpoints/ directory")
     # Handlers named up front: without them the manager cannot read metadata.
     return ocp.CheckpointManager(ckdir, item_names=("state", "data"), item_handlers={

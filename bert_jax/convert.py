@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-from bert_jax import hf_format, model_dir, outputs
+from bert_jax import hf_format, model_dir, outputs, storage
 from bert_jax.bert_config import BertConfig
 
 
@@ -59,9 +59,12 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
     with a fresh init (unless `fill_missing` is False: then they are absent)
     and their names appended to `report`.
     """
-    p = pathlib.Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such checkpoint")
+    if not storage.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    # A bert_jax dir in a bucket is read in place (orbax reads gs://); HF and
+    # TF1 dirs through the local cache.
+    p = path if storage.is_url(path) and model_dir.is_model_dir(path) else \
+        storage.local_copy(path)
     if model_dir.is_model_dir(p):
         cfg, meta, flat = model_dir.load_flat(p)
         if head is None or head == meta.get("head"):
@@ -111,7 +114,8 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
     if report is not None:
         report.extend(f"initialized fresh: {k}" for k in missing)
         report.extend(f"ignored (unused by the model): {k}" for k in unexpected)
-    meta["vocab"] = str(model_dir.vocab_path(p)) if model_dir.vocab_path(p) else None
+    vocab = model_dir.vocab_path(p)
+    meta["vocab"] = str(vocab) if vocab else None
     if meta.get("do_lower_case") is None and not model_dir.is_model_dir(p):
         casing = hf_format.read_casing(p)
         if casing is not None:
@@ -143,7 +147,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
     anything else is replaced only with `overwrite` (never the source itself)."""
     if to not in ("bert_jax", "hf", "tf1"):
         raise ValueError(f"--to={to!r}; expected bert_jax, hf or tf1")
-    if not pathlib.Path(src).exists():
+    if not storage.exists(src):
         raise FileNotFoundError(f"{src}: no such checkpoint")
     outputs.check_destination(dst, overwrite=overwrite, sources=[src], what="destination",
                               is_own=outputs.only_entries(_own_entry(to)))
@@ -151,7 +155,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
     cfg, meta, flat = read_any(src, head=head, seed=seed, report=report)
     head = meta["head"]
     labels = meta.get("label_names", [])
-    vocab = meta.get("vocab") or model_dir.vocab_path(pathlib.Path(src))
+    vocab = meta.get("vocab") or model_dir.vocab_path(src)
     # The casing travels with the vocabulary: recorded, else inferred from it.
     lowercase = meta.get("do_lower_case")
     tokenizer = model_dir.tokenizer_of(src, meta) if vocab else None
@@ -159,7 +163,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
         lowercase = tokenizer.lowercase
     else:
         report.append("no vocabulary in the source: the output has none either")
-    dst = pathlib.Path(dst)
 
     def add_vocab(tmp):
         model_dir.copy_vocab(vocab, tmp)
@@ -202,7 +205,7 @@ def main(argv):
         raise app.UsageError("usage: python -m bert_jax.convert SRC DST --to {bert_jax,hf,tf1}")
     try:
         report = convert(argv[1], argv[2], FLAGS.to, FLAGS.head, FLAGS.seed, FLAGS.overwrite)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for line in report:

@@ -20,7 +20,6 @@ In Python:
 from __future__ import annotations
 
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +27,8 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 from tqdm import tqdm
+
+from bert_jax import storage
 
 POOLINGS = ("pooler", "cls", "mean")
 
@@ -144,11 +145,11 @@ def checked_tokenizer(checkpoint, vocab=None, allow_vocab_mismatch: bool = False
     return tok
 
 
-def _is_embeddings_file(path: pathlib.Path) -> bool:
+def _is_embeddings_file(path) -> bool:
     """An .npz this command wrote (rewriting it loses nothing)."""
     import zipfile
     try:
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(storage.local_copy(path)) as z:
             return {"pooled.npy", "last_hidden_state.npy"} <= set(z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
@@ -156,7 +157,7 @@ def _is_embeddings_file(path: pathlib.Path) -> bool:
 
 def read_lines(path: str | os.PathLike) -> tuple[list[str], list[str | None] | None]:
     texts, pairs = [], []
-    with open(path, encoding="utf-8") as f:
+    with open(storage.local_copy(path), encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():
@@ -201,7 +202,7 @@ def main(argv):
         raise ValueError(f"--batch_size={FLAGS.batch_size}: expected >= 1")
     if FLAGS.max_length < 2:
         raise ValueError(f"--max_length={FLAGS.max_length}: expected >= 2 ([CLS] and [SEP])")
-    if not pathlib.Path(FLAGS.checkpoint).exists():
+    if not storage.exists(FLAGS.checkpoint):
         raise FileNotFoundError(f"--checkpoint={FLAGS.checkpoint}: no such checkpoint")
     outputs.check_destination(FLAGS.output, kind="file", overwrite=FLAGS.overwrite,
                               is_own=_is_embeddings_file, what="--output file",
@@ -211,7 +212,8 @@ def main(argv):
                    FLAGS.allow_vocab_mismatch)
     out = emb.encode(texts, pairs, FLAGS.pooling, FLAGS.all_layers, FLAGS.batch_size,
                      progress=True)
-    dst = pathlib.Path(FLAGS.output)
+    dst = FLAGS.output
+    # A temp file renamed into place locally; one upload of the final object to gs://.
     outputs.write_file_atomic(dst, lambda tmp: np.savez(tmp, **out), suffix=".npz")
     print(f"wrote {len(texts)} examples to {dst}: " + ", ".join(
         f"{k} {v.shape}" for k, v in out.items()))

@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 from typing import Any
 
 import numpy as np
 
+from bert_jax import storage
 from bert_jax.bert_config import BertConfig
 
 META_FILE = "bert_jax.json"
@@ -47,7 +47,7 @@ def unnest(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def write_meta(path: pathlib.Path, cfg: BertConfig, head: str, num_labels: int = 0,
+def write_meta(path: str | os.PathLike, cfg: BertConfig, head: str, num_labels: int = 0,
                label_names: list[str] | None = None, task: dict | None = None,
                do_lower_case: bool | None = None) -> None:
     """`do_lower_case`: the casing the vocabulary was used with (None: unknown,
@@ -57,47 +57,46 @@ def write_meta(path: pathlib.Path, cfg: BertConfig, head: str, num_labels: int =
             "task": task or {}}
     if do_lower_case is not None:
         meta["do_lower_case"] = bool(do_lower_case)
-    tmp = path / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, path / META_FILE)
+    storage.write_text(storage.join(path, META_FILE), json.dumps(meta, indent=2))
 
 
-def read_meta(path: pathlib.Path) -> dict[str, Any]:
-    f = path / META_FILE
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    f = storage.join(path, META_FILE)
     try:
-        return json.loads(f.read_text())
+        return json.loads(storage.read_text(f))
     except json.JSONDecodeError as e:
         raise ValueError(f"{f}: invalid JSON at line {e.lineno}: {e.msg}") from None
 
 
-def save_params(path: pathlib.Path, flat: dict[str, np.ndarray]) -> None:
+def save_params(path: str | os.PathLike, flat: dict[str, np.ndarray]) -> None:
     import orbax.checkpoint as ocp
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path.absolute(), nest(flat))
+        ckptr.save(storage.orbax_path(path), nest(flat))
         ckptr.wait_until_finished()
 
 
-def load_params(path: pathlib.Path) -> dict[str, np.ndarray]:
+def load_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
     import orbax.checkpoint as ocp
+    path = storage.orbax_path(path)
     with ocp.PyTreeCheckpointer() as ckptr:
-        meta = ckptr.metadata(path.absolute())
+        meta = ckptr.metadata(path)
         tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
         restore_args = __import__("jax").tree.map(
             lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        return unnest(ckptr.restore(path.absolute(), restore_args=restore_args))
+        return unnest(ckptr.restore(path, restore_args=restore_args))
 
 
-def copy_vocab(src: str | os.PathLike | None, dst_dir: pathlib.Path) -> None:
+def copy_vocab(src: str | os.PathLike | None, dst_dir: str | os.PathLike) -> None:
     if src is None:
         return
-    src = pathlib.Path(src)
-    if src.is_dir():
-        cands = [src / "vocab.txt"] + sorted(src.glob("*.model"))
-        src = next((c for c in cands if c.exists()), None)
+    if storage.isdir(src):
+        src = vocab_path(src)
         if src is None:
             return
-    if src.exists():
-        shutil.copyfile(src, dst_dir / ("vocab.txt" if src.suffix != ".model" else src.name))
+    if storage.exists(src):
+        base = storage.name(src)
+        storage.copy_file(src, storage.join(dst_dir, base if base.endswith(".model")
+                                            else "vocab.txt"))
 
 
 def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.ndarray],
@@ -105,7 +104,17 @@ def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.n
                    task: dict | None = None, vocab: str | os.PathLike | None = None,
                    do_lower_case: bool | None = None) -> None:
     """Write a complete model dir to a temp dir beside `out`, then rename, so a
-    crash never leaves a half-written model behind."""
+    crash never leaves a half-written model behind. In a bucket (no rename)
+    the old dir is deleted, then params (orbax's commit protocol), vocab and
+    bert_jax.json last: a dir is a model dir only once that marker exists.
+    The caller has checked the destination (`outputs.check_destination`)."""
+    if storage.is_url(out):
+        storage.remove(storage.join(out, META_FILE))
+        storage.remove(out)
+        save_params(storage.join(out, "params"), flat)
+        copy_vocab(vocab, out)
+        write_meta(out, cfg, head, num_labels, label_names, task, do_lower_case)
+        return
     from bert_jax import outputs
 
     def write(tmp):
@@ -118,11 +127,11 @@ def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.n
 def recorded_casing(checkpoint) -> bool | None:
     """do_lower_case as a checkpoint dir records it (bert_jax.json, or a HF /
     TF1 dir's tokenizer_config.json); None when it records none."""
-    path = pathlib.Path(checkpoint)
+    path = checkpoint if storage.is_url(checkpoint) else pathlib.Path(checkpoint)
     if is_model_dir(path):
         return read_meta(path).get("do_lower_case")
     from bert_jax import hf_format
-    return hf_format.read_casing(path)
+    return hf_format.read_casing(storage.local_copy(path))
 
 
 def tokenizer_of(checkpoint, meta: dict | None = None, vocab=None):
@@ -136,27 +145,25 @@ def tokenizer_of(checkpoint, meta: dict | None = None, vocab=None):
     return load_tokenizer(vocab, lowercase=(meta or {}).get("do_lower_case"))
 
 
-def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | None:
-    d = pathlib.Path(model_dir)
-    for cand in [d / "vocab.txt", *sorted(d.glob("*.model"))]:
-        if cand.exists():
-            return cand
-    return None
+def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | str | None:
+    from bert_jax.data.tokenizer import vocab_in_dir
+    return vocab_in_dir(model_dir)
 
 
-def is_model_dir(path: pathlib.Path) -> bool:
-    return (path / META_FILE).exists()
+def is_model_dir(path: str | os.PathLike) -> bool:
+    return storage.exists(storage.join(path, META_FILE))
 
 
 def load_flat(path: str | os.PathLike) -> tuple[BertConfig, dict[str, Any], dict[str, np.ndarray]]:
     """(config, meta, canonical params) from a model dir or a training workdir."""
-    path = pathlib.Path(path)
+    if not storage.is_url(path):
+        path = pathlib.Path(path)
     if not is_model_dir(path):
         raise FileNotFoundError(f"{path}: not a bert_jax model dir (no {META_FILE})")
     meta = read_meta(path)
-    cfg = BertConfig.from_dict(meta["config"], source=str(path / META_FILE))
-    if (path / "params").exists():
-        return cfg, meta, load_params(path / "params")
+    cfg = BertConfig.from_dict(meta["config"], source=storage.join(path, META_FILE))
+    if storage.exists(storage.join(path, "params")):
+        return cfg, meta, load_params(storage.join(path, "params"))
     from bert_jax import checkpointing
     return cfg, meta, checkpointing.load_latest_params(path)
 

@@ -7,7 +7,7 @@ Four panels over the step: losses (train and held-out `eval_*`), accuracies
 compilation are left out) and the learning rate. Works for pretraining
 (MLM/NSP) and fine-tuning workdirs alike: every metric whose name ends in
 `loss` or contains `accuracy` is drawn. The PNG is written to a temp file and
-renamed into place.
+renamed into place (uploaded once for a gs:// workdir).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 
 from absl import app, flags
+
+from bert_jax import storage
 
 PANELS = ("loss", "accuracy", "throughput", "learning rate")
 
@@ -25,8 +26,7 @@ PANELS = ("loss", "accuracy", "throughput", "learning rate")
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """Records of a metrics.jsonl. A cut last line (a run still writing, or
     killed mid-line) is skipped; any other bad line is an error naming it."""
-    path = pathlib.Path(path)
-    lines = path.read_text().splitlines()
+    lines = storage.read_text(path).splitlines()
     out = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -100,10 +100,9 @@ def plot_curves(records: list[dict], out: str | os.PathLike, title: str = "") ->
     return drawn
 
 
-def is_our_plot(path: pathlib.Path) -> bool:
+def is_our_plot(path) -> bool:
     """A PNG that matplotlib wrote (its tEXt chunk names it): an earlier plot."""
-    with open(path, "rb") as f:
-        head = f.read(512)
+    head = storage.read_bytes(path)[:512]
     return head.startswith(b"\x89PNG") and b"Matplotlib" in head
 
 
@@ -116,11 +115,11 @@ if "overwrite" not in FLAGS:  # convert, imported into the same process, has one
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: python -m bert_jax.plot WORKDIR [--out=FILE.png]")
-    workdir = pathlib.Path(argv[1])
-    metrics = workdir / "metrics.jsonl"
-    out = pathlib.Path(FLAGS.out) if FLAGS.out else workdir / "curves.png"
+    workdir = argv[1]
+    metrics = storage.join(workdir, "metrics.jsonl")
+    out = FLAGS.out or storage.join(workdir, "curves.png")
     from bert_jax import outputs
-    if not metrics.is_file():
+    if not storage.isfile(metrics):
         raise FileNotFoundError(f"{metrics}: no such file (is {workdir} a training workdir?)")
     outputs.check_destination(out, kind="file", overwrite=FLAGS.overwrite, is_own=is_our_plot,
                               what="--out file", sources=[metrics])

@@ -12,8 +12,8 @@ Lines also come from positional arguments or, with --input=-, standard input.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import pathlib
 import sys
 
@@ -23,6 +23,8 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import ConfigDict
 
+from bert_jax import storage
+
 
 class Predictor:
     """A fine-tuned model dir (or its fine-tuning workdir) ready to predict."""
@@ -31,9 +33,9 @@ class Predictor:
         from bert_jax import convert, model_dir
         from bert_jax.heads import restore_model
 
-        path = pathlib.Path(checkpoint)
-        if (path / "model" / model_dir.META_FILE).exists():
-            path = path / "model"  # a fine-tuning workdir
+        path = checkpoint if storage.is_url(checkpoint) else pathlib.Path(checkpoint)
+        if model_dir.is_model_dir(storage.join(path, "model")):
+            path = storage.join(path, "model")  # a fine-tuning workdir
         cfg, meta, flat = convert.read_any(path)
         self.meta = meta
         self.head = meta["head"]
@@ -116,7 +118,9 @@ def define_flags() -> None:
 
 def _lines(argv) -> list[str]:
     if FLAGS.input:
-        f = sys.stdin if FLAGS.input == "-" else open(FLAGS.input, encoding="utf-8")
+        # newline=None: universal newlines, as open() reads a local file.
+        f = sys.stdin if FLAGS.input == "-" else io.StringIO(storage.read_text(FLAGS.input),
+                                                            newline=None)
         with f:
             lines = [line.rstrip("\n") for line in f]
     else:
@@ -130,7 +134,7 @@ def _check_input(argv) -> None:
         if not (FLAGS.context or "").strip():
             raise ValueError("--question needs a non-empty --context")
     elif FLAGS.input:
-        if FLAGS.input != "-" and not os.path.isfile(FLAGS.input):
+        if FLAGS.input != "-" and not storage.isfile(FLAGS.input):
             raise FileNotFoundError(f"{FLAGS.input}: no such input file")
     elif len(argv) < 2:
         raise ValueError("no input: pass --input=FILE ('-' = stdin), text arguments, or "
@@ -152,7 +156,7 @@ def main(argv):
                 items = [("q", FLAGS.question, FLAGS.context)]
             elif FLAGS.input:
                 from bert_jax.finetune import squad
-                examples = squad.read_squad_json(FLAGS.input)
+                examples = squad.read_squad_json(storage.local_copy(FLAGS.input))
                 items = [(e.qas_id, e.question, e.context) for e in examples]
             else:
                 raise ValueError("a QA model needs --question and --context, or --input=FILE "
@@ -189,7 +193,7 @@ def main(argv):
                 print(f"{r['score']:.4f}\t{line}")
             else:
                 print(f"{r['label']}\t{r['score']:.4f}\t{line}")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -11,9 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import pathlib
-import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +18,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import cli, model_dir, outputs, workdir_lock
+from bert_jax import cli, model_dir, outputs, storage, workdir_lock
 from bert_jax.bert_config import BertConfig
 
 if TYPE_CHECKING:
@@ -174,10 +171,10 @@ WORKDIR_ENTRIES = ("bert_jax.json", "vocab.txt", "config.json", "checkpoints",
                    workdir_lock.LOCK_NAME)
 
 
-def _is_pretraining_workdir(path: pathlib.Path) -> bool:
-    if not all(e.name in WORKDIR_ENTRIES or e.suffix == ".model" for e in path.iterdir()):
+def _is_pretraining_workdir(path) -> bool:
+    if not all(e in WORKDIR_ENTRIES or e.endswith(".model") for e in storage.listdir(path)):
         return False
-    if (path / model_dir.META_FILE).exists():
+    if storage.exists(storage.join(path, model_dir.META_FILE)):
         try:
             meta = model_dir.read_meta(path)
         except ValueError:
@@ -243,7 +240,7 @@ def check_init_from(config, cfg: BertConfig, tokenizer) -> dict[str, np.ndarray]
     the model has fits its shape and that it was trained with our vocabulary."""
     from bert_jax import convert
     src = config.init_from
-    if not pathlib.Path(src).exists():
+    if not storage.exists(src):
         raise FileNotFoundError(f"config.init_from={src}: no such checkpoint")
     _, meta, flat = convert.read_any(src)
     target = convert._target_shapes(cfg, "pretraining", 0)
@@ -277,22 +274,31 @@ def train(config, workdir: str) -> dict:
     workdir = str(workdir)
     validate_config(config)
     check_workdir(workdir)
-    created = not pathlib.Path(workdir).exists()
+    created = not storage.exists(workdir)
     import jax
     try:
         return _train(config, workdir)
     except BaseException:
-        if created and jax.process_index() == 0 and not _has_progress(pathlib.Path(workdir)):
-            shutil.rmtree(workdir, ignore_errors=True)
+        if created and jax.process_index() == 0 and not _has_progress(workdir):
+            try:
+                storage.remove(workdir)
+            except OSError:
+                pass  # e.g. the storage server that made the run fail
         raise
 
 
-def _has_progress(workdir: pathlib.Path) -> bool:
-    ck = workdir / "checkpoints"
-    if ck.is_dir() and any(p.name.isdigit() for p in ck.iterdir()):
-        return True
-    m = workdir / "metrics.jsonl"
-    return m.exists() and m.stat().st_size > 0
+def _has_checkpoint(workdir) -> bool:
+    return any(p.isdigit() for p in storage.listdir(storage.join(workdir, "checkpoints")))
+
+
+def _has_progress(workdir) -> bool:
+    try:
+        if _has_checkpoint(workdir):
+            return True
+        m = storage.join(workdir, "metrics.jsonl")
+        return storage.exists(m) and bool(storage.read_bytes(m).strip())
+    except OSError:
+        return True  # cannot tell: keep it
 
 
 def _take_lock(workdir: str) -> workdir_lock.WorkdirLock | None:
@@ -336,13 +342,12 @@ def _train(config, workdir: str) -> dict:
     if not gathered and not config.data.dense_labels:
         raise ValueError("model.mlm_head=dense needs data.dense_labels=True")
     init_params = None
-    resuming = (pathlib.Path(workdir) / "checkpoints").is_dir() and any(
-        p.name.isdigit() for p in (pathlib.Path(workdir) / "checkpoints").iterdir())
+    resuming = _has_checkpoint(workdir)
     if config.init_from and not resuming:
         init_params = check_init_from(config, cfg, tokenizer)
 
     # ---- Workdir: created and locked only now that the inputs are known good ----------
-    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+    storage.makedirs(workdir)
     lock = _take_lock(workdir)
     try:
         return _run(config, workdir, pipe, eval_pipe, cfg, gathered, init_params)
@@ -386,12 +391,11 @@ def _run(config, workdir, pipe, eval_pipe, cfg, gathered, init_params) -> dict:
                                         init_params)
             start_step = 0
         if is_main:
-            model_dir.write_meta(pathlib.Path(workdir), cfg, "pretraining",
-                                 task={"kind": "pretraining"},
+            model_dir.write_meta(workdir, cfg, "pretraining", task={"kind": "pretraining"},
                                  do_lower_case=tokenizer.lowercase)
-            model_dir.copy_vocab(tokenizer.vocab_file, pathlib.Path(workdir))
-            (pathlib.Path(workdir) / "config.json").write_text(config.to_json_best_effort(
-                indent=2))
+            model_dir.copy_vocab(tokenizer.vocab_file, workdir)
+            storage.write_text(storage.join(workdir, "config.json"),
+                               config.to_json_best_effort(indent=2))
 
         # ---- Loop ---------------------------------------------------------------------
         step_fn = built.step_fn
@@ -508,9 +512,8 @@ def _run(config, workdir, pipe, eval_pipe, cfg, gathered, init_params) -> dict:
                    num_devices=n_dev, num_processes=jax.process_count(),
                    model_size=config.model.size, global_batch_size=G)
     if is_main:
-        tmp = pathlib.Path(workdir) / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, default=float))
-        os.replace(tmp, pathlib.Path(workdir) / "summary.json")
+        storage.write_text(storage.join(workdir, "summary.json"),
+                           json.dumps(summary, indent=2, default=float))
     return summary
 
 

@@ -19,8 +19,10 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,7 +34,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import sharding
+from bert_jax import sharding, storage
 
 PyTree = Any
 
@@ -257,45 +259,70 @@ def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
 class MetricWriter:
     """metrics.jsonl (one object per logged step) + TensorBoard events (tensorboardX,
     no TensorFlow), written by process 0 only. On resume from step s, entries
-    after s are dropped so every step appears exactly once."""
+    after s are dropped so every step appears exactly once.
+
+    Locally the file is appended to and flushed line by line. In a bucket an
+    append is a rewrite of the object: the lines are kept in memory and the
+    whole object is rewritten at each write (log steps), so it always holds
+    whole lines. TensorBoard events are written to a local temp dir and
+    uploaded to workdir/tb/ at the same moments (tensorboardX has no gs://
+    writer that honours the emulator or our credentials)."""
 
     def __init__(self, workdir, resume_step: int = 0, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.path = storage.join(workdir, "metrics.jsonl")
+        self.remote = storage.is_url(workdir)
         self._tb = None
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            kept = []
-            for line in self.path.read_text().splitlines():
+        storage.makedirs(workdir)
+        kept = []
+        if storage.exists(self.path):
+            for line in storage.read_text(self.path).splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash
                 if rec.get("step", 0) <= resume_step:
                     kept.append(line)
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(x + "\n" for x in kept))
-            os.replace(tmp, self.path)
-        self._tb = _summary_writer_class()(str(pathlib.Path(workdir) / "tb"),
-                                           purge_step=resume_step + 1)
-        self._f = open(self.path, "a")
+            storage.write_text(self.path, "".join(x + "\n" for x in kept))
+        self._tb_remote = storage.join(workdir, "tb")
+        self._tb_dir = (tempfile.mkdtemp(prefix="bert_jax_tb_") if self.remote
+                        else str(pathlib.Path(workdir) / "tb"))
+        self._tb = _summary_writer_class()(self._tb_dir, purge_step=resume_step + 1)
+        if self.remote:
+            self._lines = kept
+        else:
+            self._f = open(self.path, "a")
 
     def write(self, step: int, metrics: dict[str, float], prefix: str = ""):
         if not self.enabled:
             return
         rec = {"step": int(step), **{f"{prefix}{k}": _jsonable(v) for k, v in metrics.items()}}
-        self._f.write(json.dumps(rec) + "\n")
-        self._f.flush()
         for k, v in metrics.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(f"{prefix}{k}", v, step)
+        if self.remote:
+            self._lines.append(json.dumps(rec))
+            storage.write_text(self.path, "".join(x + "\n" for x in self._lines))
+            self._upload_tb()
+        else:
+            self._f.write(json.dumps(rec) + "\n")
+            self._f.flush()
+
+    def _upload_tb(self):
+        self._tb.flush()
+        storage.upload_tree(self._tb_dir, self._tb_remote)
 
     def close(self):
         if self.enabled:
-            self._f.close()
-            self._tb.close()
+            if self.remote:
+                self._tb.close()
+                storage.upload_tree(self._tb_dir, self._tb_remote)
+                shutil.rmtree(self._tb_dir, ignore_errors=True)
+            else:
+                self._f.close()
+                self._tb.close()
 
 
 def _summary_writer_class():

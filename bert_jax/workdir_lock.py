@@ -14,6 +14,16 @@ record naming a live process on this host still counts as held.
 Multi-process runs (jax.distributed): only process 0 takes the lock (the
 others write nothing at the top of the workdir); see `pretrain.train` for how
 its answer reaches the other processes.
+
+In a bucket (`gs://` workdir) flock cannot work: `BucketLock` creates the
+lock object only if it is absent (the server checks the precondition
+ifGenerationMatch=0, so of two runs exactly one creates it), holding the same
+record plus a heartbeat time that a thread of the holder rewrites every
+HEARTBEAT_S seconds. A lock whose holder is a dead process on this host, or
+whose heartbeat is older than STALE_S (the holder was killed or its VM went
+away), is taken over: deleted only if still at the generation read (so two
+runs taking over at once cannot both win), then created again. A clean exit
+deletes it.
 """
 
 from __future__ import annotations
@@ -25,6 +35,10 @@ import os
 import pathlib
 import socket
 import sys
+import threading
+import time
+
+from bert_jax import storage
 
 LOCK_NAME = ".bert_jax.lock"
 
@@ -43,7 +57,113 @@ def _alive_here(pid: int) -> bool:
     return True
 
 
-class WorkdirLock:
+def WorkdirLock(workdir):  # noqa: N802 - a factory standing for the two classes
+    """The lock for `workdir`: flock locally, a lock object in a bucket."""
+    if storage.is_url(workdir):
+        return BucketLock(workdir)
+    return FileLock(workdir)
+
+
+def _record() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)[:500]}
+
+
+class _Lock:
+    """`with lock:` acquires and releases."""
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class BucketLock(_Lock):
+    HEARTBEAT_S = 30.0
+    STALE_S = 150.0
+
+    def __init__(self, workdir):
+        self.workdir = os.fspath(workdir)
+        self.path = storage.join(self.workdir, LOCK_NAME)
+        self._gen = None
+        self._stop = threading.Event()
+        self._thread = None
+        self._rec = None
+
+    def _payload(self) -> bytes:
+        return (json.dumps({**self._rec, "heartbeat": time.time()}) + "\n").encode()
+
+    def _stale(self, holder: dict | None) -> bool:
+        if holder is None:
+            return True  # unreadable record: a write cut short
+        pid = holder.get("pid")
+        if holder.get("host") == socket.gethostname() and isinstance(pid, int) and \
+                pid != os.getpid() and not _alive_here(pid):
+            return True
+        beat = holder.get("heartbeat")
+        return not isinstance(beat, (int, float)) or time.time() - beat > self.STALE_S
+
+    def acquire(self) -> None:
+        self._rec = _record()
+        for _ in range(3):
+            if storage.create_exclusive(self.path, self._payload()):
+                self._gen = storage.generation(self.path)
+                break
+            gen = storage.generation(self.path)
+            if gen is None:
+                continue  # released meanwhile: try again
+            try:
+                holder = json.loads(storage.read_text(self.path))
+                holder = holder if isinstance(holder, dict) else None
+            except (FileNotFoundError, json.JSONDecodeError):
+                holder = None
+            if not self._stale(holder):
+                raise WorkdirLocked(
+                    f"{self.workdir}: in use by another run (pid {holder.get('pid')} on "
+                    f"{holder.get('host')} since {holder.get('started')}); wait for it to "
+                    f"finish or stop it (lock object {self.path}, taken over once its "
+                    f"heartbeat is {self.STALE_S:.0f} s old)")
+            if storage.remove_generation(self.path, gen):
+                who = (f"pid {holder.get('pid')} on {holder.get('host')} since "
+                       f"{holder.get('started')}" if holder else "an unreadable record")
+                print(f"warning: {self.workdir}: taking over from a run that ended without "
+                      f"releasing it ({who})", file=sys.stderr, flush=True)
+        else:
+            raise WorkdirLocked(f"{self.workdir}: could not take the lock object {self.path} "
+                                "(other runs keep taking it); try again")
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        name="bert_jax-lock-heartbeat")
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.HEARTBEAT_S):
+            try:
+                if storage.generation(self.path) != self._gen:
+                    print(f"warning: {self.path}: the workdir lock was taken by another "
+                          "run", file=sys.stderr, flush=True)
+                    return
+                storage.write_bytes(self.path, self._payload())
+                self._gen = storage.generation(self.path)
+            except OSError:
+                pass  # a storage hiccup: the next beat tries again
+
+    def release(self) -> None:
+        if self._gen is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            storage.remove_generation(self.path, self._gen)
+        except OSError:
+            pass  # left behind: its heartbeat stops, so the next run takes it over
+        self._gen = None
+
+
+class FileLock(_Lock):
     def __init__(self, workdir):
         self.path = pathlib.Path(workdir) / LOCK_NAME
         self._f = None
@@ -80,11 +200,7 @@ class WorkdirLock:
                   f"{holder.get('started')})", file=sys.stderr, flush=True)
         f.seek(0)
         f.truncate()
-        f.write(json.dumps({
-            "pid": os.getpid(), "host": here,
-            "started": datetime.datetime.now(datetime.UTC).isoformat(
-                timespec="seconds"),
-            "command": " ".join(sys.argv)[:500]}) + "\n")
+        f.write(json.dumps(_record()) + "\n")
         f.flush()
         os.fsync(f.fileno())
         self._f = f
@@ -101,10 +217,3 @@ class WorkdirLock:
         finally:
             self._f.close()  # closing releases the flock
             self._f = None
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()

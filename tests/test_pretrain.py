@@ -434,16 +434,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(cli, straight, tmp_path):
-    """2 processes x 4 CPU devices (jax.distributed, gloo) = 1 process x 8 devices:
-    the same losses at every step; only process 0 logs; checkpoints are written
-    collectively and restore."""
-    reference, _ = straight
+def run_two_processes(cli, workdir, *overrides, hook=None, **env):
+    """The CLI as 2 processes x 4 CPU devices joined by jax.distributed on
+    127.0.0.1; [(returncode, stdout, stderr)] per process."""
     port = _free_port()
     procs = [subprocess.Popen(
-        cli.command(tmp_path, "--config.eval_data.prepared_dir="),
+        cli.command(workdir, *overrides, hook=hook),
         env=cli.env(4, BERT_JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                    BERT_JAX_NUM_PROCESSES="2", BERT_JAX_PROCESS_ID=str(rank)),
+                    BERT_JAX_NUM_PROCESSES="2", BERT_JAX_PROCESS_ID=str(rank), **env),
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for rank in (0, 1)]
     try:
@@ -451,8 +449,18 @@ def test_two_processes_match_one(cli, straight, tmp_path):
     finally:
         for p in procs:
             p.kill()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-4000:]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
+def test_two_processes_match_one(cli, straight, tmp_path):
+    """2 processes x 4 CPU devices (jax.distributed, gloo) = 1 process x 8 devices:
+    the same losses at every step; only process 0 logs; checkpoints are written
+    collectively and restore."""
+    reference, _ = straight
+    results = run_two_processes(cli, tmp_path, "--config.eval_data.prepared_dir=")
+    outs = [(out, err) for _, out, err in results]
+    for rc, _, err in results:
+        assert rc == 0, err[-4000:]
     got, ref = train_records(tmp_path), train_records(reference)
     assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # written once
     for a, b in zip(got, ref):

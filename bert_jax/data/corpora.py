@@ -44,6 +44,8 @@ import re
 import sysconfig
 from collections.abc import Callable, Iterator
 
+from bert_jax import storage
+
 # Big BERT-format files are cut into units of about this size so that worker
 # processes share one file.
 DEFAULT_CHUNK_BYTES = 32 << 20
@@ -141,6 +143,13 @@ def resolve(spec: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Unit]:
 
 
 def _expand_paths(pattern: str) -> list[str]:
+    if storage.is_url(pattern):  # a file or a directory, read through the local cache
+        if any(c in pattern for c in "*?["):
+            raise CorpusError(f"corpus {pattern}: globs are for local paths; name a gs:// "
+                              "file or directory")
+        if not storage.exists(pattern):
+            raise CorpusError(f"corpus {pattern}: no such file or directory")
+        pattern = str(storage.local_copy(pattern))
     p = pathlib.Path(pattern).expanduser()
     if p.is_dir():
         return sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from bert_jax import outputs
+from bert_jax import outputs, storage
 from bert_jax.data import corpora, prepared
 from bert_jax.data.tokenizer import load_tokenizer
 
@@ -263,6 +263,12 @@ def prepare_corpus(corpus: str, vocab: str | os.PathLike, out_dir: str | os.Path
     Returns:
       The manifest dict (also in out_dir/manifest.json).
     """
+    if storage.is_url(out_dir):
+        return _prepare_to_url(os.fspath(out_dir), corpus, vocab, num_workers=num_workers,
+                               segmenter=segmenter, encoding_errors=encoding_errors,
+                               max_sentence_tokens=max_sentence_tokens,
+                               chunk_bytes=chunk_bytes, progress=progress,
+                               overwrite=overwrite)
     if encoding_errors not in ("strict", "replace"):
         raise ValueError(f"encoding_errors={encoding_errors!r}: use 'strict' or 'replace'")
     if max_sentence_tokens < 1:
@@ -312,6 +318,35 @@ def _prepare(out: pathlib.Path, corpus: str, tok, units, opts, num_workers: int,
     manifest = _manifest(header, corpus, tok, vocab_name, metas)
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
     prepared.write_json_atomic(mpath, manifest)
+    return manifest
+
+
+def _prepare_to_url(url: str, corpus: str, vocab, overwrite: bool = False, **kwargs) -> dict:
+    """Prepare into a local staging dir (kept in the cache, so a rerun reuses its
+    finished shards), then upload shards and vocab, and manifest.json last: as
+    locally, its presence in the bucket means "complete". The bucket prefix is
+    checked first, as a local --out is (and the bucket must exist)."""
+    outputs.check_destination(url, overwrite=overwrite, sources=[vocab],
+                              is_own=outputs.only_entries(_prepared_entry),
+                              what="--out directory")
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    local = storage.cache_root() / "prepare" / digest
+    # The staging dir is our own cache: whatever a crashed run left there may go.
+    manifest = prepare_corpus(corpus, vocab, local, overwrite=True, **kwargs)
+    mpath = storage.join(url, prepared.MANIFEST)
+    if storage.exists(mpath) and json.loads(storage.read_text(mpath)).get(
+            "data_fingerprint") == manifest["data_fingerprint"]:
+        return manifest
+    storage.remove(mpath)  # first, so a reader never sees the old manifest over new shards
+    storage.remove(url)
+    for name in sorted(os.listdir(local)):
+        if name.startswith(".") or name == prepared.MANIFEST:
+            continue
+        if (local / name).is_dir():
+            storage.upload_tree(local / name, storage.join(url, name))
+        else:
+            storage.copy_file(local / name, storage.join(url, name))
+    storage.copy_file(local / prepared.MANIFEST, mpath)
     return manifest
 
 

@@ -29,6 +29,8 @@ import pathlib
 
 import numpy as np
 
+from bert_jax import storage
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_META = "meta.json"
@@ -116,7 +118,22 @@ class PreparedCorpus:
 
 
 def open_prepared(path: str | os.PathLike) -> PreparedCorpus:
-    """Memory-map a prepared directory; raises PreparedError if it is incomplete."""
+    """Memory-map a prepared directory; raises PreparedError if it is incomplete.
+
+    A URL (gs://) is read through a local cache: its manifest is read from the
+    bucket, then the shards are downloaded once per host into a cache entry
+    named after the URL and the manifest's data fingerprint, and memory-mapped
+    from there (each process still reads only its own rows of them)."""
+    if storage.is_url(path):
+        url = os.fspath(path)
+        storage.check_bucket(url)
+        mpath = storage.join(url, MANIFEST)
+        if not storage.exists(mpath):
+            raise PreparedError(
+                f"{url}: no {MANIFEST}; the directory is not a finished prepared corpus "
+                "(run `python -m bert_jax.data.prepare` to finish it)")
+        fingerprint = json.loads(storage.read_text(mpath)).get("data_fingerprint", "")
+        path = storage.local_copy(url, key=fingerprint)
     root = pathlib.Path(path)
     mpath = root / MANIFEST
     if not mpath.exists():

@@ -20,6 +20,8 @@ import os
 import pathlib
 from collections.abc import Sequence
 
+from bert_jax import storage
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -341,20 +343,29 @@ class Tokenizer:
         return "".join(toks).replace("\u2581", " ").strip()
 
 
+def vocab_in_dir(d: str | os.PathLike) -> str | pathlib.Path | None:
+    """The vocabulary file of a directory (local or URL): `vocab.txt`, else the
+    first `*.model`; None if it has neither."""
+    names = storage.listdir(d)
+    pick = "vocab.txt" if "vocab.txt" in names else next(
+        (n for n in names if n.endswith(".model")), None)
+    if pick is None:
+        return None
+    return storage.join(d, pick) if storage.is_url(d) else pathlib.Path(d) / pick
+
+
 def load_tokenizer(path: str | os.PathLike, lowercase: bool | None = None) -> Tokenizer:
     """A BERT `vocab.txt` (WordPiece) or a SentencePiece `.model` file; a directory
-    is searched for `vocab.txt`, then `*.model`."""
-    p = pathlib.Path(path)
-    if p.is_dir():
-        if (p / "vocab.txt").exists():
-            p = p / "vocab.txt"
-        else:
-            models_ = sorted(p.glob("*.model"))
-            if not models_:
-                raise FileNotFoundError(f"{path}: no vocab.txt or SentencePiece *.model inside")
-            p = models_[0]
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: vocabulary file not found")
+    is searched for `vocab.txt`, then `*.model`. A URL is read through the local
+    cache (bert_jax.storage.local_copy)."""
+    if storage.isdir(path):
+        found = vocab_in_dir(path)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no vocab.txt or SentencePiece *.model inside")
+        path = found
+    if not storage.exists(path):
+        raise FileNotFoundError(f"{path}: vocabulary file not found")
+    p = storage.local_copy(path)
     if p.suffix == ".model":
         return Tokenizer(SentencePieceTokenizer(p))
     return Tokenizer(WordPieceTokenizer(p, lowercase=lowercase))

@@ -5,14 +5,11 @@ into DIR/lr<lr>_seed<seed>/ and reports best and mean per metric (sweep_results.
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import shutil
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import cli, outputs, workdir_lock
+from bert_jax import cli, outputs, storage, workdir_lock
 from bert_jax.finetune import checks
 
 FLAGS = flags.FLAGS
@@ -29,7 +26,7 @@ def main(argv):
     # Before JAX, the model code and the processes joining: a bad config or
     # workdir is reported in a fraction of a second.
     checks.check_config(FLAGS.config)
-    workdir = pathlib.Path(FLAGS.workdir)
+    workdir = FLAGS.workdir
     outputs.check_destination(workdir, what="workdir", flag="a new --workdir",
                               is_own=checks.is_finetune_workdir,
                               sources=[FLAGS.config.get("init_checkpoint") or None])
@@ -37,11 +34,11 @@ def main(argv):
 
     from bert_jax import distributed
     distributed.initialize()
-    created = not workdir.exists()
+    created = not storage.exists(workdir)
     lock = None
     try:
         if jax.process_index() == 0:
-            workdir.mkdir(parents=True, exist_ok=True)
+            storage.makedirs(workdir)
             lock = workdir_lock.WorkdirLock(workdir)
             lock.acquire()
         _run()
@@ -50,14 +47,24 @@ def main(argv):
             lock.release()
             lock = None
         # A run that stopped before writing anything leaves no directory behind.
-        if created and jax.process_index() == 0 and workdir.is_dir() and not any(
-                e.name != workdir_lock.LOCK_NAME for e in workdir.iterdir()):
-            shutil.rmtree(workdir, ignore_errors=True)
+        if created and jax.process_index() == 0 and _nothing_written(workdir):
+            try:
+                storage.remove(workdir)
+            except OSError:
+                pass  # e.g. the storage server that made the run fail
         raise
     finally:
         if lock is not None:
             lock.release()
     return cli.EXIT_OK
+
+
+def _nothing_written(workdir) -> bool:
+    try:
+        return storage.isdir(workdir) and not any(
+            e != workdir_lock.LOCK_NAME for e in storage.listdir(workdir))
+    except OSError:
+        return False
 
 
 def _run():
@@ -67,10 +74,8 @@ def _run():
     if FLAGS.sweep:
         result = sweep.run_sweep(FLAGS.config, FLAGS.workdir)
         if jax.process_index() == 0:  # the others saw no metrics (trainer returns {})
-            out = pathlib.Path(FLAGS.workdir) / "sweep_results.json"
-            tmp = out.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(result, indent=2, default=float))
-            os.replace(tmp, out)
+            storage.write_text(storage.join(FLAGS.workdir, "sweep_results.json"),
+                               json.dumps(result, indent=2, default=float))
             print(sweep.format_table(result))
     else:
         trainer.finetune(FLAGS.config, FLAGS.workdir)

@@ -25,13 +25,13 @@ WORKDIR_ENTRIES = ("metrics.jsonl", "metrics.jsonl.tmp", "tb", "eval", "model",
 
 
 def is_finetune_workdir(path) -> bool:
-    from bert_jax import workdir_lock
-    for e in path.iterdir():
-        if e.name in WORKDIR_ENTRIES or e.name == workdir_lock.LOCK_NAME:
+    from bert_jax import storage, workdir_lock
+    for e in storage.listdir(path):
+        if e in WORKDIR_ENTRIES or e == workdir_lock.LOCK_NAME:
             continue
-        if e.is_dir() and e.name.startswith("lr") and "_seed" in e.name:
+        if e.startswith("lr") and "_seed" in e and storage.isdir(storage.join(path, e)):
             continue  # a sweep run
-        if e.name.startswith((".model.", ".summary.json")):
+        if e.startswith((".model.", ".summary.json")):
             continue  # temp siblings of an interrupted write
         return False
     return True

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bert_jax import storage
 from bert_jax.finetune import batching, glue_metrics
 from bert_jax.finetune.task import Batch
 
@@ -184,6 +185,14 @@ def read_split(task: str, split: str, data_dir: str | os.PathLike) -> SplitData:
     spec = task_spec(task)
     if split not in spec.files:
         raise ValueError(f"split={split!r}: {spec.name} has splits {', '.join(spec.files)}")
+    if storage.is_url(data_dir):  # read through the local cache
+        root = data_dir.rstrip("/")
+        if storage.name(root) == spec.dir_name:
+            root = storage.parent(root)
+        url = storage.join(root, spec.files[split].path)
+        if not storage.isfile(url):
+            raise FileNotFoundError(f"{url}: missing GLUE {spec.dir_name} {split} file")
+        return _read_file(storage.local_copy(url), spec, spec.files[split])
     root = pathlib.Path(data_dir)
     if root.name == spec.dir_name:
         root = root.parent

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bert_jax import storage
 from bert_jax.finetune import batching, squad_metrics
 from bert_jax.finetune.task import Batch, PredictFn
 
@@ -129,7 +130,7 @@ def load_squad_json(path: str | os.PathLike) -> dict:
       ValueError: one line naming the file when it is not JSON or has no data list.
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(storage.local_copy(path), encoding="utf-8") as f:
             obj = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: "

@@ -4,9 +4,9 @@ the HF Flax GLUE table reports its runs)."""
 from __future__ import annotations
 
 import math
-import pathlib
 import statistics
 
+from bert_jax import storage
 from bert_jax.finetune import trainer
 
 
@@ -59,7 +59,7 @@ def run_sweep(config, workdir) -> dict:
             with c.unlocked():
                 c.learning_rate = float(lr)
                 c.seed = int(seed)
-            summary = trainer.finetune(c, pathlib.Path(workdir) / f"lr{lr}_seed{seed}")
+            summary = trainer.finetune(c, storage.join(workdir, f"lr{lr}_seed{seed}"))
             runs.append({"lr": float(lr), "seed": int(seed), "metrics": _final_metrics(summary)})
     return aggregate(runs)
 

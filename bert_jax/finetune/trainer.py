@@ -12,11 +12,10 @@ task has them (GLUE submission files in test_predictions/).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
-import os
-import pathlib
 import time
 
 import jax
@@ -26,7 +25,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from bert_jax import losses, model_dir, sharding, training
+from bert_jax import losses, model_dir, sharding, storage, training
 from bert_jax.finetune import checks
 from bert_jax.heads import build_model
 from bert_jax.optim import build_optimizer
@@ -136,7 +135,7 @@ def init_weights(config):
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required: a bert_jax model dir or workdir, "
                          "a HF dir or a TF1 dir")
-    if not os.path.exists(config.init_checkpoint):
+    if not storage.exists(config.init_checkpoint):
         raise FileNotFoundError(f"config.init_checkpoint={config.init_checkpoint}: no such "
                                 "checkpoint")
     cfg, meta, flat = convert.read_any(config.init_checkpoint)
@@ -193,7 +192,7 @@ def finetune(config, workdir) -> dict:
       'final': {'epoch', 'step', <split>: metrics},
       'history': [per epoch]}); {} on the other processes.
     """
-    workdir = pathlib.Path(workdir)
+    workdir = str(workdir)
     is_main = jax.process_index() == 0
     from bert_jax.data.tokenizer import load_tokenizer
 
@@ -217,7 +216,7 @@ def finetune(config, workdir) -> dict:
     input_report = checks.read_all_splits(task)
     if is_main and input_report:
         tqdm.write(checks.format_report(input_report))
-    workdir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(workdir)  # only now that the inputs are known good
 
     # ---- Model, optimizer -------------------------------------------------------------
     batch_size = config.batch_size
@@ -291,9 +290,11 @@ def finetune(config, workdir) -> dict:
             loop_sec += time.perf_counter() - t_epoch
             # ---- Evaluate at each epoch end ----------------------------------------------
             # Every process runs the (collective) forward passes; one writes files.
-            out_dir = workdir / "eval" / f"epoch_{epoch + 1}" if is_main else None
-            results = evaluate_task(task, predict, state["params"], out_dir,
-                                    config.eval_batch_size)
+            with contextlib.ExitStack() as stack:
+                out_dir = stack.enter_context(storage.staged_dir(storage.join(
+                    workdir, "eval", f"epoch_{epoch + 1}"))) if is_main else None
+                results = evaluate_task(task, predict, state["params"], out_dir,
+                                        config.eval_batch_size)
             for split, res in results.items():
                 writer.write(step, {k: v for k, v in res.items()
                                     if isinstance(v, (int, float))}, prefix=f"eval_{split}_")
@@ -313,22 +314,22 @@ def finetune(config, workdir) -> dict:
                 except FileNotFoundError:
                     continue
                 if is_main:
-                    task.write_test_predictions(split, outputs, workdir / "test_predictions")
+                    with storage.staged_dir(storage.join(workdir, "test_predictions")) as d:
+                        task.write_test_predictions(split, outputs, d)
         flat = _host_params(state["params"], spec.scanned)
     if is_main:
         task_meta = {"kind": module.__name__.rsplit(".", 1)[-1],
                      "config": json.loads(config.to_json_best_effort())}
-        model_dir.save_model_dir(workdir / "model", cfg.replace(scan_layers=False), flat,
-                                 model_head, num_labels, list(task.label_names), task_meta,
-                                 vocab, tokenizer.lowercase)
+        model_dir.save_model_dir(storage.join(workdir, "model"), cfg.replace(scan_layers=False),
+                                 flat, model_head, num_labels, list(task.label_names),
+                                 task_meta, vocab, tokenizer.lowercase)
         summary = {"task": task.name, "steps": step, "input": input_report,
                    "train_time_sec": train_time,
                    "train_loop_sec": loop_sec,
                    "train_tokens_processed": total_tokens,
                    "final": history[-1] if history else {}, "history": history}
-        tmp = workdir / "summary.json.tmp"
-        tmp.write_text(json.dumps(_strict_json(summary), indent=2))
-        os.replace(tmp, workdir / "summary.json")
+        storage.write_text(storage.join(workdir, "summary.json"),
+                           json.dumps(_strict_json(summary), indent=2))
         return summary
     return {}
 

