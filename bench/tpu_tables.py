@@ -160,7 +160,7 @@ def table(out: pathlib.Path) -> None:
         print(markdown_table(["model", "phase", "slice", "mesh", "remat", "attention",
                               "devices / hosts", "global batch", "GiB per device (peak / HBM)",
                               "fits", "est. step ms", "est. MFU", "collectives per step",
-                              "XLA / formula FLOPs", "compile s"], rows))
+                              "XLA / formula FLOPs", "wall s (all compiles)"], rows))
 
 
 def main() -> None:
