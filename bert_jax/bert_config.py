@@ -16,6 +16,9 @@ from typing import Any
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
 ATTENTION_IMPLS = ("reference", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Dropout RNGs a run may use (config.rng_impl); here, not in training.py, so
+# config validation can check it without importing JAX.
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 # Fields that define the checkpoint (saved in Google / HF JSON).
 _ARCH_FIELDS = (

@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bert_jax import cli, model_dir, outputs, storage, workdir_lock
-from bert_jax.bert_config import BertConfig
+from bert_jax.bert_config import RNG_IMPLS, BertConfig
 
 if TYPE_CHECKING:
     from bert_jax import training
@@ -196,7 +196,6 @@ def validate_config(config) -> None:
         raise ValueError(f"global_batch_size={G} is not a multiple of "
                          f"grad_accum_steps={config.grad_accum_steps}")
     need(config.num_train_steps >= 1, "num_train_steps", config.num_train_steps, ">= 1")
-    from bert_jax.training import RNG_IMPLS
     need(config.get("rng_impl", "threefry2x32") in RNG_IMPLS, "rng_impl",
          config.get("rng_impl"), "one of " + ", ".join(RNG_IMPLS))
     need(config.optim.lr > 0, "optim.lr", config.optim.lr, "a learning rate > 0")

@@ -35,6 +35,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import sharding, storage
+from bert_jax.bert_config import RNG_IMPLS
 
 PyTree = Any
 
@@ -228,7 +229,6 @@ def jit_eval_step(spec: StateSpec, mesh, objective):
     return jax.jit(fn, in_shardings=(spec.shardings["params"], None), out_shardings=replicated)
 
 
-RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 
 def rng_impl(config) -> str:
