@@ -199,6 +199,26 @@ if "overwrite" not in FLAGS:  # embed (which imports us) has its own --overwrite
                       "conversion (never the source).")
 
 
+def load_model(path: str | os.PathLike, head: str | None = None, num_labels: int | None = None,
+               seed: int = 0, **runtime) -> tuple[Any, dict[str, Any], list[str]]:
+    """Build a model from a checkpoint we can read (our dir, a workdir, a HF dir,
+    a TF1 dir). `head` defaults to the checkpoint's; a different head keeps the
+    encoder and initializes the new head fresh. Returns (model, meta, missing)."""
+    from bert_jax.heads import build_model
+    from bert_jax.params import assign_params
+
+    cfg, meta, flat = read_any(path)
+    cfg = cfg.replace(**runtime)
+    head = head or meta.get("head", "pretraining")
+    if num_labels is None:
+        num_labels = meta.get("num_labels", 0) if head == meta.get("head") else 0
+    model = build_model(cfg, head, num_labels, seed=seed)
+    if head != meta.get("head"):
+        # Keep only the encoder: a new task head starts fresh.
+        flat = {k: v for k, v in flat.items() if k.startswith("bert/")}
+    missing, _ = assign_params(model, flat, source=str(path))
+    return model, meta, missing
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save/restore at INFO
     if len(argv) != 3:

@@ -21,30 +21,9 @@ import numpy as np
 
 from bert_jax import storage
 from bert_jax.bert_config import BertConfig
+from bert_jax.params import nest, unnest
 
 META_FILE = "bert_jax.json"
-
-
-def nest(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for name, v in flat.items():
-        node = tree
-        *parents, leaf = name.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
-
-
-def unnest(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(unnest(v, name + "/"))
-        else:
-            out[name] = np.asarray(v)
-    return out
 
 
 def write_meta(path: str | os.PathLike, cfg: BertConfig, head: str, num_labels: int = 0,
@@ -166,25 +145,3 @@ def load_flat(path: str | os.PathLike) -> tuple[BertConfig, dict[str, Any], dict
         return cfg, meta, load_params(storage.join(path, "params"))
     from bert_jax import checkpointing
     return cfg, meta, checkpointing.load_latest_params(path)
-
-
-def load_model(path: str | os.PathLike, head: str | None = None, num_labels: int | None = None,
-               seed: int = 0, **runtime) -> tuple[Any, dict[str, Any], list[str]]:
-    """Build a model from a checkpoint we can read (our dir, a workdir, a HF dir,
-    a TF1 dir). `head` defaults to the checkpoint's; a different head keeps the
-    encoder and initializes the new head fresh. Returns (model, meta, missing)."""
-    from bert_jax import convert
-    from bert_jax.heads import build_model
-    from bert_jax.params import assign_params
-
-    cfg, meta, flat = convert.read_any(path)
-    cfg = cfg.replace(**runtime)
-    head = head or meta.get("head", "pretraining")
-    if num_labels is None:
-        num_labels = meta.get("num_labels", 0) if head == meta.get("head") else 0
-    model = build_model(cfg, head, num_labels, seed=seed)
-    if head != meta.get("head"):
-        # Keep only the encoder: a new task head starts fresh.
-        flat = {k: v for k, v in flat.items() if k.startswith("bert/")}
-    missing, _ = assign_params(model, flat, source=str(path))
-    return model, meta, missing

@@ -125,3 +125,25 @@ def flat_into_pure(tree, flat: dict, scanned: bool, prefix: str = "") -> dict:
         else:
             out[k] = flat.get(name, v)
     return out
+
+
+def nest(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for name, v in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
+
+
+def unnest(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(unnest(v, name + "/"))
+        else:
+            out[name] = np.asarray(v)
+    return out

@@ -165,9 +165,8 @@ def ours_outputs(ours_dir, batch):
     import jax.numpy as jnp
     from flax import nnx
 
-    from bert_jax import model_dir
     dst, _ = ours_dir
-    model, meta, missing = model_dir.load_model(dst)
+    model, meta, missing = convert.load_model(dst)
     assert meta["head"] == "pretraining" and missing == []
 
     @nnx.jit
