@@ -1,9 +1,10 @@
-r"""BERT-tiny (L2/H128) pretraining: the CPU demo (`make demo`).
+r"""BERT-tiny (L2/H128) pretraining on CPU (`make demo` runs configs/pretrain/demo.py, built on it).
 
   python -m bert_jax.pretrain --config=configs/pretrain/bert_tiny.py \
       --workdir=runs/tiny --config.data.prepared_dir=runs/demo/prepared
 
-About 5 minutes on 2 CPU cores. See README for the MLM accuracy it reaches.
+800 steps of batch 64 at seq 128: ~1.1 s a step on one idle core of the
+project's CPU (15 min).
 """
 
 from bert_jax.config_args import parse_arg

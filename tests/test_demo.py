@@ -1,0 +1,58 @@
+"""`make demo` pieces that run in seconds: its config and its unigram reference
+(the full demo is minutes; README "What the demo shows" has a measured run)."""
+
+import collections
+import math
+
+import pytest
+from conftest import data_path
+
+
+def test_demo_config_is_valid_and_masks_fit():
+    from bert_jax import pretrain
+    from configs.pretrain import demo
+    c = demo.get_config("steps=40")
+    c.data.prepared_dir = "/nonexistent"   # validate_config needs a value, reads nothing
+    pretrain.validate_config(c)
+    # BERT masks 15% of the tokens; a smaller cap would silently drop predictions.
+    assert c.data.max_predictions_per_seq >= math.ceil(
+        c.data.masked_lm_prob * c.data.max_seq_length)
+    assert (c.num_train_steps, c.eval_every, c.checkpoint.every) == (40, 10, 20)
+    assert c.num_train_steps % c.eval_every == 0   # the last evaluation is at the end
+    with pytest.raises(ValueError, match="known keys are steps"):
+        demo.get_config("step=40")
+
+
+def test_unigram_reference_matches_token_counts(tiny_pretraining_data):
+    """The most frequent token of the training text, counted with the tokenizer
+    on the raw novels (not the prepared cache), and its share of the held-out
+    novels' tokens: the masked positions are a sample of those tokens, so the
+    reference accuracy must be that share up to sampling error."""
+    from bert_jax import demo as demo_cli
+    from bert_jax.data import corpora
+    from bert_jax.data.tokenizer import load_tokenizer
+    from configs.pretrain import demo
+
+    tok = load_tokenizer(tiny_pretraining_data["vocab"])
+    novels = sorted(data_path("corpus", "eltec-eng").glob("*.txt"))  # as the fixture splits them
+
+    def counts(paths):
+        c = collections.Counter()
+        for p in paths:
+            for doc in corpora.iter_documents(f"raw:{p}"):
+                for ids in tok.ids_batch(doc.sentences):
+                    c.update(ids)
+        return c
+
+    train, heldout = counts(novels[:3]), counts(novels[3:5])
+    top_id = train.most_common(1)[0][0]
+    share = heldout[top_id] / sum(heldout.values())
+
+    c = demo.get_config()
+    c.data.prepared_dir = str(tiny_pretraining_data["train"])
+    c.eval_data.prepared_dir = str(tiny_pretraining_data["heldout"])
+    token, acc, _ = demo_cli.context_free_accuracy(c)
+    assert token == tok.id_to_token(top_id)
+    # ~4,600 predictions (some rows hold fewer than the cap): 4 standard errors.
+    n = c.eval_batches * c.global_batch_size * c.data.max_predictions_per_seq * 0.9
+    assert abs(acc - share) < 4 * math.sqrt(share * (1 - share) / n), (acc, share)
