@@ -1,15 +1,15 @@
-"""The fine-tuning loop shared by GLUE, SQuAD and CoNLL-2003.
+"""Fine-tuning GLUE, SQuAD and CoNLL-2003 in the one training loop
+(`bert_jax/loop.py`, the same as pretraining): `FinetuneJob` is what a task
+brings to it (its data, head, loss and metrics: `bert_jax/finetune/task.py`).
 
-It reuses the pretraining machinery (mesh, sharded state, the pure jitted
-train step, optax, orbax model dirs, metrics.jsonl + TensorBoard); a task
-brings only its data, head, loss and metrics (`bert_jax/finetune/task.py`).
-
-Outputs under workdir: metrics.jsonl, tb/, eval/epoch_<k>/<split>/..., the
-final fine-tuned model dir in model/ (with label names and task config, read by
-`python -m bert_jax.predict`), summary.json, and test-set predictions where the
-task has them (GLUE submission files in test_predictions/).
+Outputs under workdir: checkpoints/ (state + epoch and position in it: a
+rerun resumes exactly), metrics.jsonl, tb/, eval/epoch_<k>/<split>/... and
+eval/step_<n>/<split>/... (config.eval_every), best/ while training (the best
+evaluation's model dir), the fine-tuned model dir in model/ (with label names
+and task config, read by `python -m bert_jax.predict`), summary.json, and
+test-set predictions where the task has them (GLUE submission files in
+test_predictions/).
 """
-
 from __future__ import annotations
 
 import contextlib
