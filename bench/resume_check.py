@@ -15,7 +15,7 @@ logged exactly once with the reference's values, and the evaluation rows equal.
 Prints one line per check and exits 1 if any fails.
 
 Small settings so a run takes a minute or two on 2 CPU cores: CoNLL 160
-training sentences (seq 64) and the first 300 dev sentences; SQuAD 96 training
+training sentences (seq 64, window stride 32) and the first 300 dev sentences; SQuAD 96 training
 questions (seq 128) and 48 evaluated; batch 8, 2 epochs, a checkpoint every 5
 steps, an evaluation every 10 steps and at each epoch end.
 """
@@ -65,6 +65,7 @@ def task_flags(task: str, scratch: pathlib.Path) -> list[str]:
         dev.write_text("".join(out))
         return ["--config=configs/finetune/conll2003.py", *common,
                 "--config.max_train_sentences=160", "--config.max_seq_length=64",
+                "--config.window_stride=32",
                 "--config.length_buckets=(32, 64)", f"--config.dev_file={dev}"]
     return ["--config=configs/finetune/squad.py:version=1.1", *common,
             "--config.max_train_examples=96", "--config.max_eval_examples=48",

@@ -1,6 +1,10 @@
 """Fine-tune BERT: `python -m bert_jax.finetune --config=configs/finetune/<task>.py:... --workdir=DIR
 --config.init_checkpoint=CKPT`. With --sweep, runs config.sweep.lrs x config.sweep.seeds
-into DIR/lr<lr>_seed<seed>/ and reports best and mean per metric (sweep_results.json)."""
+into DIR/lr<lr>_seed<seed>/ and reports best and mean per metric (sweep_results.json).
+
+A rerun of the same command resumes from the newest checkpoint (a sweep skips
+the runs that finished). SIGTERM or a first Ctrl-C saves the step and exits 75
+(rerun to continue); see bert_jax/cli.py for the exit codes."""
 
 from __future__ import annotations
 
