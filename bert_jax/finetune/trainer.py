@@ -185,9 +185,9 @@ class FinetuneJob:
     pure function of (seed, epoch): the saved position is (epoch, batches
     consumed), and a resumed run regenerates that epoch and skips ahead."""
 
-    def __init__(self, config, workdir, task, predict, spec, saver, steps_per_epoch, seq_flops):
+    def __init__(self, config, workdir, task, predict, saver, steps_per_epoch, seq_flops):
         self.config, self.workdir, self.task, self.predict = config, workdir, task, predict
-        self.spec, self.saver = spec, saver
+        self.saver = saver
         self.steps_per_epoch, self.seq_flops = steps_per_epoch, seq_flops
         self.name = f"finetune {task.name}"
         self.num_steps = steps_per_epoch * config.num_epochs
@@ -334,7 +334,7 @@ def finetune(config, workdir) -> dict:
         spec = training.state_spec(model_fn, optimizer, mesh)
         step_fn = training.jit_train_step(spec, mesh, objective_for(head), optimizer, schedule)
         predict = make_predict_fn(spec.graphdef, spec.shardings["params"], mesh)
-        job = FinetuneJob(config, workdir, task, predict, spec, save, steps_per_epoch,
+        job = FinetuneJob(config, workdir, task, predict, save, steps_per_epoch,
                           functools.partial(flops.finetune_flops_per_sequence, cfg, head=head,
                                             num_labels=num_labels))
         summary, state = loop.run(
