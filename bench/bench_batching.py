@@ -18,7 +18,7 @@ scored on the full dev set:
   packed    rows holding up to k whole examples (config.packing; segment-aware
             attention, positions restarting per example): 64-token rows and
             k = 8 for SST-2 (no sentence is longer), 128-token rows and k = 8
-            for CoNLL (its windows are up to 128 pieces); batch_size in rows
+            for CoNLL (its windows are up to 128 pieces); global_batch_size in rows
             chosen so a step sees ~32 examples like the other arms (rounded
             32 / mean examples per row)
 
@@ -88,8 +88,8 @@ def main():
             c.max_train_sentences = args.train
         c.init_checkpoint = str(minilm_dir())
         c.num_epochs = args.epochs
-        c.learning_rate = args.lr
-        c.batch_size = 32
+        c.optim.lr = args.lr
+        c.global_batch_size = 32
         c.seed = seed
         return c
 
@@ -109,7 +109,7 @@ def main():
         "padded": dict(length_buckets=(128,)),
         "bucketed": dict(length_buckets=buckets),
         "packed": dict(length_buckets=(pack_len,), max_seq_length=pack_len, packing=PACK_K,
-                       batch_size=pack_batch),
+                       global_batch_size=pack_batch),
     }
     arms = {k: arms[k] for k in args.arms.split(",")}
     work = pathlib.Path(args.workdir or REPO / "runs" / "bench_batching" / args.task)

@@ -142,8 +142,13 @@ def make_config(task: str, seed: int, plan: str, scratch: pathlib.Path,
     c.seed = seed
     c.eval_batch_size = 64
     c.log_every = 10**9  # only the last step of the run is logged
+    from bert_jax.train_config import RENAMED
     for k, v in PLANS[plan][task].items():
-        c[k] = v
+        *groups, field = RENAMED.get(k, k).split(".")  # plans use the short old names
+        node = c
+        for g in groups:
+            node = node[g]
+        node[field] = v
     if dropout is not None:
         from ml_collections import ConfigDict
         c.model = ConfigDict({"hidden_dropout_prob": dropout,
@@ -190,10 +195,10 @@ def hf_optimizer(model, config, total_steps: int):
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
     decay = [p for n, p in model.named_parameters() if not (n.endswith("bias")
                                                              or "LayerNorm" in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.optim.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-6)
-    warmup = int(round(config.warmup_ratio * total_steps))
+                            lr=config.optim.lr, betas=(0.9, 0.999), eps=1e-6)
+    warmup = int(round(config.optim.warmup_ratio * total_steps))
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -266,7 +271,7 @@ def run_hf(config, workdir: pathlib.Path, threads: int = 2,
     cfg, _, vocab = trainer.init_weights(config)
     task = trainer.task_module(config).build_task(config, load_tokenizer(vocab))
     head = task.head
-    overrides = dict(config.model) if "model" in config else {}
+    overrides = {k: v for k, v in config.model.items() if v is not None}
     model = hf_model(head, task.num_labels, config.seed, **overrides)
     if same_head_init:
         ours = our_initial_head(config, cfg, head, task.num_labels)
@@ -278,20 +283,20 @@ def run_hf(config, workdir: pathlib.Path, threads: int = 2,
         # nn.Embedding(padding_idx=0) never updates the [PAD] row; ours (and
         # Google's BERT) do. None makes HF's embedding a plain gather too.
         model.bert.embeddings.word_embeddings.padding_idx = None
-    total = math.ceil(task.num_train_examples() / config.batch_size) * config.num_epochs
+    total = math.ceil(task.num_train_examples() / config.global_batch_size) * config.num_epochs
     opt, sched = hf_optimizer(model, config, total)
     history, step = [], 0
     t_train = time.perf_counter()
     with tqdm(total=total, desc=f"HF {task.name}", unit="step") as bar:
         for epoch in range(config.num_epochs):
             model.train()
-            for batch in task.train_batches(config.batch_size, config.seed, epoch):
+            for batch in task.train_batches(config.global_batch_size, config.seed, epoch):
                 rows = batch["example_weights"] > 0  # HF's losses average every row given
                 loss = model(**hf_inputs(batch, head, rows)).loss
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"HF: non-finite loss at step {step + 1}")
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.get("clip_norm", 1.0))
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_norm)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
@@ -335,7 +340,8 @@ def step_parity(task: str, scratch: pathlib.Path, steps: int = 6, batch_size: in
     from bert_jax.params import pure_to_flat
 
     config = make_config(task, 0, "smoke", scratch)
-    config.learning_rate, config.weight_decay, config.batch_size = lr, weight_decay, batch_size
+    config.optim.lr, config.optim.weight_decay = lr, weight_decay
+    config.global_batch_size = batch_size
     cfg, encoder, vocab = trainer.init_weights(config)
     cfg = cfg.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     data = trainer.task_module(config).build_task(config, load_tokenizer(vocab))
@@ -345,7 +351,7 @@ def step_parity(task: str, scratch: pathlib.Path, steps: int = 6, batch_size: in
         batches += list(data.train_batches(batch_size, 0, epoch))
     batches = batches[:steps]
     optimizer, schedule = build_optimizer(ConfigDict(
-        {"name": "adamw", "lr": lr, "warmup_ratio": config.warmup_ratio,
+        {"name": "adamw", "lr": lr, "warmup_ratio": config.optim.warmup_ratio,
          "weight_decay": weight_decay, "eps": 1e-6, "clip_norm": 1.0}), steps)
     mesh = sharding.make_mesh((-1, 1, 1))
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):

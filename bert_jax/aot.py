@@ -231,10 +231,8 @@ _TASK_HEADS = {"squad": ("span", 2), "conll2003": ("tagging", 9), "conll": ("tag
 
 def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
     """The fine-tuning step of `config.task` at max_seq_length (the largest bucket)."""
-    from ml_collections import ConfigDict
-
     from bert_jax.bert_config import BertConfig
-    from bert_jax.finetune.trainer import objective_for, optimizer_config, runtime_overrides
+    from bert_jax.finetune.trainer import objective_for, runtime_overrides
     from bert_jax.heads import build_model
     from bert_jax.optim import build_optimizer
     task = str(config.task).lower()
@@ -248,8 +246,8 @@ def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
     if "model" in config and config.model.get("num_layers"):
         runtime["num_hidden_layers"] = config.model.num_layers
     cfg = cfg.replace(**runtime)
-    B, T = config.batch_size, config.max_seq_length
-    optimizer, schedule = build_optimizer(ConfigDict(optimizer_config(config)), 10_000)
+    B, T = config.global_batch_size, config.max_seq_length
+    optimizer, schedule = build_optimizer(config.optim, 10_000)
 
     def model_fn(key):
         return build_model(cfg, head, num_labels, seed=key)
@@ -264,17 +262,10 @@ def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
                   "regression": {"labels": ((B,), f32)},
                   "span": {"start_positions": ((B,), i32), "end_positions": ((B,), i32)},
                   "tagging": {"label_ids": ((B, T), i32)}}[head])
-    # Encoder training FLOPs (no MLM head: 0 positions) minus the pooler/NSP term
-    # when the head does not use it, plus the head's own matmul.
-    enc = flops.train_flops_per_sequence(cfg, T, 0)
-    h = cfg.hidden_size
-    if head in ("span", "tagging"):
-        enc += -6 * (h * h + 2 * h) + 6 * T * h * num_labels
-    else:
-        enc += -6 * 2 * h + 6 * h * num_labels
+    enc = flops.finetune_flops_per_sequence(cfg, T, head, num_labels)
     rows, nbytes = _host_input(bspec, num_hosts)
     return Program(step, (spec.abstract, _abstract_batch(bspec, mesh), _rng(config, mesh)), B, T,
-                   enc * B, rows, nbytes, f"{task} head on {cfg.num_hidden_layers}L/H{h}",
+                   enc * B, rows, nbytes, f"{task} head on {cfg.num_hidden_layers}L/H{cfg.hidden_size}",
                    cfg.num_hidden_layers)
 
 
@@ -550,13 +541,12 @@ def find_batch(config, topology: str, model_size: str = "base",
     accum = int(config.get("grad_accum_steps", 1))
     unit = math.lcm(batch_ways, num_hosts, accum)
     hbm = CHIPS[gen].hbm_bytes
-    key = "batch_size" if is_finetune_config(config) else "global_batch_size"
     known: dict[int, int | None] = {}   # batch -> peak bytes, None = out of memory
 
     def measure(b):
         c = config.copy_and_resolve_references()
         with c.unlocked():
-            c[key] = b
+            c.global_batch_size = b
         r = compile_program(_program(c, mesh, num_hosts, model_size), mesh)
         known[b] = None if r["oom"] else r["bytes_per_device"]["peak"]
         return known[b]
@@ -650,10 +640,9 @@ def main(argv=None) -> int:
             if not best:
                 raise ValueError(f"not even the smallest batch ({info['unit']}) fits on "
                                  f"{fl.topology}: try remat, fsdp or a larger slice")
-            key = "batch_size" if is_finetune_config(config) else "global_batch_size"
             config = config.copy_and_resolve_references()
             with config.unlocked():
-                config[key] = best
+                config.global_batch_size = best
             print(f"largest global batch that fits: {best} (steps of {info['unit']}; "
                   f"{len(info['tried'])} compiles)", flush=True)
         r = report(config, fl.topology, fl.model_size)

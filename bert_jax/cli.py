@@ -77,6 +77,11 @@ def _config_field_error(argv: list[str]) -> str | None:
             if hasattr(node, "keys") and part in node:
                 node = node[part]
                 continue
+            if i == 0 and len(parts) == 1:
+                from bert_jax.train_config import renamed_error
+                renamed = renamed_error(part, m.group(1))
+                if renamed:
+                    return renamed
             parent = ".".join([m.group(1), *parts[:i]])
             known = sorted(node.keys()) if hasattr(node, "keys") else []
             where = f"{parent} has no field {part!r}" if known else \

@@ -45,6 +45,17 @@ def train_flops_per_sequence(cfg: BertConfig, seq_len: int, mlm_positions: int) 
     return float(dense + attention + mlm + nsp)
 
 
+def finetune_flops_per_sequence(cfg: BertConfig, seq_len: int, head: str,
+                                num_labels: int) -> float:
+    """Training FLOPs of one fine-tuning sequence: the encoder (no MLM head),
+    the pooler only for sequence heads, and the head's own matmul."""
+    h = cfg.hidden_size
+    enc = train_flops_per_sequence(cfg, seq_len, 0)
+    if head in ("span", "tagging"):
+        return enc - 6 * (h * h + 2 * h) + 6 * seq_len * h * num_labels
+    return enc - 6 * 2 * h + 6 * h * num_labels
+
+
 def device_peak_flops(device=None, measure_cpu: bool = True) -> float | None:
     """Peak FLOP/s of one device: the vendor table, or on CPU a measured fp32
     matmul rate (so CPU MFU is relative to what this machine actually does)."""

@@ -9,16 +9,14 @@ those imports (and long before any compile).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import cli, model_dir, outputs, storage, workdir_lock
+from bert_jax import cli, loop, model_dir, outputs, storage, train_config, workdir_lock
 from bert_jax.bert_config import RNG_IMPLS, BertConfig
 
 if TYPE_CHECKING:
@@ -198,13 +196,7 @@ def validate_config(config) -> None:
     need(config.num_train_steps >= 1, "num_train_steps", config.num_train_steps, ">= 1")
     need(config.get("rng_impl", "threefry2x32") in RNG_IMPLS, "rng_impl",
          config.get("rng_impl"), "one of " + ", ".join(RNG_IMPLS))
-    need(config.optim.lr > 0, "optim.lr", config.optim.lr, "a learning rate > 0")
-    need(config.optim.warmup_steps >= 0, "optim.warmup_steps", config.optim.warmup_steps,
-         ">= 0")
-    need(config.optim.weight_decay >= 0, "optim.weight_decay", config.optim.weight_decay,
-         ">= 0")
-    need(config.optim.name in ("adamw", "lamb"), "optim.name", config.optim.name,
-         "adamw or lamb")
+    train_config.check_optim(config.optim)
     for field in ("log_every", "eval_every", "checkpoint.every"):
         v = config[field] if "." not in field else config.checkpoint.every
         need(v >= 1, field, v, ">= 1")
@@ -278,26 +270,12 @@ def train(config, workdir: str) -> dict:
     try:
         return _train(config, workdir)
     except BaseException:
-        if created and jax.process_index() == 0 and not _has_progress(workdir):
+        if created and jax.process_index() == 0 and not loop.has_progress(workdir):
             try:
                 storage.remove(workdir)
             except OSError:
                 pass  # e.g. the storage server that made the run fail
         raise
-
-
-def _has_checkpoint(workdir) -> bool:
-    return any(p.isdigit() for p in storage.listdir(storage.join(workdir, "checkpoints")))
-
-
-def _has_progress(workdir) -> bool:
-    try:
-        if _has_checkpoint(workdir):
-            return True
-        m = storage.join(workdir, "metrics.jsonl")
-        return storage.exists(m) and bool(storage.read_bytes(m).strip())
-    except OSError:
-        return True  # cannot tell: keep it
 
 
 def _take_lock(workdir: str) -> workdir_lock.WorkdirLock | None:
@@ -341,7 +319,7 @@ def _train(config, workdir: str) -> dict:
     if not gathered and not config.data.dense_labels:
         raise ValueError("model.mlm_head=dense needs data.dense_labels=True")
     init_params = None
-    resuming = _has_checkpoint(workdir)
+    resuming = loop.has_checkpoint(workdir)
     if config.init_from and not resuming:
         init_params = check_init_from(config, cfg, tokenizer)
 
@@ -355,40 +333,56 @@ def _train(config, workdir: str) -> dict:
             lock.release()
 
 
+class PretrainJob:
+    """What pretraining brings to `bert_jax.loop`: the pipeline's batches and
+    position, MLM/NSP window metrics, held-out evaluation (no best model:
+    pretraining keeps its checkpoints)."""
+
+    def __init__(self, config, pipe, eval_pipe, eval_fn, mesh, seq_flops: float):
+        self.name, self.num_steps = "pretrain", config.num_train_steps
+        self.config, self.pipe, self.eval_pipe, self.eval_fn = config, pipe, eval_pipe, eval_fn
+        self.mesh, self.seq_flops = mesh, seq_flops
+        self.data_state, self.check_data_state = pipe.state, pipe.check_state
+
+    def batches(self, start_step):
+        import jax
+        G, L = self.config.global_batch_size, self.config.data.max_seq_length
+        for _, local in self.pipe.iterate(start_step, self.num_steps - start_step):
+            real = int(local["attention_mask"].sum()) * jax.process_count()
+            yield local, {"sequences": G, "tokens": G * L, "real_tokens": real,
+                          "flops": self.seq_flops * G}
+
+    def train_record(self, sums, steps, step):
+        return summarize(sums)
+
+    def eval_label(self, step):
+        if self.eval_fn is not None and (step % self.config.eval_every == 0
+                                         or step == self.num_steps):
+            return "held_out"
+        return None
+
+    def evaluate(self, params, step, label):
+        from bert_jax.loop import Evaluation
+        return Evaluation(evaluate(self.eval_fn, {"params": params}, self.eval_pipe,
+                                   self.config.eval_batches, self.mesh))
+
+    def save_best(self, params, step):
+        pass
+
+
 def _run(config, workdir, pipe, eval_pipe, cfg, gathered, init_params) -> dict:
     import jax
-    from tqdm import tqdm
 
-    from bert_jax import checkpointing, flops, sharding, training
+    from bert_jax import flops, sharding, training
 
     is_main = jax.process_index() == 0
-    G = config.global_batch_size
     mesh = sharding.make_mesh(config.mesh.shape)
-    rules = sharding.DEFAULT_RULES
     tokenizer = pipe.tokenizer
     peak = flops.device_peak_flops()  # before set_mesh: on CPU it runs a one-device matmul
 
-    # ---- Model + optimizer + step -----------------------------------------------------
-    with jax.set_mesh(mesh), sharding.axis_rules(rules):
+    with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
         built = build(config, tokenizer.vocab_size, mesh)
-        cfg, spec, objective, gathered = built.cfg, built.spec, built.objective, built.gathered
-
-        # ---- Restore ------------------------------------------------------------------
-        ckpt = checkpointing.Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep,
-                                          config.checkpoint.keep_every or None,
-                                          config.checkpoint.async_save)
-        restored = ckpt.restore_latest(spec.abstract)
-        if restored is not None:
-            start_step, state, data_state = restored
-            pipe.check_state(data_state)
-            if is_main:
-                print(f"resumed from {workdir} at step {start_step}", flush=True)
-        else:
-            if init_params is not None and is_main:
-                print(f"initialized weights from {config.init_from}", flush=True)
-            state = training.init_state(spec, built.model_fn, built.optimizer, config.seed,
-                                        init_params)
-            start_step = 0
+        cfg, spec, gathered = built.cfg, built.spec, built.gathered
         if is_main:
             model_dir.write_meta(workdir, cfg, "pretraining", task={"kind": "pretraining"},
                                  do_lower_case=tokenizer.lowercase)
@@ -396,123 +390,31 @@ def _run(config, workdir, pipe, eval_pipe, cfg, gathered, init_params) -> dict:
             storage.write_text(storage.join(workdir, "config.json"),
                                config.to_json_best_effort(indent=2))
 
-        # ---- Loop ---------------------------------------------------------------------
-        step_fn = built.step_fn
-        eval_fn = training.jit_eval_step(spec, mesh, objective) if eval_pipe else None
-        writer = training.MetricWriter(workdir, resume_step=start_step)
-        preempt = training.PreemptionFlag()
-        rng = training.dropout_key(config)
-        n_steps = config.num_train_steps
+        def init_state():
+            if init_params is not None and is_main:
+                print(f"initialized weights from {config.init_from}", flush=True)
+            return training.init_state(spec, built.model_fn, built.optimizer, config.seed,
+                                       init_params)
+
+        eval_fn = training.jit_eval_step(spec, mesh, built.objective) if eval_pipe else None
         seq_flops = flops.train_flops_per_sequence(
             cfg, config.data.max_seq_length,
             config.data.max_predictions_per_seq if gathered else config.data.max_seq_length)
-        n_dev = jax.device_count()
-        bar = tqdm(total=n_steps, initial=start_step, disable=not is_main, unit="step",
-                   dynamic_ncols=True, desc="pretrain")
-        window: dict[str, float] = {}
-        window_steps, window_t0, window_tokens = 0, time.perf_counter(), 0
-        pending = None   # (step, metrics) of the step in flight: read one step late
-        step = start_step
-        first_log = True
-        summary: dict = {"start_step": start_step}
-        t_start = time.perf_counter()
-
-        def consume(item):
-            nonlocal window_steps, window_tokens
-            s, m, tokens = item
-            m = jax.device_get(m)
-            if not m["finite"]:
-                raise FloatingPointError(
-                    f"non-finite loss, gradient or update at step {s + 1} "
-                    f"(loss={m['loss']}, grad_norm={m['grad_norm']}, "
-                    f"update_norm={m['update_norm']}); stopped, the parameters of that step "
-                    f"were not applied; checkpoints kept: {ckpt.steps()}")
-            summary.update(final_loss=float(m["loss"]), final_loss_step=s + 1)
-            for k, v in m.items():
-                window[k] = window.get(k, 0.0) + float(v)
-            window_steps += 1
-            window_tokens += tokens
-            return s + 1, m
-
-        try:
-            for step, local in pipe.iterate(start_step, n_steps - start_step):
-                batch = training.global_batch(local, mesh)
-                with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                    state, metrics = step_fn(state, batch, rng)
-                real_tokens = int(local["attention_mask"].sum()) * jax.process_count()
-                if pending is not None:
-                    consume(pending)
-                pending = (step, metrics, real_tokens)
-                done = step + 1
-                bar.update(1)
-                must_log = done % config.log_every == 0 or done == n_steps
-                must_save = ckpt.should_save(done) or done == n_steps
-                must_eval = eval_fn is not None and (done % config.eval_every == 0
-                                                     or done == n_steps)
-                stop = preempt.reached(done)
-                if must_log or must_save or must_eval or stop:
-                    _, last = consume(pending)
-                    pending = None
-                if must_log and window_steps:
-                    jax.block_until_ready(state["step"])
-                    dt = time.perf_counter() - window_t0
-                    steps_s = window_steps / dt
-                    rec = summarize(window)
-                    rec["loss"] = window["loss"] / window_steps
-                    rec.update(lr=float(last["lr"]), grad_norm=float(last["grad_norm"]),
-                               param_norm=float(last["param_norm"]),
-                               update_norm=float(last["update_norm"]),
-                               step_time=1.0 / steps_s, sequences_per_sec=G * steps_s,
-                               tokens_per_sec=G * config.data.max_seq_length * steps_s,
-                               real_tokens_per_sec=window_tokens / dt)
-                    if peak:
-                        rec["mfu"] = seq_flops * G * steps_s / (peak * n_dev)
-                    if first_log:
-                        rec["includes_compile"] = True  # first window includes compilation
-                        first_log = False
-                    writer.write(done, rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}",
-                                    mlm_acc=f"{rec.get('mlm_accuracy', 0):.3f}", refresh=False)
-                    summary["train"] = rec
-                    window.clear()
-                    window_steps, window_tokens, window_t0 = 0, 0, time.perf_counter()
-                if must_eval:
-                    ev = evaluate(eval_fn, state, eval_pipe, config.eval_batches, mesh)
-                    writer.write(done, ev, prefix="eval_")
-                    summary["eval"] = ev
-                    if is_main:
-                        tqdm.write(f"step {done}: eval " + ", ".join(
-                            f"{k}={v:.4f}" for k, v in ev.items()))
-                if must_save or stop:
-                    ckpt.save(done, state, pipe.state(done), force=True)
-                if stop:
-                    ckpt.wait()
-                    if is_main:
-                        tqdm.write(f"{preempt.reason}: saved step {done}; rerun the same "
-                                   "command to continue")
-                    summary["preempted_at"] = done
-                    break
-            if pending is not None:
-                consume(pending)
-        finally:
-            bar.close()
-            preempt.restore()
-            ckpt.close()
-            writer.close()
+        job = PretrainJob(config, pipe, eval_pipe, eval_fn, mesh, seq_flops)
+        summary, _ = loop.run(job, config, workdir, mesh=mesh, spec=spec, step_fn=built.step_fn,
+                              init_state=init_state, rng=training.dropout_key(config),
+                              peak_flops=peak)
+    if summary["history"]:
+        summary["eval"] = summary["history"][-1]["metrics"]
     if "final_loss" in summary:
         # Every process prints it (multi-host launchers collect each task's output).
         print(f"final loss {summary['final_loss']:.9g} at step {summary['final_loss_step']} "
               f"(process {jax.process_index()} of {jax.process_count()})", flush=True)
     elif is_main:
-        print(f"nothing to do: {workdir} is already at step {start_step} of {n_steps}",
-              flush=True)
-    summary.update(final_step=int(jax.device_get(state["step"])),
-                   wall_time_sec=time.perf_counter() - t_start,
-                   num_devices=n_dev, num_processes=jax.process_count(),
-                   model_size=config.model.size, global_batch_size=G)
-    if is_main:
-        storage.write_text(storage.join(workdir, "summary.json"),
-                           json.dumps(summary, indent=2, default=float))
+        print(f"nothing to do: {workdir} is already at step {summary['start_step']} of "
+              f"{config.num_train_steps}", flush=True)
+    summary.update(model_size=config.model.size, global_batch_size=config.global_batch_size)
+    loop.write_summary(workdir, summary)
     return summary
 
 

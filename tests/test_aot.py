@@ -171,7 +171,7 @@ def test_finetuning_step_with_splash_attention_compiles_for_tpu():
     from configs.finetune import squad
     c = squad.get_config()
     c.max_seq_length = 128
-    c.batch_size = 32
+    c.global_batch_size = 32
     c.rng_impl = "rbg"  # the other dropout RNG (3x cheaper compile, see docs/tpu.md)
     with c.unlocked():
         c.mesh = {"shape": (4, 2, 2)}

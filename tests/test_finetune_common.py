@@ -195,10 +195,10 @@ def test_stsb_regression_in_process(tmp_path, monkeypatch):
     c.init_checkpoint = str(init)
     c.data_dir = str(glue)
     c.max_train_examples = 64
-    c.batch_size = 16          # 2 rows per device
+    c.global_batch_size = 16          # 2 rows per device
     c.eval_batch_size = 64
     c.length_buckets = (64,)   # one shape: one compilation of each program
-    c.learning_rate = 1e-3
+    c.optim.lr = 1e-3
     with c.unlocked():  # rows over data x fsdp, parameters sharded 4 ways over fsdp
         c.mesh = ml_collections.ConfigDict({"shape": (2, 4, 1)})
     workdir = tmp_path / "run"

@@ -62,8 +62,8 @@ def run(tmp_path_factory, tiny_init, env):
                    f"--config.train_file={data_path('conll2003', 'eng.train')}",
                    f"--config.dev_file={data_path('conll2003', 'eng.testa')}",
                    "--config.max_train_sentences=1000", "--config.num_epochs=1",
-                   "--config.batch_size=16", "--config.eval_batch_size=64",
-                   "--config.learning_rate=5e-3", "--config.max_seq_length=64",
+                   "--config.global_batch_size=16", "--config.eval_batch_size=64",
+                   "--config.optim.lr=5e-3", "--config.max_seq_length=64",
                    "--config.window_stride=32", "--config.length_buckets=(64,)", env=env)
     check_ok(r)
     return workdir
@@ -147,8 +147,8 @@ def test_conll_packed_learns(tmp_path, tiny_init, env, run):
                    f"--config.train_file={data_path('conll2003', 'eng.train')}",
                    f"--config.dev_file={data_path('conll2003', 'eng.testa')}",
                    "--config.max_train_sentences=1000", "--config.num_epochs=1",
-                   "--config.batch_size=5", "--config.packing=4", "--config.eval_batch_size=64",
-                   "--config.learning_rate=5e-3", "--config.max_seq_length=64",
+                   "--config.global_batch_size=5", "--config.packing=4", "--config.eval_batch_size=64",
+                   "--config.optim.lr=5e-3", "--config.max_seq_length=64",
                    "--config.window_stride=32", "--config.length_buckets=(64,)", env=env)
     check_ok(r)
     packed = json.loads((workdir / "summary.json").read_text())

@@ -24,7 +24,7 @@ tiny_init = test_finetune_common.tiny_init
 
 RTE_LABELS = ["entailment", "not_entailment"]
 # Shapes shared by every run of this module (batch rows, one length bucket).
-SHAPES = ("--config.batch_size=32", "--config.eval_batch_size=64",
+SHAPES = ("--config.global_batch_size=32", "--config.eval_batch_size=64",
           "--config.max_seq_length=64", "--config.length_buckets=(64,)")
 
 
@@ -159,7 +159,7 @@ def test_sst2_learns(tmp_path, tiny_init, glue_dir, env):
     majority = max(gold.count("0"), gold.count("1")) / len(gold)
     workdir = tmp_path / "sst2"
     finetune_cli("sst2", workdir, tiny_init, glue_dir, env, "--config.max_train_examples=1000",
-                 "--config.num_epochs=4", "--config.learning_rate=3e-3")
+                 "--config.num_epochs=4", "--config.optim.lr=3e-3")
     res = json.loads((workdir / "eval" / "epoch_4" / "dev" / "eval_results.json").read_text())
     assert res["num_examples"] == 872
     assert res["accuracy"] >= max(0.60, majority + 0.08), res
@@ -176,8 +176,8 @@ def test_sst2_packed_learns(tmp_path, tiny_init, glue_dir, env):
     majority = max(gold.count("0"), gold.count("1")) / len(gold)
     workdir = tmp_path / "sst2_packed"
     finetune_cli("sst2", workdir, tiny_init, glue_dir, env, "--config.max_train_examples=1000",
-                 "--config.num_epochs=4", "--config.learning_rate=3e-3",
-                 "--config.packing=4", "--config.batch_size=8")
+                 "--config.num_epochs=4", "--config.optim.lr=3e-3",
+                 "--config.packing=4", "--config.global_batch_size=8")
     res = json.loads((workdir / "eval" / "epoch_4" / "dev" / "eval_results.json").read_text())
     assert res["num_examples"] == 872
     assert res["accuracy"] >= max(0.60, majority + 0.08), res

@@ -71,7 +71,7 @@ def finetune(version: str, workdir, tiny_init, dev_file, env):
                    f"--config=configs/finetune/squad.py:version={version},runlocal",
                    f"--workdir={workdir}", f"--config.init_checkpoint={tiny_init}",
                    f"--config.dev_file={dev_file}", "--config.length_buckets=(128,)",
-                   "--config.learning_rate=1e-3", env=env)
+                   "--config.optim.lr=1e-3", env=env)
     check_ok(r)
     return workdir / "eval" / "epoch_1" / "dev"
 

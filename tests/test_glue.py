@@ -346,9 +346,10 @@ def test_outputs_must_match_examples(glue_dir, tokenizer):
 
 def test_config_and_build_task(glue_dir, tokenizer):
     c = _load_config("task=MNLI")
-    assert (c.task, c.max_seq_length, c.batch_size, c.learning_rate, c.num_epochs) == (
+    assert (c.task, c.max_seq_length, c.global_batch_size, c.optim.lr, c.num_epochs) == (
         "mnli", 128, 32, 2e-5, 3)
-    assert (c.warmup_ratio, c.weight_decay, c.eval_batch_size) == (0.1, 0.01, 64)
+    assert (c.optim.warmup_ratio, c.optim.warmup_steps, c.optim.weight_decay,
+            c.eval_batch_size) == (0.1, 0, 0.01, 64)
     assert tuple(c.length_buckets) == (32, 64, 96, 128) and c.data_dir is None
     assert tuple(c.sweep.lrs) == (2e-5, 3e-5, 5e-5) and len(c.sweep.seeds) >= 3
     with pytest.raises(ValueError, match="config.data_dir"):

@@ -32,7 +32,7 @@ from bert_jax import checkpointing
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 20
 # Fields of a metrics.jsonl record that depend on wall time, not on the numbers.
-TIMING = {"step_time", "sequences_per_sec", "tokens_per_sec", "real_tokens_per_sec", "mfu",
+TIMING = {"step_time", "steps_per_sec", "sequences_per_sec", "tokens_per_sec", "real_tokens_per_sec", "mfu",
           "includes_compile"}
 
 # Runs the real CLI with hooks at given steps: kill_in_save (SIGKILL right after

@@ -1,6 +1,10 @@
 """Fine-tune BERT: `python -m bert_jax.finetune --config=configs/finetune/<task>.py:... --workdir=DIR
 --config.init_checkpoint=CKPT`. With --sweep, runs config.sweep.lrs x config.sweep.seeds
-into DIR/lr<lr>_seed<seed>/ and reports best and mean per metric (sweep_results.json)."""
+into DIR/lr<lr>_seed<seed>/ and reports best and mean per metric (sweep_results.json).
+
+A rerun of the same command resumes from the newest checkpoint (a sweep skips
+the runs that finished). SIGTERM or a first Ctrl-C saves the step and exits 75
+(rerun to continue); see bert_jax/cli.py for the exit codes."""
 
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ def main(argv):
             storage.makedirs(workdir)
             lock = workdir_lock.WorkdirLock(workdir)
             lock.acquire()
-        _run()
+        summary = _run()
     except BaseException:
         if lock is not None:
             lock.release()
@@ -56,29 +60,37 @@ def main(argv):
     finally:
         if lock is not None:
             lock.release()
-    return cli.EXIT_OK
+    return cli.EXIT_PREEMPTED if "preempted_at" in summary else cli.EXIT_OK
+
+
+# What a run that failed before its first step leaves behind (besides the lock).
+_EMPTY_RUN = (workdir_lock.LOCK_NAME, "checkpoints", "tb", "metrics.jsonl")
 
 
 def _nothing_written(workdir) -> bool:
+    from bert_jax import loop
     try:
-        return storage.isdir(workdir) and not any(
-            e != workdir_lock.LOCK_NAME for e in storage.listdir(workdir))
+        return storage.isdir(workdir) and not loop.has_progress(workdir) and all(
+            e in _EMPTY_RUN for e in storage.listdir(workdir))
     except OSError:
         return False
 
 
-def _run():
+def _run() -> dict:
+    """The run's summary; 'preempted_at' in it when a signal stopped it (exit 75)."""
     import jax
 
     from bert_jax.finetune import sweep, trainer
-    if FLAGS.sweep:
-        result = sweep.run_sweep(FLAGS.config, FLAGS.workdir)
-        if jax.process_index() == 0:  # the others saw no metrics (trainer returns {})
-            storage.write_text(storage.join(FLAGS.workdir, "sweep_results.json"),
-                               json.dumps(result, indent=2, default=float))
-            print(sweep.format_table(result))
-    else:
-        trainer.finetune(FLAGS.config, FLAGS.workdir)
+    if not FLAGS.sweep:
+        return trainer.finetune(FLAGS.config, FLAGS.workdir)
+    result = sweep.run_sweep(FLAGS.config, FLAGS.workdir)
+    if "preempted_at" in result:
+        return result
+    if jax.process_index() == 0:  # the others saw no metrics (trainer returns {})
+        storage.write_text(storage.join(FLAGS.workdir, "sweep_results.json"),
+                           json.dumps(result, indent=2, default=float))
+        print(sweep.format_table(result))
+    return result
 
 
 if __name__ == "__main__":

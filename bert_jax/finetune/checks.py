@@ -13,13 +13,13 @@ summary.json.
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 
 import numpy as np
 
 # Fine-tuning workdir entries (workdir itself and a sweep's lr*_seed*/ runs).
-WORKDIR_ENTRIES = ("metrics.jsonl", "metrics.jsonl.tmp", "tb", "eval", "model",
+WORKDIR_ENTRIES = ("metrics.jsonl", "metrics.jsonl.tmp", "tb", "eval", "model", "best",
+                   "checkpoints", "checkpoints_unreadable",
                    "summary.json", "summary.json.tmp", "test_predictions", "sweep_results.json",
                    "sweep_results.json.tmp", "curves.png")
 
@@ -31,7 +31,7 @@ def is_finetune_workdir(path) -> bool:
             continue
         if e.startswith("lr") and "_seed" in e and storage.isdir(storage.join(path, e)):
             continue  # a sweep run
-        if e.startswith((".model.", ".summary.json")):
+        if e.startswith((".model.", ".best.", ".summary.json")):
             continue  # temp siblings of an interrupted write
         return False
     return True
@@ -42,29 +42,23 @@ def _need(ok: bool, field: str, value, allowed: str) -> None:
         raise ValueError(f"config.{field}={value!r}: expected {allowed}")
 
 
-def _number(config, field: str):
-    v = config.get(field)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"config.{field}={v!r}: expected a number")
-    return v
-
-
 def check_config(config) -> None:
     """Ranges of the fields every task has, and TFDS where asked for."""
-    lr = _number(config, "learning_rate")
-    _need(math.isfinite(lr) and lr > 0, "learning_rate", lr, "a learning rate > 0")
+    from bert_jax import train_config
+    train_config.check_renamed(config)
+    train_config.check_optim(config.optim)
     _need(isinstance(config.num_epochs, int) and config.num_epochs >= 1, "num_epochs",
           config.num_epochs, "an integer >= 1")
-    for field in ("batch_size", "eval_batch_size", "max_seq_length"):
-        v = config.get(field)
-        _need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, field, v,
-              "an integer >= 1")
-    w = _number(config, "warmup_ratio")
-    _need(0 <= w <= 1, "warmup_ratio", w, "a fraction in [0, 1]")
-    wd = _number(config, "weight_decay")
-    _need(wd >= 0, "weight_decay", wd, ">= 0")
-    if config.get("log_every") is not None:
-        _need(config.log_every >= 1, "log_every", config.log_every, ">= 1")
+
+    def count(field, v, least):
+        _need(isinstance(v, int) and not isinstance(v, bool) and v >= least, field, v,
+              f"an integer >= {least}")
+    for field in ("global_batch_size", "eval_batch_size", "max_seq_length", "log_every"):
+        count(field, config.get(field), 1)
+    count("eval_every", config.eval_every, 0)
+    count("checkpoint.every", config.checkpoint.every, 1)
+    count("checkpoint.keep", config.checkpoint.keep, 1)
+    _need(config.export in ("best", "last"), "export", config.export, "best or last")
     buckets = tuple(config.get("length_buckets") or ())
     if buckets:
         _need(all(isinstance(b, int) and b >= 1 for b in buckets), "length_buckets", buckets,
@@ -104,7 +98,7 @@ def check_batch_split(config, mesh) -> None:
     axes = spec[0] if spec and spec[0] is not None else ()
     axes = axes if isinstance(axes, tuple) else (axes,)
     shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-    for field in ("batch_size", "eval_batch_size"):
+    for field in ("global_batch_size", "eval_batch_size"):
         if config[field] % shards:
             raise ValueError(f"config.{field}={config[field]}: expected a multiple of "
                              f"{shards} (the batch is split over {shards} devices)")

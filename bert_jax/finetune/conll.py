@@ -409,6 +409,7 @@ class ConllTask:
 
     name = "conll2003"
     head = "tagging"
+    main_metric = "f1"
 
     def __init__(self, load_split: Callable[[str], list[Sentence]], tokenizer,
                  max_seq_length: int = 128, window_stride: int = 64, doc_context: bool = False,

@@ -368,6 +368,8 @@ class GlueTask:
     """One GLUE task as a `FinetuneTask`. Splits are read and tokenized on
     first use and cached."""
 
+    main_metric = "score"  # the task's headline metric (the mean of two for MRPC, STS-B, QQP)
+
     def __init__(self, spec: TaskSpec, load_split: Callable[[str], SplitData], tokenizer,
                  max_seq_length: int = 128, length_buckets: Sequence[int] = (32, 64, 96, 128),
                  max_train_examples: int = 0, packing: int = 0):

@@ -662,6 +662,7 @@ class SquadTask:
 
     head = "span"
     num_labels = 2
+    main_metric = "f1"
     label_names: list[str] = []
 
     def __init__(self, config, tokenizer, train_examples: Sequence[SquadExample],

@@ -11,8 +11,9 @@ from bert_jax.finetune import trainer
 
 
 def _final_metrics(summary: dict) -> dict[str, float]:
+    """The metrics of the model the run exported (its best or last evaluation)."""
     out = {}
-    for split, res in summary.get("final", {}).items():
+    for split, res in summary.get("model", summary.get("final", {})).items():
         if isinstance(res, dict):
             for k, v in res.items():
                 # NaN (undefined, e.g. Pearson of constant predictions) is left
@@ -52,14 +53,20 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def run_sweep(config, workdir) -> dict:
+    """Every lr x seed run in turn into workdir/lr<lr>_seed<seed>/. A rerun
+    skips the runs that finished and resumes the one that was stopped; a run
+    stopped by a signal stops the sweep ({'preempted_at': its dir})."""
     runs = []
     for lr in config.sweep.lrs:
         for seed in config.sweep.seeds:
             c = config.copy_and_resolve_references()
             with c.unlocked():
-                c.learning_rate = float(lr)
+                c.optim.lr = float(lr)
                 c.seed = int(seed)
-            summary = trainer.finetune(c, storage.join(workdir, f"lr{lr}_seed{seed}"))
+            run_dir = storage.join(workdir, f"lr{lr}_seed{seed}")
+            summary = trainer.finetune(c, run_dir)
+            if "preempted_at" in summary:
+                return {"preempted_at": run_dir, "runs": runs}
             runs.append({"lr": float(lr), "seed": int(seed), "metrics": _final_metrics(summary)})
     return aggregate(runs)
 

@@ -43,6 +43,7 @@ class FinetuneTask(Protocol):
     head: str                # one of HEAD_TYPES
     num_labels: int          # 1 for regression, 2 for span (start/end)
     label_names: list[str]   # stored with the checkpoint; [] for regression / span
+    main_metric: str         # the dev metric (higher is better) that picks the best model
 
     def num_train_examples(self) -> int:
         """Rows the trainer counts for epochs and the LR schedule."""

@@ -1,22 +1,21 @@
-"""The fine-tuning loop shared by GLUE, SQuAD and CoNLL-2003.
+"""Fine-tuning GLUE, SQuAD and CoNLL-2003 in the one training loop
+(`bert_jax/loop.py`, the same as pretraining): `FinetuneJob` is what a task
+brings to it (its data, head, loss and metrics: `bert_jax/finetune/task.py`).
 
-It reuses the pretraining machinery (mesh, sharded state, the pure jitted
-train step, optax, orbax model dirs, metrics.jsonl + TensorBoard); a task
-brings only its data, head, loss and metrics (`bert_jax/finetune/task.py`).
-
-Outputs under workdir: metrics.jsonl, tb/, eval/epoch_<k>/<split>/..., the
-final fine-tuned model dir in model/ (with label names and task config, read by
-`python -m bert_jax.predict`), summary.json, and test-set predictions where the
-task has them (GLUE submission files in test_predictions/).
+Outputs under workdir: checkpoints/ (state + epoch and position in it: a
+rerun resumes exactly), metrics.jsonl, tb/, eval/epoch_<k>/<split>/... and
+eval/step_<n>/<split>/... (config.eval_every), best/ while training (the best
+evaluation's model dir), the fine-tuned model dir in model/ (with label names
+and task config, read by `python -m bert_jax.predict`), summary.json, and
+test-set predictions where the task has them (GLUE submission files in
+test_predictions/).
 """
-
 from __future__ import annotations
 
 import contextlib
 import functools
 import json
 import math
-import time
 
 import jax
 import jax.numpy as jnp
@@ -165,43 +164,135 @@ def evaluate_task(task, predict, params, out_dir, eval_batch_size) -> dict[str, 
 
 
 def runtime_overrides(config) -> dict:
-    """config.model fields that change how a checkpoint's architecture runs."""
+    """config.model fields that change how a checkpoint's architecture runs
+    (None: as the checkpoint was saved)."""
     return {k: config.model[k] for k in ("dtype", "attention_impl", "scan_layers",
                                          "remat_policy", "hidden_dropout_prob",
                                          "attention_probs_dropout_prob")
-            if "model" in config and k in config.model}
+            if "model" in config and config.model.get(k) is not None}
 
 
-def optimizer_config(config) -> dict:
-    """The `build_optimizer` fields of a fine-tuning config (also compiled by bert_jax.aot)."""
-    return {"name": config.get("optimizer", "adamw"), "lr": config.learning_rate,
-            "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay,
-            "eps": config.get("adam_eps", 1e-6), "clip_norm": config.get("clip_norm", 1.0)}
+def main_metric(task) -> tuple[str, str]:
+    """(split, metric) that picks the best model: GLUE the task's score (its
+    headline metric, or their mean), SQuAD and CoNLL F1, on the first dev split."""
+    split = tuple(getattr(task, "eval_splits", ("dev",)))[0]
+    return split, getattr(task, "main_metric", "f1")
+
+
+class FinetuneJob:
+    """What a fine-tuning task brings to `bert_jax.loop`. The batches of step s
+    are batch s % steps_per_epoch of `task.train_batches(B, seed, epoch)`, a
+    pure function of (seed, epoch): the saved position is (epoch, batches
+    consumed), and a resumed run regenerates that epoch and skips ahead."""
+
+    def __init__(self, config, workdir, task, predict, saver, steps_per_epoch, seq_flops):
+        self.config, self.workdir, self.task, self.predict = config, workdir, task, predict
+        self.saver = saver
+        self.steps_per_epoch, self.seq_flops = steps_per_epoch, seq_flops
+        self.name = f"finetune {task.name}"
+        self.num_steps = steps_per_epoch * config.num_epochs
+        self.metric = main_metric(task)
+
+    def batches(self, start_step):
+        B, spe = self.config.global_batch_size, self.steps_per_epoch
+        first_epoch, skip = divmod(start_step, spe)
+        for epoch in range(first_epoch, self.config.num_epochs):
+            n = 0
+            for batch in self.task.train_batches(B, self.config.seed, epoch):
+                n += 1
+                if n <= skip:
+                    continue
+                model_batch = {k: v for k, v in batch.items() if k not in _AUX_KEYS}
+                rows, length = batch["input_ids"].shape
+                yield _local_rows(model_batch), {
+                    "padded_tokens": rows * length,
+                    # Real examples (a packed row holds several, filler rows none).
+                    "examples": int(np.sum(batch["example_weights"] > 0)),
+                    "flops": rows * self.seq_flops(length)}
+            if n != spe:
+                raise RuntimeError(f"{self.task.name}: epoch {epoch} gave {n} batches, "
+                                   f"planned {spe}")
+            skip = 0
+
+    def data_state(self, step):
+        epoch, consumed = divmod(step, self.steps_per_epoch)
+        return {"epoch": epoch, "batches": consumed, **self._identity()}
+
+    def _identity(self):
+        return {"steps_per_epoch": self.steps_per_epoch,
+                "global_batch_size": self.config.global_batch_size, "seed": self.config.seed,
+                "num_train_examples": self.task.num_train_examples()}
+
+    def check_data_state(self, state):
+        for k, v in self._identity().items():
+            if state.get(k) != v:
+                raise ValueError(f"{self.workdir}: its checkpoint was trained with {k}="
+                                 f"{state.get(k)}, this run has {v}; rerun with the settings "
+                                 "it started with, or use a new --workdir")
+
+    def train_record(self, sums, steps, step):
+        rec = {"epoch": (step - 1) // self.steps_per_epoch}
+        if "correct" in sums:
+            rec["accuracy"] = sums["correct"] / max(sums["weight"], 1.0)
+        return rec
+
+    def eval_label(self, step):
+        if step % self.steps_per_epoch == 0:
+            return f"epoch_{step // self.steps_per_epoch}"
+        every = self.config.get("eval_every") or 0
+        return f"step_{step}" if every and step % every == 0 else None
+
+    def evaluate(self, params, step, label):
+        from bert_jax.loop import Evaluation
+        # Every process runs the (collective) forward passes; one writes files.
+        with contextlib.ExitStack() as stack:
+            out_dir = stack.enter_context(storage.staged_dir(storage.join(
+                self.workdir, "eval", label))) if jax.process_index() == 0 else None
+            results = evaluate_task(self.task, self.predict, params, out_dir,
+                                    self.config.eval_batch_size)
+        flat = {f"{split}_{k}": v for split, res in results.items() for k, v in res.items()
+                if isinstance(v, (int, float))}
+        split, key = self.metric
+        return Evaluation(flat, score=results.get(split, {}).get(key), detail=results)
+
+    def save_best(self, params, step):
+        self.saver(storage.join(self.workdir, "best"), params, step)
 
 
 def finetune(config, workdir) -> dict:
-    """Fine-tune `config.init_checkpoint` on `config.task` into `workdir`.
+    """Fine-tune `config.init_checkpoint` on `config.task` into `workdir`, or
+    resume the run there from its newest checkpoint.
 
-    Evaluates at every epoch end, then writes test predictions (where the task
-    has them), the model dir `workdir/model` and summary.json. Every process
-    must call this (the steps and forward passes are collective).
+    Evaluates at every epoch end (and every config.eval_every steps), then
+    writes test predictions (where the task has them), the model dir
+    `workdir/model` (the best evaluation's parameters, or the last with
+    config.export="last") and summary.json. A workdir whose run finished is
+    not run again. Every process must call this (the steps and forward passes
+    are collective).
 
     Returns:
-      On process 0 the summary ({'task', 'steps', 'train_time_sec' (with the
-      evaluations), 'train_loop_sec' (without), 'train_tokens_processed',
-      'final': {'epoch', 'step', <split>: metrics},
-      'history': [per epoch]}); {} on the other processes.
+      The summary ({'task', 'steps', 'train_time_sec' (with the evaluations),
+      'train_loop_sec' (without), 'train_tokens_processed', 'final': {'epoch',
+      'step', <split>: metrics} of the last evaluation, 'history', 'model':
+      {'export', 'step', 'metric', 'score', <split>: metrics} of model/}, and
+      'preempted_at' when a signal stopped the run after saving); {} on the
+      processes other than 0.
     """
+    from bert_jax import flops, loop
+    from bert_jax.data.tokenizer import load_tokenizer
     workdir = str(workdir)
     is_main = jax.process_index() == 0
-    from bert_jax.data.tokenizer import load_tokenizer
 
     # ---- Checks before anything is loaded or compiled --------------------------------
     checks.check_config(config)
     training.rng_impl(config)
-    mesh_shape = tuple(config.mesh.shape) if "mesh" in config else (-1, 1, 1)
-    mesh = sharding.make_mesh(mesh_shape)
+    mesh = sharding.make_mesh(tuple(config.mesh.shape))
     checks.check_batch_split(config, mesh)
+    done = finished_summary(workdir)
+    if done is not None:
+        if is_main:
+            print(f"nothing to do: {workdir} finished at step {done.get('steps')}", flush=True)
+        return done if is_main else {}
 
     # ---- Data + task ------------------------------------------------------------------
     cfg, encoder, vocab, lowercase = init_weights(config)
@@ -219,131 +310,135 @@ def finetune(config, workdir) -> dict:
     storage.makedirs(workdir)  # only now that the inputs are known good
 
     # ---- Model, optimizer -------------------------------------------------------------
-    batch_size = config.batch_size
-    steps_per_epoch = (task.train_steps_per_epoch(batch_size)
-                       if hasattr(task, "train_steps_per_epoch")
-                       else math.ceil(task.num_train_examples() / batch_size))
-    total_steps = steps_per_epoch * config.num_epochs
-    from ml_collections import ConfigDict
-    optimizer, schedule = build_optimizer(ConfigDict(optimizer_config(config)), total_steps)
-    model_head = head
+    B = config.global_batch_size
+    steps_per_epoch = (task.train_steps_per_epoch(B) if hasattr(task, "train_steps_per_epoch")
+                       else math.ceil(task.num_train_examples() / B))
+    optimizer, schedule = build_optimizer(config.optim, steps_per_epoch * config.num_epochs)
 
     def model_fn(key):
-        return build_model(cfg, model_head, num_labels, seed=key)
+        return build_model(cfg, head, num_labels, seed=key)
 
-    objective = objective_for(head)
+    task_meta = {"kind": module.__name__.rsplit(".", 1)[-1],
+                 "config": json.loads(config.to_json_best_effort())}
+    export_cfg = cfg.replace(scan_layers=False)
+
+    def save(path, params, step):
+        flat = _host_params(params, spec.scanned)  # every process: may gather
+        if is_main:
+            model_dir.save_model_dir(path, export_cfg, flat, head, num_labels,
+                                     list(task.label_names), {**task_meta, "step": int(step)},
+                                     vocab, tokenizer.lowercase)
+
+    peak = flops.device_peak_flops()  # before set_mesh: on CPU it runs a one-device matmul
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
         spec = training.state_spec(model_fn, optimizer, mesh)
-        state = training.init_state(spec, model_fn, optimizer, config.seed,
-                                    init_params=encoder)
-        step_fn = training.jit_train_step(spec, mesh, objective, optimizer, schedule)
+        step_fn = training.jit_train_step(spec, mesh, objective_for(head), optimizer, schedule)
         predict = make_predict_fn(spec.graphdef, spec.shardings["params"], mesh)
-        writer = training.MetricWriter(workdir)
-        rng = training.dropout_key(config)
-        bar = tqdm(total=total_steps, disable=not is_main, unit="step", dynamic_ncols=True,
-                   desc=f"finetune {task.name}")
-        log_every = config.get("log_every", 50)
-        window: dict[str, float] = {}
-        # Throughput counts only the steps after the first (which compiles) and
-        # not the evaluations between epochs.
-        n_window, timed_steps, timed_sec, tokens, examples = 0, 0, 0.0, 0, 0
-        t_start = time.perf_counter()
-        history = []
-        step = 0
-        total_tokens = 0  # padded tokens the model processed (what bucketing saves)
-        loop_sec = 0.0  # the training loops alone (compiles included, evaluations not)
-        for epoch in range(config.num_epochs):
-            t_prev = t_epoch = time.perf_counter()
-            for batch in task.train_batches(batch_size, config.seed, epoch):
-                model_batch = {k: v for k, v in batch.items() if k not in _AUX_KEYS}
-                gb = training.global_batch(_local_rows(model_batch), mesh)
-                state, metrics = step_fn(state, gb, rng)
-                total_tokens += int(batch["input_ids"].size)
-                m = jax.device_get(metrics)
-                t_now = time.perf_counter()
-                if step > 0:
-                    timed_steps, timed_sec = timed_steps + 1, timed_sec + t_now - t_prev
-                    tokens += int(batch["input_ids"].size)
-                    # Real examples (a packed row holds several, filler rows none).
-                    examples += int(np.sum(batch["example_weights"] > 0))
-                t_prev = t_now
-                if not m["finite"]:
-                    raise FloatingPointError(f"non-finite loss or gradient at step {step + 1}")
-                for k, v in m.items():
-                    window[k] = window.get(k, 0.0) + float(v)
-                n_window += 1
-                step += 1
-                bar.update(1)
-                if step % log_every == 0 or step == total_steps:
-                    rec = {"epoch": epoch, "loss": window["loss"] / n_window,
-                           "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"])}
-                    if timed_steps:
-                        rec.update(steps_per_sec=timed_steps / timed_sec,
-                                   examples_per_sec=examples / timed_sec,
-                                   padded_tokens_per_sec=tokens / timed_sec)
-                    if "correct" in window:
-                        rec["accuracy"] = window["correct"] / max(window["weight"], 1.0)
-                    writer.write(step, rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
-                    window.clear()
-                    n_window, timed_steps, timed_sec, tokens, examples = 0, 0, 0.0, 0, 0
-            loop_sec += time.perf_counter() - t_epoch
-            # ---- Evaluate at each epoch end ----------------------------------------------
-            # Every process runs the (collective) forward passes; one writes files.
-            with contextlib.ExitStack() as stack:
-                out_dir = stack.enter_context(storage.staged_dir(storage.join(
-                    workdir, "eval", f"epoch_{epoch + 1}"))) if is_main else None
-                results = evaluate_task(task, predict, state["params"], out_dir,
-                                        config.eval_batch_size)
-            for split, res in results.items():
-                writer.write(step, {k: v for k, v in res.items()
-                                    if isinstance(v, (int, float))}, prefix=f"eval_{split}_")
-            history.append({"epoch": epoch + 1, "step": step, **results})
-            if is_main:
-                tqdm.write(f"epoch {epoch + 1}: " + json.dumps(results, default=float)[:400])
-        bar.close()
-        writer.close()
-        train_time = time.perf_counter() - t_start
-
-        # ---- Test predictions + final model ------------------------------------------
-        if hasattr(task, "write_test_predictions"):
-            for split in getattr(task, "test_splits", ()):
-                try:
-                    outputs = [predict(state["params"], b)
-                               for b in task.eval_batches(split, config.eval_batch_size)]
-                except FileNotFoundError:
-                    continue
-                if is_main:
-                    with storage.staged_dir(storage.join(workdir, "test_predictions")) as d:
-                        task.write_test_predictions(split, outputs, d)
-        flat = _host_params(state["params"], spec.scanned)
+        job = FinetuneJob(config, workdir, task, predict, save, steps_per_epoch,
+                          functools.partial(flops.finetune_flops_per_sequence, cfg, head=head,
+                                            num_labels=num_labels))
+        summary, state = loop.run(
+            job, config, workdir, mesh=mesh, spec=spec, step_fn=step_fn,
+            init_state=lambda: training.init_state(spec, model_fn, optimizer, config.seed,
+                                                   init_params=encoder),
+            rng=training.dropout_key(config), peak_flops=peak)
+        summary = _finetune_summary(summary, task, input_report, job)
+        if "preempted_at" not in summary:
+            _write_test_predictions(task, predict, state["params"], workdir, config)
+            summary["model"] = _export(config, workdir, summary, state, save)
+    loop.write_summary(workdir, summary)
     if is_main:
-        task_meta = {"kind": module.__name__.rsplit(".", 1)[-1],
-                     "config": json.loads(config.to_json_best_effort())}
-        model_dir.save_model_dir(storage.join(workdir, "model"), cfg.replace(scan_layers=False),
-                                 flat, model_head, num_labels, list(task.label_names),
-                                 task_meta, vocab, tokenizer.lowercase)
-        summary = {"task": task.name, "steps": step, "input": input_report,
-                   "train_time_sec": train_time,
-                   "train_loop_sec": loop_sec,
-                   "train_tokens_processed": total_tokens,
-                   "final": history[-1] if history else {}, "history": history}
-        storage.write_text(storage.join(workdir, "summary.json"),
-                           json.dumps(_strict_json(summary), indent=2))
         return summary
-    return {}
+    # The others stop with process 0 (a sweep must not start the next run).
+    return {"preempted_at": summary["preempted_at"]} if "preempted_at" in summary else {}
 
 
-def _strict_json(obj):
-    """`obj` with numpy scalars as Python numbers and NaN / inf as None (null),
-    as the GLUE eval_results.json writes an undefined metric."""
-    if isinstance(obj, dict):
-        return {k: _strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict_json(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj.item() if isinstance(obj, np.generic) else obj
+def _finetune_summary(summary: dict, task, input_report, job) -> dict:
+    """The loop's summary in fine-tuning's terms (history per evaluation with
+    its epoch, what bench/ and sweeps read)."""
+    history = []
+    for h in summary.pop("history"):
+        entry = {"step": h["step"], "label": h["label"], **(h["detail"] or {})}
+        if h["label"].startswith("epoch_"):
+            entry["epoch"] = int(h["label"].removeprefix("epoch_"))
+        history.append(entry)
+    processed = summary.pop("processed")
+    out = {"task": task.name, "steps": summary["final_step"], "input": input_report,
+           "train_time_sec": summary["wall_time_sec"],
+           "train_loop_sec": summary["wall_time_sec"] - summary["eval_time_sec"],
+           "train_tokens_processed": processed.get("padded_tokens", 0),
+           "final": history[-1] if history else {}, "history": history,
+           "main_metric": "/".join(job.metric), **summary}
+    return out
+
+
+def _write_test_predictions(task, predict, params, workdir, config) -> None:
+    if not hasattr(task, "write_test_predictions"):
+        return
+    for split in getattr(task, "test_splits", ()):
+        try:
+            outputs = [predict(params, b)
+                       for b in task.eval_batches(split, config.eval_batch_size)]
+        except FileNotFoundError:
+            continue
+        if jax.process_index() == 0:
+            with storage.staged_dir(storage.join(workdir, "test_predictions")) as d:
+                task.write_test_predictions(split, outputs, d)
+
+
+def _export(config, workdir, summary, state, save) -> dict:
+    """model/: the best evaluation's parameters (kept in best/ as the run went)
+    or, with config.export="last" or no scored evaluation, the last ones."""
+    best = summary.get("best")
+    model, kept = storage.join(workdir, "model"), storage.join(workdir, "best")
+    if config.export == "best" and best is not None:
+        entry = next(h for h in summary["history"] if h["step"] == best["step"])
+        if jax.process_index() == 0:
+            if storage.exists(kept):
+                _publish(kept, model)
+            elif not storage.exists(model):
+                raise FileNotFoundError(f"{kept}: the best model (step {best['step']}) is "
+                                        "missing")
+        return {"export": "best", "step": best["step"], "metric": summary["main_metric"],
+                "score": best["score"], **{k: v for k, v in entry.items()
+                                           if k not in ("step", "label", "epoch")}}
+    save(model, state["params"], summary["steps"])
+    if jax.process_index() == 0:
+        storage.remove(kept)
+    last = summary["final"]
+    split, key = summary["main_metric"].split("/")
+    return {"export": "last", "step": summary["steps"], "metric": summary["main_metric"],
+            "score": last.get(split, {}).get(key),
+            **{k: v for k, v in last.items() if k not in ("step", "label", "epoch")}}
+
+
+def _publish(kept, model) -> None:
+    """best/ becomes model/: locally one rename; in a bucket (no rename) it is
+    written again as a model dir from its parameters."""
+    storage.remove(model)
+    if not storage.is_url(model):
+        storage.rename(kept, model)
+        return
+    cfg, meta, flat = model_dir.load_flat(kept)
+    model_dir.save_model_dir(model, cfg, flat, meta["head"], meta.get("num_labels", 0),
+                             meta.get("label_names"),
+                             meta.get("task"), storage.join(kept, "vocab.txt"),
+                             meta.get("do_lower_case"))
+    storage.remove(kept)
+
+
+def finished_summary(workdir) -> dict | None:
+    """The summary of a run that finished in `workdir` (model/ exported), else None."""
+    path = storage.join(str(workdir), "summary.json")
+    try:
+        if not storage.exists(path):
+            return None
+        summary = json.loads(storage.read_text(path))
+    except (OSError, ValueError):
+        return None
+    if "preempted_at" in summary or "model" not in summary:
+        return None
+    return summary
 
 
 def _to_host(x: jax.Array) -> np.ndarray:

@@ -22,6 +22,7 @@ lower (see docs/results.md for this repo's measured runs).
 import ml_collections
 from ml_collections import config_dict
 
+from bert_jax import train_config
 from bert_jax.shared_data import shared_data_dir
 
 
@@ -50,24 +51,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Most pieces between the starts of two windows of one long sentence.
     c.window_stride = 64
     c.doc_context = "doc_context" in switches
-    c.batch_size = 32
-    c.eval_batch_size = 64
-    c.learning_rate = 5e-5
-    c.num_epochs = 3
-    c.warmup_ratio = 0.1
-    c.weight_decay = 0.01
-    c.seed = 0
-    c.rng_impl = "threefry2x32"    # dropout RNG: threefry | rbg (see configs/pretrain/bert.py)
-    c.init_checkpoint = ""
+    train_config.finetune_fields(c, lr=5e-5, num_epochs=3)
     # Padded lengths a batch may take (CoNLL sentences average ~20 pieces).
     c.length_buckets = (32, 64, 128)
     # k > 1: training rows of up to k whole sentence windows (best-fit into the
     # largest bucket, segment-aware attention, positions restart per window);
-    # evaluation is not packed. Pair with a smaller batch_size (rows per step).
+    # evaluation is not packed. Pair with a smaller global_batch_size (rows per step).
     c.packing = 0
     if "runlocal" in switches:
         c.max_train_sentences = 1000
         c.num_epochs = 1
-        c.batch_size = 8
+        c.global_batch_size = 8
         c.eval_batch_size = 16
     return c

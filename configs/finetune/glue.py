@@ -24,6 +24,7 @@ Pearson/Spearman 88.6/88.5, QQP acc/F1 90.7/87.5, MNLI-m acc 83.9, QNLI acc
 
 from ml_collections import config_dict
 
+from bert_jax import train_config
 from bert_jax.config_args import parse_arg
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
@@ -39,22 +40,14 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.data_dir = config_dict.placeholder(str)   # None: the caller passes it
     # False: TSVs from data_dir; True: TFDS glue/<task>; a string: that TFDS name.
     c.tfds = config_dict.FieldReference(False, field_type=object)
-    c.init_checkpoint = ""
+    train_config.finetune_fields(c, lr=2e-5, num_epochs=3)
     c.max_seq_length = 128
     c.length_buckets = (32, 64, 96, 128)
-    c.batch_size = 32
-    c.eval_batch_size = 64
-    c.learning_rate = 2e-5
-    c.num_epochs = 3
-    c.warmup_ratio = 0.1
-    c.weight_decay = 0.01
-    c.seed = 0
-    c.rng_impl = "threefry2x32"    # dropout RNG: threefry | rbg (see configs/pretrain/bert.py)
     # > 0: train on a fixed random subset of this many training examples
     # (glue.subsample_indices, seed 0), e.g. to fit SST-2 on a CPU.
     c.max_train_examples = 0
     # >= 2: training rows hold up to this many whole examples (segment-aware
-    # attention, one [CLS] each; batch_size then counts rows, so lower it to
+    # attention, one [CLS] each; global_batch_size then counts rows, so lower it to
     # keep the examples per step). 0: one example per row, length-bucketed.
     c.packing = 0
 
@@ -65,7 +58,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     if args["runlocal"]:
         c.max_seq_length = 64
         c.length_buckets = (32, 64)
-        c.batch_size = 8
+        c.global_batch_size = 8
         c.eval_batch_size = 16
         c.num_epochs = 1
         c.max_train_examples = 256

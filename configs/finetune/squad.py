@@ -29,6 +29,7 @@ instead of 87,599 and evaluates 1,988 (v2.0: 3,135), so expect several points le
 
 from ml_collections import config_dict
 
+from bert_jax import train_config
 from bert_jax.config_args import parse_arg
 from bert_jax.shared_data import shared_data_dir
 
@@ -68,15 +69,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.null_score_diff_threshold = 0.0
 
     # Optimization.
-    c.init_checkpoint = ""
-    c.batch_size = 32
-    c.eval_batch_size = 64
-    c.learning_rate = 3e-5
-    c.num_epochs = 2
-    c.warmup_ratio = 0.1
-    c.weight_decay = 0.01
-    c.seed = 0
-    c.rng_impl = "threefry2x32"    # dropout RNG: threefry | rbg (see configs/pretrain/bert.py)
+    train_config.finetune_fields(c, lr=3e-5, num_epochs=2)
 
     if args["runlocal"]:
         c.max_seq_length = 128
@@ -85,7 +78,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         c.length_buckets = (64, 128)
         c.max_train_examples = 64
         c.max_eval_examples = 32
-        c.batch_size = 8
+        c.global_batch_size = 8
         c.eval_batch_size = 16
         c.num_epochs = 1
     return c

@@ -19,6 +19,7 @@ Wikipedia+Books. Sizes: tiny, mini, small, medium (Turc et al. 2019), base, larg
 
 from ml_collections import config_dict
 
+from bert_jax import train_config
 from bert_jax.config_args import parse_arg
 from bert_jax.data.pipeline import default_data_config
 
@@ -57,13 +58,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.eval_every = 10_000
     c.eval_batches = 50
 
-    c.optim = config_dict.ConfigDict()
-    c.optim.name = "adamw"                # lamb for very large batches
-    c.optim.lr = 1e-4
-    c.optim.warmup_steps = 10_000
-    c.optim.weight_decay = 0.01
-    c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.999, 1e-6
-    c.optim.clip_norm = 1.0
+    c.optim = train_config.optim(1e-4, warmup_steps=10_000)  # lamb for very large batches
 
     c.global_batch_size = 256
     c.grad_accum_steps = 1
@@ -80,13 +75,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # Resume stays bitwise on the same mesh with either.
     c.rng_impl = "threefry2x32"
 
-    c.mesh = config_dict.ConfigDict()
-    c.mesh.shape = (-1, 1, 1)             # (data, fsdp, tensor); -1 = remaining devices
-    c.checkpoint = config_dict.ConfigDict()
-    c.checkpoint.every = 5_000
-    c.checkpoint.keep = 3
-    c.checkpoint.keep_every = 0           # also keep every M steps (0 = off)
-    c.checkpoint.async_save = True
+    c.mesh = train_config.mesh()
+    c.checkpoint = train_config.checkpoint(every=5_000, keep=3)
     c.log_every = 100
 
     c.distributed = config_dict.ConfigDict()
