@@ -28,8 +28,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from common import load_average, markdown_table  # noqa: E402
 
-from bert_jax import flops, sharding, training  # noqa: E402
 from bert_jax.data.pipeline import batch_spec  # noqa: E402
+from bert_jax.model import (
+    flops,  # noqa: E402
+    sharding,  # noqa: E402
+)
+from bert_jax.train.step import dropout_key, global_batch, init_state  # noqa: E402
 
 AUTO_BATCHES = {128: (256, 128, 64), 512: (64, 32, 16)}  # per device
 
@@ -69,10 +73,10 @@ def measure(config, steps: int) -> dict:
     vocab = 30522
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
         built = pretrain.build(config, vocab, mesh)
-        state = training.init_state(built.spec, built.model_fn, built.optimizer, 0)
-        batch = training.global_batch(random_batch(config, vocab, np.random.default_rng(0)),
+        state = init_state(built.spec, built.model_fn, built.optimizer, 0)
+        batch = global_batch(random_batch(config, vocab, np.random.default_rng(0)),
                                       mesh)
-        rng = training.dropout_key(config)
+        rng = dropout_key(config)
         t0 = time.perf_counter()
         state, m = built.step_fn(state, batch, rng)
         jax.block_until_ready(m)

@@ -72,7 +72,7 @@ def main():
 
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.finetune import batching, conll, glue, trainer
-    from bert_jax.shared_data import shared_data_path
+    from bert_jax.storage.shared_data import shared_data_path
 
     def config(seed: int):
         if args.task == "sst2":

@@ -24,7 +24,8 @@ import jax  # noqa: E402
 from common import load_average, markdown_table  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bert_jax import aot, sharding  # noqa: E402
+from bert_jax import aot  # noqa: E402
+from bert_jax.model import sharding  # noqa: E402
 
 MASKED = 20
 

@@ -7,7 +7,7 @@ Every contender runs a full BERT pretraining step (MLM + NSP forward, loss,
 backward, global-norm clipping 1.0, AdamW) at seq 128 in fp32 on the same
 random batch (20 masked positions per sequence, vocab 30522, dropout 0.1):
 
-  ours        training.train_step jitted by training.jit_train_step with
+  ours        train_step jitted by jit_train_step with
               pretraining_objective: the MLM head runs on the 20 gathered
               masked positions only (Google BERT's max_predictions_per_seq).
   ours_dense  the same step with the MLM head at all 128 positions and dense
@@ -44,11 +44,13 @@ from common import alternate, load_average, markdown_table, median, spread  # no
 from flax import nnx  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from bert_jax import hf_format, sharding, training  # noqa: E402
-from bert_jax.bert_config import BertConfig  # noqa: E402
-from bert_jax.heads import BertForPreTraining  # noqa: E402
-from bert_jax.optim import build_optimizer  # noqa: E402
+from bert_jax.convert import hf_format  # noqa: E402
+from bert_jax.model import sharding  # noqa: E402
+from bert_jax.model.config import BertConfig  # noqa: E402
+from bert_jax.model.heads import BertForPreTraining  # noqa: E402
 from bert_jax.pretrain import pretraining_objective  # noqa: E402
+from bert_jax.train.optim import build_optimizer  # noqa: E402
+from bert_jax.train.step import init_state, jit_train_step, state_spec  # noqa: E402
 
 SEQ_LEN = 128
 MASKED = 20
@@ -93,9 +95,9 @@ def setup_ours(cfg: BertConfig, batch: dict, gathered: bool):
             else ("mlm_labels",))
     keys += ("input_ids", "token_type_ids", "attention_mask", "nsp_labels")
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
-        spec = training.state_spec(model_fn, optimizer, mesh)
-        holder = {"state": training.init_state(spec, model_fn, optimizer, seed=0)}
-        step = training.jit_train_step(spec, mesh, pretraining_objective(True, gathered),
+        spec = state_spec(model_fn, optimizer, mesh)
+        holder = {"state": init_state(spec, model_fn, optimizer, seed=0)}
+        step = jit_train_step(spec, mesh, pretraining_objective(True, gathered),
                                        optimizer, schedule)
         dev_batch = jax.device_put({k: jnp.asarray(batch[k]) for k in keys})
         rng = jax.random.key(1)

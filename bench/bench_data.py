@@ -20,7 +20,7 @@ import time
 
 from bert_jax.data.pipeline import PretrainingPipeline, default_data_config
 from bert_jax.data.prepare import prepare_corpus, summary
-from bert_jax.shared_data import shared_data_path
+from bert_jax.storage.shared_data import shared_data_path
 
 
 def _children_cpu() -> float:

@@ -57,7 +57,7 @@ import numpy as np  # noqa: E402
 from common import minilm_dir  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bert_jax.shared_data import shared_data_path  # noqa: E402
+from bert_jax.storage.shared_data import shared_data_path  # noqa: E402
 
 GLUE = ("sst2", "mrpc", "stsb", "rte", "cola")
 GLUE_DIRS = {"sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "rte": "RTE", "cola": "CoLA"}
@@ -142,7 +142,7 @@ def make_config(task: str, seed: int, plan: str, scratch: pathlib.Path,
     c.seed = seed
     c.eval_batch_size = 64
     c.log_every = 10**9  # only the last step of the run is logged
-    from bert_jax.train_config import RENAMED
+    from bert_jax.train.train_config import RENAMED
     for k, v in PLANS[plan][task].items():
         *groups, field = RENAMED.get(k, k).split(".")  # plans use the short old names
         node = c
@@ -190,7 +190,7 @@ def hf_model(head: str, num_labels: int, seed: int, **config_overrides):
 
 
 def hf_optimizer(model, config, total_steps: int):
-    """torch AdamW + the same per-step learning rate as bert_jax.optim.lr_schedule."""
+    """torch AdamW + the same per-step learning rate as bert_jax.train.optim.lr_schedule."""
     import torch
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
     decay = [p for n, p in model.named_parameters() if not (n.endswith("bias")
@@ -244,15 +244,15 @@ def hf_predict(model, task, split: str, batch_size: int) -> list[dict]:
 
 def our_initial_head(config, cfg, head: str, num_labels: int) -> dict[str, np.ndarray]:
     """The freshly initialized head parameters our trainer starts from (its
-    model built from key(config.seed), as training.init_state does), in HF
+    model built from key(config.seed), as init_state does), in HF
     names: copied into the HF model they remove head-init distribution (ours
     truncated normal, HF normal) and seed as a cause of a difference."""
     import jax
     from flax import nnx
 
-    from bert_jax import hf_format
-    from bert_jax.heads import build_model
-    from bert_jax.params import pure_to_flat
+    from bert_jax.convert import hf_format
+    from bert_jax.model.heads import build_model
+    from bert_jax.model.params import pure_to_flat
     model = build_model(cfg.replace(scan_layers=False), head, num_labels,
                         seed=jax.random.key(config.seed))
     flat = pure_to_flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
@@ -332,12 +332,14 @@ def step_parity(task: str, scratch: pathlib.Path, steps: int = 6, batch_size: in
     import torch
     from ml_collections import ConfigDict
 
-    from bert_jax import hf_format, sharding, training
+    from bert_jax.convert import hf_format
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.finetune import trainer
-    from bert_jax.heads import build_model
-    from bert_jax.optim import build_optimizer
-    from bert_jax.params import pure_to_flat
+    from bert_jax.model import sharding
+    from bert_jax.model.heads import build_model
+    from bert_jax.model.params import pure_to_flat
+    from bert_jax.train.optim import build_optimizer
+    from bert_jax.train.step import global_batch, init_state, jit_train_step, state_spec
 
     config = make_config(task, 0, "smoke", scratch)
     config.optim.lr, config.optim.weight_decay = lr, weight_decay
@@ -357,15 +359,15 @@ def step_parity(task: str, scratch: pathlib.Path, steps: int = 6, batch_size: in
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
         def model_fn(key):
             return build_model(cfg, head, num_labels, seed=key)
-        spec = training.state_spec(model_fn, optimizer, mesh)
-        state = training.init_state(spec, model_fn, optimizer, 0, init_params=encoder)
-        step_fn = training.jit_train_step(spec, mesh, trainer.objective_for(head), optimizer,
+        spec = state_spec(model_fn, optimizer, mesh)
+        state = init_state(spec, model_fn, optimizer, 0, init_params=encoder)
+        step_fn = jit_train_step(spec, mesh, trainer.objective_for(head), optimizer,
                                           schedule)
         start = {k: np.array(v)  # copies: the step donates the state's buffers
                  for k, v in pure_to_flat(jax.device_get(state["params"])).items()}
         ours = {"loss": [], "lr": [], "grad_norm": []}
         for b in batches:
-            gb = training.global_batch({k: v for k, v in b.items() if k != "feature_index"},
+            gb = global_batch({k: v for k, v in b.items() if k != "feature_index"},
                                        mesh)
             state, m = step_fn(state, gb, jax.random.key(1))
             for k in ours:

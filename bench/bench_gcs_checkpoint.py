@@ -53,10 +53,13 @@ def random_batch(rng: np.random.Generator, batch: int, seq: int, vocab: int, pre
 def time_mode(async_save: bool, url: str) -> dict:
     from flax import nnx
 
-    from bert_jax import checkpointing, pretrain, sharding, training
-    from bert_jax.bert_config import BertConfig
-    from bert_jax.heads import BertForPreTraining
-    from bert_jax.optim import build_optimizer
+    from bert_jax import pretrain
+    from bert_jax.model import sharding
+    from bert_jax.model.config import BertConfig
+    from bert_jax.model.heads import BertForPreTraining
+    from bert_jax.train import checkpointing
+    from bert_jax.train.optim import build_optimizer
+    from bert_jax.train.step import global_batch, init_state, jit_train_step, state_spec
     from configs.pretrain import bert_tiny
 
     config = bert_tiny.get_config()
@@ -70,15 +73,15 @@ def time_mode(async_save: bool, url: str) -> dict:
 
     rng = np.random.default_rng(0)
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
-        spec = training.state_spec(model_fn, optimizer, mesh)
-        state = training.init_state(spec, model_fn, optimizer, 0)
-        step_fn = training.jit_train_step(spec, mesh, objective, optimizer, schedule)
+        spec = state_spec(model_fn, optimizer, mesh)
+        state = init_state(spec, model_fn, optimizer, 0)
+        step_fn = jit_train_step(spec, mesh, objective, optimizer, schedule)
         ckpt = checkpointing.Checkpointer(url, FLAGS.save_every, keep=2, async_save=async_save)
         key = jax.random.key(1)
         times, saved_at, save_calls = [], [], []
         t_total = time.perf_counter()
         for step in range(FLAGS.steps):
-            batch = training.global_batch(random_batch(rng, FLAGS.batch, FLAGS.seq, 30522, 20),
+            batch = global_batch(random_batch(rng, FLAGS.batch, FLAGS.seq, 30522, 20),
                                           mesh)
             t0 = time.perf_counter()
             state, _ = step_fn(state, batch, key)

@@ -1,6 +1,6 @@
 """Fine-tuning steps/s of two checkouts, alternated in one session: the
 pre-issue-15 trainer (its own loop: `jax.device_get` of the metrics after every
-step) against this one (bert_jax/loop.py: metrics read one step late).
+step) against this one (bert_jax/train/loop.py: metrics read one step late).
 
     git archive e44d01d | (mkdir -p /tmp/old && tar -x -C /tmp/old)
     .venv/bin/python bench/bench_loop_throughput.py --old=/tmp/old [--rounds=3] [--train=2000]
@@ -37,7 +37,7 @@ logging.set_verbosity(logging.WARNING)
 sys.path.insert(0, {bench!r})
 from common import minilm_dir
 from bert_jax.finetune import trainer
-from bert_jax.shared_data import shared_data_path
+from bert_jax.storage.shared_data import shared_data_path
 from configs.finetune import glue
 c = glue.get_config("task=sst2")
 c.data_dir = str(shared_data_path("glue"))

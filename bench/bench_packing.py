@@ -36,13 +36,14 @@ from bench_pretrain_peer import build_data  # noqa: E402
 from common import alternate, load_average, markdown_table, median  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from bert_jax import sharding, training  # noqa: E402
-from bert_jax.bert_config import BertConfig  # noqa: E402
 from bert_jax.data import packing  # noqa: E402
 from bert_jax.data.pipeline import PretrainingPipeline, default_data_config  # noqa: E402
-from bert_jax.heads import build_model  # noqa: E402
-from bert_jax.optim import build_optimizer  # noqa: E402
+from bert_jax.model import sharding  # noqa: E402
+from bert_jax.model.config import BertConfig  # noqa: E402
+from bert_jax.model.heads import build_model  # noqa: E402
 from bert_jax.pretrain import pretraining_objective  # noqa: E402
+from bert_jax.train.optim import build_optimizer  # noqa: E402
+from bert_jax.train.step import global_batch, init_state, jit_train_step, state_spec  # noqa: E402
 
 T = 128
 
@@ -85,12 +86,12 @@ def step_times(prepared: str, k: int, size: str, batch: int, rounds: int,
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
         def model_fn(key):
             return build_model(cfg, "pretraining", seed=key)
-        spec = training.state_spec(model_fn, optimizer, mesh)
+        spec = state_spec(model_fn, optimizer, mesh)
         fns = {}
         for name, pipe in pipes.items():
-            batches = [training.global_batch(pipe.batch(s), mesh) for s in range(4)]
-            step = training.jit_train_step(spec, mesh, objective, optimizer, schedule)
-            box = {"state": training.init_state(spec, model_fn, optimizer, 0), "i": 0}
+            batches = [global_batch(pipe.batch(s), mesh) for s in range(4)]
+            step = jit_train_step(spec, mesh, objective, optimizer, schedule)
+            box = {"state": init_state(spec, model_fn, optimizer, 0), "i": 0}
 
             def run(box=box, batches=batches, step=step):
                 box["state"], m = step(box["state"], batches[box["i"] % 4],

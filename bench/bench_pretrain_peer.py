@@ -14,7 +14,7 @@ Both contenders start from the same weights (our initialization exported with
 `hf_format.to_hf`), see the same batches from one `PretrainingPipeline` (seq 128,
 20 predictions, NSP) and use the same hyperparameters:
 
-  ours  training.jit_train_step with pretrain.pretraining_objective (MLM head only
+  ours  jit_train_step with pretrain.pretraining_objective (MLM head only
         at the gathered masked positions), optim.build_optimizer: AdamW b1 0.9,
         b2 0.999, eps 1e-6, weight decay 0.01 except biases and LayerNorm, linear
         warmup then linear decay to 0, global-norm clipping 1.0; fp32.
@@ -55,16 +55,18 @@ from flax import nnx  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bert_jax import hf_format, sharding, training  # noqa: E402
-from bert_jax.bert_config import BertConfig  # noqa: E402
+from bert_jax.convert import hf_format  # noqa: E402
 from bert_jax.data.pipeline import PretrainingPipeline, default_data_config  # noqa: E402
 from bert_jax.data.prepare import prepare_corpus, summary  # noqa: E402
 from bert_jax.data.vocab import train_vocab  # noqa: E402
-from bert_jax.heads import BertForPreTraining  # noqa: E402
-from bert_jax.optim import build_optimizer  # noqa: E402
-from bert_jax.params import flat_params  # noqa: E402
+from bert_jax.model import sharding  # noqa: E402
+from bert_jax.model.config import BertConfig  # noqa: E402
+from bert_jax.model.heads import BertForPreTraining  # noqa: E402
+from bert_jax.model.params import flat_params  # noqa: E402
 from bert_jax.pretrain import pretraining_objective, summarize  # noqa: E402
-from bert_jax.shared_data import shared_data_path  # noqa: E402
+from bert_jax.storage.shared_data import shared_data_path  # noqa: E402
+from bert_jax.train.optim import build_optimizer  # noqa: E402
+from bert_jax.train.step import init_state, jit_eval_step, jit_train_step, state_spec  # noqa: E402
 
 HELDOUT_MOD, HELDOUT_REM = 10, 3
 OURS_KEYS = ("input_ids", "token_type_ids", "attention_mask", "masked_positions", "masked_ids",
@@ -145,11 +147,11 @@ class Ours:
             return BertForPreTraining(cfg, rngs=nnx.Rngs(params=key))
 
         with self._ctx():
-            self.spec = training.state_spec(model_fn, self.optimizer, self.mesh)
-            self.state = training.init_state(self.spec, model_fn, self.optimizer, seed)
-            self.step_fn = training.jit_train_step(self.spec, self.mesh, objective,
+            self.spec = state_spec(model_fn, self.optimizer, self.mesh)
+            self.state = init_state(self.spec, model_fn, self.optimizer, seed)
+            self.step_fn = jit_train_step(self.spec, self.mesh, objective,
                                                    self.optimizer, self.schedule)
-            self.eval_fn = training.jit_eval_step(self.spec, self.mesh, objective)
+            self.eval_fn = jit_eval_step(self.spec, self.mesh, objective)
         self.rng = jax.random.key(seed + 1)
         self.pending: list = []
 

@@ -47,7 +47,7 @@ TIMING = {"step_time", "steps_per_sec", "examples_per_sec", "padded_tokens_per_s
 def task_flags(task: str, scratch: pathlib.Path) -> list[str]:
     from common import minilm_dir
 
-    from bert_jax.shared_data import shared_data_path
+    from bert_jax.storage.shared_data import shared_data_path
     common = [f"--config.init_checkpoint={minilm_dir()}", "--config.global_batch_size=8",
               "--config.eval_batch_size=32", "--config.num_epochs=2", "--config.log_every=1",
               "--config.eval_every=10", "--config.checkpoint.every=5",
@@ -141,7 +141,7 @@ def same_files(a: pathlib.Path, b: pathlib.Path) -> tuple[bool, str]:
 
 
 def same_model(a: pathlib.Path, b: pathlib.Path) -> tuple[bool, str]:
-    from bert_jax import model_dir
+    from bert_jax.convert import model_dir
     for name in ("bert_jax.json", "vocab.txt"):
         if (a / name).read_bytes() != (b / name).read_bytes():
             return False, f"model/{name} differs"

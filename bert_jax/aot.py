@@ -55,7 +55,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from bert_jax import flops, sharding  # noqa: E402
+from bert_jax.model import (
+    flops,  # noqa: E402
+    sharding,  # noqa: E402
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,8 +184,8 @@ def _abstract_batch(spec: dict[str, tuple[tuple[int, ...], np.dtype]], mesh) -> 
 
 
 def _rng(config, mesh):
-    from bert_jax import training
-    key = jax.eval_shape(lambda: training.dropout_key(config))
+    from bert_jax.train.step import dropout_key
+    key = jax.eval_shape(lambda: dropout_key(config))
     return jax.ShapeDtypeStruct(key.shape, key.dtype,
                                 sharding=NamedSharding(mesh, PartitionSpec()))
 
@@ -231,10 +234,10 @@ _TASK_HEADS = {"squad": ("span", 2), "conll2003": ("tagging", 9), "conll": ("tag
 
 def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
     """The fine-tuning step of `config.task` at max_seq_length (the largest bucket)."""
-    from bert_jax.bert_config import BertConfig
     from bert_jax.finetune.trainer import objective_for, runtime_overrides
-    from bert_jax.heads import build_model
-    from bert_jax.optim import build_optimizer
+    from bert_jax.model.config import BertConfig
+    from bert_jax.model.heads import build_model
+    from bert_jax.train.optim import build_optimizer
     task = str(config.task).lower()
     head, num_labels = _TASK_HEADS.get(task, ("classification", 2))
     if config.get("init_checkpoint"):
@@ -252,9 +255,9 @@ def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
     def model_fn(key):
         return build_model(cfg, head, num_labels, seed=key)
 
-    from bert_jax import training
-    spec = training.state_spec(model_fn, optimizer, mesh)
-    step = training.jit_train_step(spec, mesh, objective_for(head), optimizer, schedule)
+    from bert_jax.train.step import jit_train_step, state_spec
+    spec = state_spec(model_fn, optimizer, mesh)
+    step = jit_train_step(spec, mesh, objective_for(head), optimizer, schedule)
     i32, f32 = np.dtype(np.int32), np.dtype(np.float32)
     bspec = {"input_ids": ((B, T), i32), "token_type_ids": ((B, T), i32),
              "attention_mask": ((B, T), i32), "example_weights": ((B,), f32)}

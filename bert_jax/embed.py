@@ -126,7 +126,7 @@ def checked_tokenizer(checkpoint, vocab=None, allow_vocab_mismatch: bool = False
     """The checkpoint's own tokenizer; `vocab` only where it has none, or where
     it is the same vocabulary, or when a mismatch is explicitly allowed (other
     token ids would give silently wrong vectors)."""
-    from bert_jax import model_dir
+    from bert_jax.convert import model_dir
     from bert_jax.data.tokenizer import load_tokenizer
     own = model_dir.vocab_path(checkpoint)
     lowercase = model_dir.recorded_casing(checkpoint)
@@ -197,7 +197,7 @@ def main(argv):
     for name in ("checkpoint", "input", "output"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
-    from bert_jax import outputs
+    from bert_jax.storage import outputs
     if FLAGS.batch_size < 1:
         raise ValueError(f"--batch_size={FLAGS.batch_size}: expected >= 1")
     if FLAGS.max_length < 2:

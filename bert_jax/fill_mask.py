@@ -36,8 +36,9 @@ def load(checkpoint: str | os.PathLike):
 
     Raises ValueError when the checkpoint has no trained MLM head (a fine-tuned
     classifier, a bare encoder)."""
-    from bert_jax import convert, model_dir
-    from bert_jax.heads import restore_model
+    from bert_jax import convert
+    from bert_jax.convert import model_dir
+    from bert_jax.model.heads import restore_model
 
     report: list[str] = []
     # Missing parameters are not filled yet: a checkpoint without an MLM head

@@ -94,7 +94,7 @@ def plot_curves(records: list[dict], out: str | os.PathLike, title: str = "") ->
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
-    from bert_jax import outputs
+    from bert_jax.storage import outputs
     outputs.write_file_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return drawn
@@ -118,7 +118,7 @@ def main(argv):
     workdir = argv[1]
     metrics = storage.join(workdir, "metrics.jsonl")
     out = FLAGS.out or storage.join(workdir, "curves.png")
-    from bert_jax import outputs
+    from bert_jax.storage import outputs
     if not storage.isfile(metrics):
         raise FileNotFoundError(f"{metrics}: no such file (is {workdir} a training workdir?)")
     outputs.check_destination(out, kind="file", overwrite=FLAGS.overwrite, is_own=is_our_plot,

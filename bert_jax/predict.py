@@ -30,8 +30,9 @@ class Predictor:
     """A fine-tuned model dir (or its fine-tuning workdir) ready to predict."""
 
     def __init__(self, checkpoint: str | pathlib.Path):
-        from bert_jax import convert, model_dir
-        from bert_jax.heads import restore_model
+        from bert_jax import convert
+        from bert_jax.convert import model_dir
+        from bert_jax.model.heads import restore_model
 
         path = checkpoint if storage.is_url(checkpoint) else pathlib.Path(checkpoint)
         if model_dir.is_model_dir(storage.join(path, "model")):

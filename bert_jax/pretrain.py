@@ -16,17 +16,21 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import cli, loop, model_dir, outputs, storage, train_config, workdir_lock
-from bert_jax.bert_config import RNG_IMPLS, BertConfig
+from bert_jax import cli, storage
+from bert_jax.convert import model_dir
+from bert_jax.model.config import RNG_IMPLS, BertConfig
+from bert_jax.storage import outputs, workdir_lock
+from bert_jax.train import loop, train_config
 
 if TYPE_CHECKING:
-    from bert_jax import training
+    from bert_jax.train.step import Objective, StateSpec
 
 
-def pretraining_objective(nsp: bool, gathered: bool) -> training.Objective:
+def pretraining_objective(nsp: bool, gathered: bool) -> Objective:
     import jax.numpy as jnp
 
-    from bert_jax import losses, training
+    from bert_jax.train import losses
+    from bert_jax.train.step import Objective
 
     # A packed batch (data.packing) carries segment_ids, position_ids and one
     # NSP slot per packed instance; which keys exist is static under jit.
@@ -59,7 +63,7 @@ def pretraining_objective(nsp: bool, gathered: bool) -> training.Objective:
             value = value + s["nsp_loss"] / t["nsp"]
         return value
 
-    return training.Objective(sums, totals, loss)
+    return Objective(sums, totals, loss)
 
 
 def bert_config(config, vocab_size: int) -> BertConfig:
@@ -83,11 +87,11 @@ class Built:
     `bert_jax.aot` compiles for a TPU topology (one definition for both)."""
 
     cfg: BertConfig
-    objective: training.Objective
+    objective: Objective
     optimizer: Any
     schedule: Any
     model_fn: Any
-    spec: training.StateSpec
+    spec: StateSpec
     step_fn: Any          # jitted train step (state, batch, rng) -> (state, metrics)
     gathered: bool
 
@@ -99,9 +103,10 @@ def build(config, vocab_size: int, mesh) -> Built:
     `jax.set_mesh(mesh)` and `sharding.axis_rules`."""
     from flax import nnx
 
-    from bert_jax import sharding, training
-    from bert_jax.heads import BertForPreTraining
-    from bert_jax.optim import build_optimizer
+    from bert_jax.model import sharding
+    from bert_jax.model.heads import BertForPreTraining
+    from bert_jax.train.optim import build_optimizer
+    from bert_jax.train.step import jit_train_step, rng_impl, state_spec
 
     G = config.global_batch_size
     if G % config.grad_accum_steps:
@@ -111,15 +116,15 @@ def build(config, vocab_size: int, mesh) -> Built:
     gathered = config.model.mlm_head == "gathered"
     if not gathered and not config.data.dense_labels:
         raise ValueError("model.mlm_head=dense needs data.dense_labels=True")
-    training.rng_impl(config)  # checked before any compile
+    rng_impl(config)  # checked before any compile
     objective = pretraining_objective(config.data.nsp, gathered)
     optimizer, schedule = build_optimizer(config.optim, config.num_train_steps)
 
     def model_fn(key):
         return BertForPreTraining(cfg, rngs=nnx.Rngs(params=key))
 
-    spec = training.state_spec(model_fn, optimizer, mesh, sharding.DEFAULT_RULES)
-    step_fn = training.jit_train_step(spec, mesh, objective, optimizer, schedule,
+    spec = state_spec(model_fn, optimizer, mesh, sharding.DEFAULT_RULES)
+    step_fn = jit_train_step(spec, mesh, objective, optimizer, schedule,
                                       config.grad_accum_steps)
     return Built(cfg, objective, optimizer, schedule, model_fn, spec, step_fn, gathered)
 
@@ -151,10 +156,10 @@ def _open_pipeline(data_cfg, batch_size):
 def evaluate(eval_step, state, pipe, num_batches: int, mesh) -> dict[str, float]:
     import jax
 
-    from bert_jax import training
+    from bert_jax.train.step import global_batch
     acc: dict[str, float] = {}
     for i in range(num_batches):
-        sums = jax.device_get(eval_step(state["params"], training.global_batch(pipe.batch(i),
+        sums = jax.device_get(eval_step(state["params"], global_batch(pipe.batch(i),
                                                                                mesh)))
         for k, v in sums.items():
             acc[k] = acc.get(k, 0.0) + float(v)
@@ -201,7 +206,7 @@ def validate_config(config) -> None:
         v = config[field] if "." not in field else config.checkpoint.every
         need(v >= 1, field, v, ">= 1")
     m = config.model
-    from bert_jax.bert_config import SIZES
+    from bert_jax.model.config import SIZES
     need(m.size in SIZES, "model.size", m.size, "one of " + ", ".join(SIZES))
     need(m.mlm_head in ("gathered", "dense"), "model.mlm_head", m.mlm_head, "gathered or dense")
     need(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", m.dtype,
@@ -334,7 +339,7 @@ def _train(config, workdir: str) -> dict:
 
 
 class PretrainJob:
-    """What pretraining brings to `bert_jax.loop`: the pipeline's batches and
+    """What pretraining brings to `bert_jax.train.loop`: the pipeline's batches and
     position, MLM/NSP window metrics, held-out evaluation (no best model:
     pretraining keeps its checkpoints)."""
 
@@ -362,7 +367,7 @@ class PretrainJob:
         return None
 
     def evaluate(self, params, step, label):
-        from bert_jax.loop import Evaluation
+        from bert_jax.train.loop import Evaluation
         return Evaluation(evaluate(self.eval_fn, {"params": params}, self.eval_pipe,
                                    self.config.eval_batches, self.mesh))
 
@@ -373,7 +378,8 @@ class PretrainJob:
 def _run(config, workdir, pipe, eval_pipe, cfg, gathered, init_params) -> dict:
     import jax
 
-    from bert_jax import flops, sharding, training
+    from bert_jax.model import flops, sharding
+    from bert_jax.train.step import dropout_key, init_state, jit_eval_step
 
     is_main = jax.process_index() == 0
     mesh = sharding.make_mesh(config.mesh.shape)
@@ -393,16 +399,16 @@ def _run(config, workdir, pipe, eval_pipe, cfg, gathered, init_params) -> dict:
         def init_state():
             if init_params is not None and is_main:
                 print(f"initialized weights from {config.init_from}", flush=True)
-            return training.init_state(spec, built.model_fn, built.optimizer, config.seed,
+            return init_state(spec, built.model_fn, built.optimizer, config.seed,
                                        init_params)
 
-        eval_fn = training.jit_eval_step(spec, mesh, built.objective) if eval_pipe else None
+        eval_fn = jit_eval_step(spec, mesh, built.objective) if eval_pipe else None
         seq_flops = flops.train_flops_per_sequence(
             cfg, config.data.max_seq_length,
             config.data.max_predictions_per_seq if gathered else config.data.max_seq_length)
         job = PretrainJob(config, pipe, eval_pipe, eval_fn, mesh, seq_flops)
         summary, _ = loop.run(job, config, workdir, mesh=mesh, spec=spec, step_fn=built.step_fn,
-                              init_state=init_state, rng=training.dropout_key(config),
+                              init_state=init_state, rng=dropout_key(config),
                               peak_flops=peak)
     if summary["history"]:
         summary["eval"] = summary["history"][-1]["metrics"]
@@ -433,7 +439,7 @@ def main(argv):
     # Before JAX is imported and the processes join: seconds earlier.
     validate_config(FLAGS.config)
     check_workdir(FLAGS.workdir)
-    from bert_jax import distributed
+    from bert_jax.train import distributed
     d = FLAGS.config.distributed
     distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
     try:

@@ -14,7 +14,7 @@ os.environ.setdefault("USE_TF", "0")
 
 import pytest  # noqa: E402
 
-from bert_jax import shared_data  # noqa: E402
+from bert_jax.storage import shared_data  # noqa: E402
 
 
 def data_path(*parts: str):

@@ -12,11 +12,13 @@ import jax
 import optax
 import pytest
 
-from bert_jax import aot, sharding, training
-from bert_jax.bert_config import BertConfig
+from bert_jax import aot
 from bert_jax.data.pipeline import PretrainingPipeline, batch_spec, default_data_config
-from bert_jax.heads import BertForPreTraining
-from bert_jax.optim import build_optimizer
+from bert_jax.model import sharding
+from bert_jax.model.config import BertConfig
+from bert_jax.model.heads import BertForPreTraining
+from bert_jax.train.optim import build_optimizer
+from bert_jax.train.step import state_spec
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="libtpu absent: pip install -e '.[tpu]'")
@@ -50,7 +52,7 @@ def test_optimizer_shardings_equal_optax_mapping():
         opt, _ = build_optimizer(ConfigDict(dict(name=name, lr=1e-3, warmup_steps=1,
                                                  weight_decay=0.01, clip_norm=1.0)), 10)
         with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
-            spec = training.state_spec(lambda k: BertForPreTraining(cfg, rngs=nnx.Rngs(k)),
+            spec = state_spec(lambda k: BertForPreTraining(cfg, rngs=nnx.Rngs(k)),
                                        opt, mesh)
         abs_opt = jax.eval_shape(opt.init, spec.abstract["params"])
         rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

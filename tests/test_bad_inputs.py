@@ -38,7 +38,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     """Paths of the good and bad inputs the cases use (built once)."""
-    from bert_jax import hf_format, model_dir
+    from bert_jax.convert import hf_format, model_dir
     from bert_jax.data.prepare import prepare_corpus
 
     root = tmp_path_factory.mktemp("bad_inputs")

@@ -41,8 +41,8 @@ def random_params(cfg, head: str, num_labels: int = 0, seed: int = 0, std: float
     more on the input (BERT's 0.02 gives a nearly constant [CLS] vector)."""
     from flax import nnx
 
-    from bert_jax.heads import build_model
-    from bert_jax.params import pure_to_flat
+    from bert_jax.model.heads import build_model
+    from bert_jax.model.params import pure_to_flat
 
     abstract = nnx.eval_shape(lambda: build_model(cfg, head, num_labels))
     shapes = pure_to_flat(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
@@ -65,8 +65,8 @@ def save_tiny_model(path, head: str = "pretraining", num_labels: int = 0,
                     seed: int = 0, std: float = 0.02, head_std: float = 0.02,
                     **cfg_overrides) -> pathlib.Path:
     """A bert_jax model dir of a tiny random model with the bert-base-uncased vocab."""
-    from bert_jax.bert_config import BertConfig
-    from bert_jax.model_dir import save_model_dir
+    from bert_jax.convert.model_dir import save_model_dir
+    from bert_jax.model.config import BertConfig
 
     vocab = data_path("vocab", "bert-base-uncased", "vocab.txt")
     cfg = BertConfig(**{**TINY, **cfg_overrides})

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from bert_jax import flops
-from bert_jax.bert_config import BertConfig
-from bert_jax.heads import BertForPreTraining
+from bert_jax.model import flops
+from bert_jax.model.config import BertConfig
+from bert_jax.model.heads import BertForPreTraining
 from bert_jax.pretrain import pretraining_objective
 
 SEQ, MASKED, BATCH = 128, 20, 2

@@ -15,7 +15,8 @@ import pytest
 import test_pretrain
 from test_pretrain import REPO, STEPS, assert_bitwise_equal, numbers
 
-from bert_jax import checkpointing, storage
+from bert_jax import storage
+from bert_jax.train import checkpointing
 
 # The local tests' fixtures: the CLI runner and the uninterrupted local run.
 cli, straight = test_pretrain.cli, test_pretrain.straight
@@ -203,7 +204,7 @@ def test_finetune_from_bucket_into_bucket_then_convert_and_predict(gcs, tmp_path
     common.check_ok(r)
     transformers = pytest.importorskip("transformers")
     model = transformers.BertForSequenceClassification.from_pretrained(hf)
-    from bert_jax import model_dir
+    from bert_jax.convert import model_dir
     _, meta, flat = model_dir.load_flat(local / "model")
     assert model.config.id2label == dict(enumerate(meta["label_names"]))
     np.testing.assert_array_equal(model.classifier.weight.detach().numpy(),
@@ -276,7 +277,8 @@ import json, os, signal, sys
 hook = json.loads(sys.argv.pop(1))
 from absl import app
 from orbax.checkpoint._src.serialization import tensorstore_utils
-from bert_jax import checkpointing, pretrain
+from bert_jax import pretrain
+from bert_jax.train import checkpointing
 for ctx in (tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT, tensorstore_utils._BASE_TS_CONTEXT):
     ctx["gcs_request_retries"] = {"max_retries": 3, "initial_delay": "0.2s", "max_delay": "1s"}
 save = checkpointing.Checkpointer.save

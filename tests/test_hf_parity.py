@@ -151,10 +151,10 @@ def test_random_pretraining_heads_match_transformers(tmp_path):
     from flax import nnx
 
     from bert_jax import convert
-    from bert_jax.bert_config import BertConfig
-    from bert_jax.heads import build_model
-    from bert_jax.model_dir import save_model_dir
-    from bert_jax.params import flat_params
+    from bert_jax.convert.model_dir import save_model_dir
+    from bert_jax.model.config import BertConfig
+    from bert_jax.model.heads import build_model
+    from bert_jax.model.params import flat_params
 
     cfg = BertConfig(vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=96, max_position_embeddings=40, hidden_act="gelu")
@@ -190,7 +190,7 @@ def test_pytorch_bin_and_unprefixed_names(converted, tmp_path):
     from safetensors.numpy import load_file
 
     from bert_jax import convert
-    from bert_jax.model_dir import load_flat
+    from bert_jax.convert.model_dir import load_flat
     tensors = load_file(str(src / "model.safetensors"))
     d = tmp_path / "bin"
     d.mkdir()

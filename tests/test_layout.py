@@ -1,5 +1,5 @@
 """The package layout: no import cycles (every import counted, also those inside
-functions), and the console scripts of pyproject.toml
+functions), commands at the top level, and the console scripts of pyproject.toml
 run the same modules as `python -m bert_jax.<name>`."""
 
 from __future__ import annotations
@@ -119,3 +119,11 @@ def test_console_scripts_run_the_python_m_modules():
     script = run("-c", "from bert_jax import scripts; scripts.inspect()")
     assert "--num_examples" in script[1]
     assert script == run("-m", "bert_jax.data.inspect")
+def test_top_level_modules_are_commands():
+    # Library code lives in the role folders; the top level holds the commands.
+    for p in sorted(PKG.glob("*.py")):
+        if p.name in ("__init__.py", "scripts.py"):
+            continue
+        assert 'if __name__ == "__main__":' in p.read_text(), f"{p.name} is not a command"
+
+

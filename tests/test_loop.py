@@ -1,4 +1,4 @@
-"""The one training loop (bert_jax/loop.py) as fine-tuning runs it, in process
+"""The one training loop (bert_jax/train/loop.py) as fine-tuning runs it, in process
 on a tiny random BERT (RTE, 32 training examples, 4 steps an epoch):
 
 - a run that crashes after a checkpoint, is rerun, is then preempted and rerun
@@ -25,7 +25,7 @@ import pytest
 from conftest import data_path
 from test_finetune_common import read_jsonl, read_tsv, save_tiny_model
 
-from bert_jax import training
+from bert_jax.train.step import PreemptionFlag
 
 TIMING = {"step_time", "steps_per_sec", "examples_per_sec", "padded_tokens_per_sec", "mfu",
           "includes_compile"}
@@ -84,7 +84,7 @@ def numbers(rec):
 
 
 def params_of(model_path):
-    from bert_jax import model_dir
+    from bert_jax.convert import model_dir
     return model_dir.load_params(pathlib.Path(model_path) / "params")
 
 
@@ -108,7 +108,7 @@ def test_crashed_then_preempted_run_resumes_exactly(init, straight, tmp_path, mo
     assert not (workdir / "model").exists()
 
     # The rerun resumes from step 4 and is preempted after step 6 (as on SIGTERM).
-    monkeypatch.setattr(training.PreemptionFlag, "reached", lambda self, step: step == 6)
+    monkeypatch.setattr(PreemptionFlag, "reached", lambda self, step: step == 6)
     summary = trainer.finetune(rte_config(init), workdir)
     monkeypatch.undo()
     assert summary["preempted_at"] == 6 and summary["start_step"] == 4
@@ -140,7 +140,8 @@ def test_model_is_the_best_evaluation(straight):
     metrics.jsonl, and the predictions that evaluation wrote."""
     import jax
 
-    from bert_jax import convert, model_dir
+    from bert_jax import convert
+    from bert_jax.convert import model_dir
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.finetune import glue
     workdir, summary = straight
@@ -171,8 +172,8 @@ def test_model_is_the_best_evaluation(straight):
 
 def test_sweep_rerun_skips_finished_and_resumes_stopped(init, tmp_path, monkeypatch, capsys):
     """Also export=last: model/ holds the last step's parameters."""
-    from bert_jax import checkpointing
     from bert_jax.finetune import sweep, trainer
+    from bert_jax.train import checkpointing
     c = rte_config(init, num_epochs=1, eval_every=0, export="last")
     c.sweep.lrs = (1e-3, 3e-3)
     c.sweep.seeds = (0,)
@@ -181,7 +182,7 @@ def test_sweep_rerun_skips_finished_and_resumes_stopped(init, tmp_path, monkeypa
 
     def stop_second_run_at_step_2(config, workdir):
         if pathlib.Path(workdir) == second:
-            monkeypatch.setattr(training.PreemptionFlag, "reached",
+            monkeypatch.setattr(PreemptionFlag, "reached",
                                 lambda self, step: step == 2)
         return finetune(config, workdir)
     monkeypatch.setattr(trainer, "finetune", stop_second_run_at_step_2)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bert_jax import sharding
-from bert_jax.bert_config import SIZES, BertConfig
-from bert_jax.heads import build_model
-from bert_jax.params import assign_params, flat_params
+from bert_jax.model import sharding
+from bert_jax.model.config import SIZES, BertConfig
+from bert_jax.model.heads import build_model
+from bert_jax.model.params import assign_params, flat_params
 
 CFG = BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                  intermediate_size=48, max_position_embeddings=64)

@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax.bert_config import BertConfig
 from bert_jax.data import packing
 from bert_jax.data.pipeline import PackedPipeline, PretrainingPipeline, default_data_config
-from bert_jax.heads import build_model
+from bert_jax.model.config import BertConfig
+from bert_jax.model.heads import build_model
 from bert_jax.pretrain import pretraining_objective
 
 T = 64

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax import checkpointing
+from bert_jax.train import checkpointing
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 20
@@ -44,10 +44,12 @@ HOOK = textwrap.dedent("""
     import numpy as np
     hook = json.loads(sys.argv.pop(1))
     from absl import app
-    from bert_jax import checkpointing, pretrain, training
+    from bert_jax import pretrain
+    from bert_jax.train import checkpointing
+    from bert_jax.train.step import MetricWriter, state_spec
     from bert_jax.data.pipeline import PretrainingPipeline
 
-    save, write, batch = (checkpointing.Checkpointer.save, training.MetricWriter.write,
+    save, write, batch = (checkpointing.Checkpointer.save, MetricWriter.write,
                           PretrainingPipeline.batch)
 
     def hooked_save(self, step, *args, **kwargs):
@@ -72,7 +74,7 @@ HOOK = textwrap.dedent("""
         return b
 
     checkpointing.Checkpointer.save = hooked_save
-    training.MetricWriter.write = hooked_write
+    MetricWriter.write = hooked_write
     PretrainingPipeline.batch = hooked_batch
     app.run(pretrain.main)
 """)
@@ -292,7 +294,7 @@ def test_second_run_on_a_busy_workdir_stops(cli, tmp_path):
     workdir = tmp_path / "w"
     workdir.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from bert_jax.workdir_lock import "
+        [sys.executable, "-c", "import sys, time; from bert_jax.storage.workdir_lock import "
          "WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); print('held', flush=True); "
          "time.sleep(120)", str(workdir)],
         env=cli.env(1), cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -347,17 +349,19 @@ def abstract_state(workdir, mesh_shape):
     from flax import nnx
     from ml_collections import ConfigDict
 
-    from bert_jax import pretrain, sharding, training
+    from bert_jax import pretrain
     from bert_jax.data.tokenizer import load_tokenizer
-    from bert_jax.heads import BertForPreTraining
-    from bert_jax.optim import build_optimizer
+    from bert_jax.model import sharding
+    from bert_jax.model.heads import BertForPreTraining
+    from bert_jax.train.optim import build_optimizer
+    from bert_jax.train.step import state_spec
 
     config = ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
     cfg = pretrain.bert_config(config, load_tokenizer(Path(workdir) / "vocab.txt").vocab_size)
     optimizer, _ = build_optimizer(config.optim, config.num_train_steps)
     mesh = sharding.make_mesh(mesh_shape)
     with jax.set_mesh(mesh):
-        spec = training.state_spec(lambda k: BertForPreTraining(cfg, rngs=nnx.Rngs(params=k)),
+        spec = state_spec(lambda k: BertForPreTraining(cfg, rngs=nnx.Rngs(params=k)),
                                    optimizer, mesh)
     return spec.abstract
 
@@ -573,7 +577,7 @@ def test_fill_mask_errors(tmp_path, straight):
     with pytest.raises(ValueError, match=r"text 2 \('no mask here'\) has no \[MASK\] token"):
         fill_mask.fill_mask(reference, ["a [MASK] b", "no mask here"])
     # A bare encoder (HF BertModel) has no MLM head to predict with.
-    from bert_jax import hf_format, model_dir
+    from bert_jax.convert import hf_format, model_dir
     cfg, _, flat = model_dir.load_flat(reference)
     enc = tmp_path / "encoder"
     enc.mkdir()

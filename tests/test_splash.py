@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax import sharding
-from bert_jax.attention import attention_mask, dot_product_attention
-from bert_jax.bert_config import BertConfig
+from bert_jax.model import sharding
+from bert_jax.model.attention import attention_mask, dot_product_attention
+from bert_jax.model.config import BertConfig
 
 B, S, N, H = 4, 128, 2, 64
 
@@ -53,7 +53,7 @@ def test_splash_equals_reference(packed, mesh_shape):
 
 
 def test_splash_model_outputs_equal_reference():
-    from bert_jax.heads import build_model
+    from bert_jax.model.heads import build_model
     cfg = BertConfig.named("tiny", vocab_size=300, attention_probs_dropout_prob=0.0)
     ids = np.random.default_rng(1).integers(5, 300, (2, S)).astype(np.int32)
     mask = np.ones((2, S), np.int32)

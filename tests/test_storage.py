@@ -94,7 +94,7 @@ def test_bucket_lock_one_holder_takeover_of_a_dead_one(gcs, capsys):
     import json
     import subprocess
 
-    from bert_jax import workdir_lock
+    from bert_jax.storage import workdir_lock
     wd = storage.join(gcs.bucket, "unit-lock")
     first = workdir_lock.WorkdirLock(wd)
     first.acquire()
@@ -129,7 +129,7 @@ def test_gs_destinations_are_checked_and_written_whole(gcs, tmp_path):
     (and kept), an earlier output of the command is replaced, --overwrite
     replaces anything; a directory is written from a local staging dir, so a
     writer that fails leaves the bucket untouched."""
-    from bert_jax import outputs
+    from bert_jax.storage import outputs
     dst = storage.join(gcs.bucket, "unit-out", "model")
     own = outputs.only_entries(lambda n: n in ("a.txt", "sub"))
     outputs.check_destination(dst, is_own=own)  # absent: fine

@@ -21,8 +21,9 @@ tf = pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from bert_jax import convert, tf1_format  # noqa: E402
-from bert_jax.bert_config import BertConfig  # noqa: E402
+from bert_jax import convert  # noqa: E402
+from bert_jax.convert import tf1_format  # noqa: E402
+from bert_jax.model.config import BertConfig  # noqa: E402
 
 TOL = 1e-5
 
@@ -209,8 +210,8 @@ def test_transformers_tf_loader_and_ours_agree(ours_dir, ours_outputs, transform
 def test_both_readers_give_identical_weights(ours_dir, transformers_model):
     """The parameters our reader produced equal, bit for bit, those transformers'
     TF loader put into BertForPreTraining (compared in HF layout)."""
-    from bert_jax import hf_format
-    from bert_jax.model_dir import load_flat
+    from bert_jax.convert import hf_format
+    from bert_jax.convert.model_dir import load_flat
     dst, _ = ours_dir
     model = transformers_model
     theirs = {k: v.numpy() for k, v in model.state_dict().items()}

@@ -14,9 +14,11 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from bert_jax import pretrain, sharding, training
-from bert_jax.heads import BertForPreTraining
-from bert_jax.optim import build_optimizer
+from bert_jax import pretrain
+from bert_jax.model import sharding
+from bert_jax.model.heads import BertForPreTraining
+from bert_jax.train.optim import build_optimizer
+from bert_jax.train.step import global_batch, init_state, jit_train_step, state_spec
 
 BATCH = 32
 
@@ -58,8 +60,8 @@ def setup(tiny_pretraining_data):
 
     mesh = sharding.make_mesh((8, 1, 1))
     with jax.set_mesh(mesh):
-        spec = training.state_spec(model_fn, optimizer, mesh)
-        init = jax.device_get(training.init_state(spec, model_fn, optimizer, seed=0))
+        spec = state_spec(model_fn, optimizer, mesh)
+        init = jax.device_get(init_state(spec, model_fn, optimizer, seed=0))
     batches = [pipe.batch(0), pipe.batch(1)]
     return dict(model_fn=model_fn, optimizer=optimizer, schedule=schedule, init=init,
                 batches=batches, objective=pretrain.pretraining_objective(True, True),
@@ -78,8 +80,8 @@ def compiled(setup, shape, accum_steps=1):
     if key not in setup["steps"]:
         mesh = make_mesh(shape)
         with jax.set_mesh(mesh):
-            spec = training.state_spec(setup["model_fn"], setup["optimizer"], mesh)
-        step_fn = training.jit_train_step(spec, mesh, setup["objective"], setup["optimizer"],
+            spec = state_spec(setup["model_fn"], setup["optimizer"], mesh)
+        step_fn = jit_train_step(spec, mesh, setup["objective"], setup["optimizer"],
                                           setup["schedule"], accum_steps)
         setup["steps"][key] = (mesh, spec, step_fn)
     return setup["steps"][key]
@@ -94,7 +96,7 @@ def run_steps(setup, shape, batches=None, accum_steps=1):
         shardings = jax.tree.map(lambda x: x.sharding, state)
         metrics, after_one = [], None
         for local in batches or setup["batches"]:
-            state, m = step_fn(state, training.global_batch(local, mesh), jax.random.key(1))
+            state, m = step_fn(state, global_batch(local, mesh), jax.random.key(1))
             metrics.append(jax.device_get(m))
             if after_one is None:
                 after_one = jax.device_get(state)

@@ -25,9 +25,9 @@ def conll_sentences(n: int = 400) -> list[str]:
 
 
 def tiny_model_dir(path, vocab_name: str):
-    from bert_jax.bert_config import BertConfig
+    from bert_jax.convert.model_dir import save_model_dir
     from bert_jax.data.tokenizer import load_tokenizer
-    from bert_jax.model_dir import save_model_dir
+    from bert_jax.model.config import BertConfig
 
     vocab = data_path("vocab", vocab_name, "vocab.txt")
     cfg = BertConfig(**{**TINY, "vocab_size": load_tokenizer(vocab).vocab_size})
@@ -39,7 +39,8 @@ def tiny_model_dir(path, vocab_name: str):
 @pytest.mark.parametrize("vocab_name", sorted(CASED))
 def test_hf_export_tokenizes_like_us(tmp_path, vocab_name):
     transformers = pytest.importorskip("transformers")
-    from bert_jax import convert, model_dir
+    from bert_jax import convert
+    from bert_jax.convert import model_dir
 
     ours_dir = tiny_model_dir(tmp_path / "ours", vocab_name)
     assert json.loads((ours_dir / "bert_jax.json").read_text())["do_lower_case"] == \

@@ -32,9 +32,10 @@ import time
 
 import numpy as np
 
-from bert_jax import outputs, storage
+from bert_jax import storage
 from bert_jax.data import corpora, prepared
 from bert_jax.data.tokenizer import load_tokenizer
+from bert_jax.storage import outputs
 
 _ENCODE_BATCH = 4096  # sentences per tokenizer call
 _MAX_WARNINGS = 5

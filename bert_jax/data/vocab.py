@@ -100,7 +100,7 @@ def _train_sentencepiece(corpus, vocab_size, out, num_unused, segmenter):
 def main(argv) -> None:
     from absl import flags
 
-    from bert_jax import outputs
+    from bert_jax.storage import outputs
 
     del argv
     f = flags.FLAGS

@@ -4,7 +4,7 @@ into DIR/lr<lr>_seed<seed>/ and reports best and mean per metric (sweep_results.
 
 A rerun of the same command resumes from the newest checkpoint (a sweep skips
 the runs that finished). SIGTERM or a first Ctrl-C saves the step and exits 75
-(rerun to continue); see bert_jax/cli.py for the exit codes."""
+(rerun to continue); see bert_jax/cli/ for the exit codes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import cli, outputs, storage, workdir_lock
+from bert_jax import cli, storage
 from bert_jax.finetune import checks
+from bert_jax.storage import outputs, workdir_lock
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.", lock_config=True)
@@ -36,7 +37,7 @@ def main(argv):
                               sources=[FLAGS.config.get("init_checkpoint") or None])
     import jax
 
-    from bert_jax import distributed
+    from bert_jax.train import distributed
     distributed.initialize()
     created = not storage.exists(workdir)
     lock = None
@@ -68,7 +69,7 @@ _EMPTY_RUN = (workdir_lock.LOCK_NAME, "checkpoints", "tb", "metrics.jsonl")
 
 
 def _nothing_written(workdir) -> bool:
-    from bert_jax import loop
+    from bert_jax.train import loop
     try:
         return storage.isdir(workdir) and not loop.has_progress(workdir) and all(
             e in _EMPTY_RUN for e in storage.listdir(workdir))

@@ -25,7 +25,8 @@ WORKDIR_ENTRIES = ("metrics.jsonl", "metrics.jsonl.tmp", "tb", "eval", "model", 
 
 
 def is_finetune_workdir(path) -> bool:
-    from bert_jax import storage, workdir_lock
+    from bert_jax import storage
+    from bert_jax.storage import workdir_lock
     for e in storage.listdir(path):
         if e in WORKDIR_ENTRIES or e == workdir_lock.LOCK_NAME:
             continue
@@ -44,7 +45,7 @@ def _need(ok: bool, field: str, value, allowed: str) -> None:
 
 def check_config(config) -> None:
     """Ranges of the fields every task has, and TFDS where asked for."""
-    from bert_jax import train_config
+    from bert_jax.train import train_config
     train_config.check_renamed(config)
     train_config.check_optim(config.optim)
     _need(isinstance(config.num_epochs, int) and config.num_epochs >= 1, "num_epochs",
@@ -93,7 +94,7 @@ def check_model_fit(config, cfg) -> None:
 
 def check_batch_split(config, mesh) -> None:
     """The batches must split evenly over the mesh's batch axes."""
-    from bert_jax import sharding
+    from bert_jax.model import sharding
     spec = sharding.batch_sharding(mesh, 1).spec
     axes = spec[0] if spec and spec[0] is not None else ()
     axes = axes if isinstance(axes, tuple) else (axes,)

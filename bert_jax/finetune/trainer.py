@@ -1,5 +1,5 @@
 """Fine-tuning GLUE, SQuAD and CoNLL-2003 in the one training loop
-(`bert_jax/loop.py`, the same as pretraining): `FinetuneJob` is what a task
+(`bert_jax/train/loop.py`, the same as pretraining): `FinetuneJob` is what a task
 brings to it (its data, head, loss and metrics: `bert_jax/finetune/task.py`).
 
 Outputs under workdir: checkpoints/ (state + epoch and position in it: a
@@ -24,10 +24,22 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from bert_jax import losses, model_dir, sharding, storage, training
+from bert_jax import storage
+from bert_jax.convert import model_dir
 from bert_jax.finetune import checks
-from bert_jax.heads import build_model
-from bert_jax.optim import build_optimizer
+from bert_jax.model import sharding
+from bert_jax.model.heads import build_model
+from bert_jax.train import losses
+from bert_jax.train.optim import build_optimizer
+from bert_jax.train.step import (
+    Objective,
+    dropout_key,
+    global_batch,
+    init_state,
+    jit_train_step,
+    rng_impl,
+    state_spec,
+)
 
 # Keys of a batch the model never sees.
 _AUX_KEYS = ("feature_index",)
@@ -51,7 +63,7 @@ def _row_weights(batch):
     return w if w.ndim == 1 else jnp.max(w, axis=-1)
 
 
-def objective_for(head: str) -> training.Objective:
+def objective_for(head: str) -> Objective:
     def forward(model, batch, rng):
         # Packed batches (config.packing) carry these; which keys exist is static.
         packed = {k: batch[k] for k in ("segment_ids", "position_ids", "cls_positions")
@@ -89,7 +101,7 @@ def objective_for(head: str) -> training.Objective:
     def loss(s, t):
         return s["loss"] / jnp.maximum(t["n"], 1.0)
 
-    return training.Objective(sums, totals, loss)
+    return Objective(sums, totals, loss)
 
 
 def _local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,7 +129,7 @@ def make_predict_fn(graphdef, params_sharding, mesh):
 
     def predict(params, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         model_in = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
-        out = jax.device_get(forward(params, training.global_batch(_local_rows(model_in), mesh)))
+        out = jax.device_get(forward(params, global_batch(_local_rows(model_in), mesh)))
         out = {k: np.asarray(v) for k, v in out.items()}
         for k in (*_AUX_KEYS, "example_weights"):
             if k in batch:
@@ -180,7 +192,7 @@ def main_metric(task) -> tuple[str, str]:
 
 
 class FinetuneJob:
-    """What a fine-tuning task brings to `bert_jax.loop`. The batches of step s
+    """What a fine-tuning task brings to `bert_jax.train.loop`. The batches of step s
     are batch s % steps_per_epoch of `task.train_batches(B, seed, epoch)`, a
     pure function of (seed, epoch): the saved position is (epoch, batches
     consumed), and a resumed run regenerates that epoch and skips ahead."""
@@ -243,7 +255,7 @@ class FinetuneJob:
         return f"step_{step}" if every and step % every == 0 else None
 
     def evaluate(self, params, step, label):
-        from bert_jax.loop import Evaluation
+        from bert_jax.train.loop import Evaluation
         # Every process runs the (collective) forward passes; one writes files.
         with contextlib.ExitStack() as stack:
             out_dir = stack.enter_context(storage.staged_dir(storage.join(
@@ -278,14 +290,15 @@ def finetune(config, workdir) -> dict:
       'preempted_at' when a signal stopped the run after saving); {} on the
       processes other than 0.
     """
-    from bert_jax import flops, loop
     from bert_jax.data.tokenizer import load_tokenizer
+    from bert_jax.model import flops
+    from bert_jax.train import loop
     workdir = str(workdir)
     is_main = jax.process_index() == 0
 
     # ---- Checks before anything is loaded or compiled --------------------------------
     checks.check_config(config)
-    training.rng_impl(config)
+    rng_impl(config)
     mesh = sharding.make_mesh(tuple(config.mesh.shape))
     checks.check_batch_split(config, mesh)
     done = finished_summary(workdir)
@@ -331,17 +344,17 @@ def finetune(config, workdir) -> dict:
 
     peak = flops.device_peak_flops()  # before set_mesh: on CPU it runs a one-device matmul
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
-        spec = training.state_spec(model_fn, optimizer, mesh)
-        step_fn = training.jit_train_step(spec, mesh, objective_for(head), optimizer, schedule)
+        spec = state_spec(model_fn, optimizer, mesh)
+        step_fn = jit_train_step(spec, mesh, objective_for(head), optimizer, schedule)
         predict = make_predict_fn(spec.graphdef, spec.shardings["params"], mesh)
         job = FinetuneJob(config, workdir, task, predict, save, steps_per_epoch,
                           functools.partial(flops.finetune_flops_per_sequence, cfg, head=head,
                                             num_labels=num_labels))
         summary, state = loop.run(
             job, config, workdir, mesh=mesh, spec=spec, step_fn=step_fn,
-            init_state=lambda: training.init_state(spec, model_fn, optimizer, config.seed,
+            init_state=lambda: init_state(spec, model_fn, optimizer, config.seed,
                                                    init_params=encoder),
-            rng=training.dropout_key(config), peak_flops=peak)
+            rng=dropout_key(config), peak_flops=peak)
         summary = _finetune_summary(summary, task, input_report, job)
         if "preempted_at" not in summary:
             _write_test_predictions(task, predict, state["params"], workdir, config)
@@ -451,6 +464,6 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 def _host_params(params, scanned: bool) -> dict[str, np.ndarray]:
-    from bert_jax.params import pure_to_flat, unstack_layers
+    from bert_jax.model.params import pure_to_flat, unstack_layers
     flat = {k: _to_host(v) for k, v in pure_to_flat(params).items()}
     return unstack_layers(flat) if scanned else flat

@@ -22,8 +22,8 @@ lower (see docs/results.md for this repo's measured runs).
 import ml_collections
 from ml_collections import config_dict
 
-from bert_jax import train_config
-from bert_jax.shared_data import shared_data_dir
+from bert_jax.storage.shared_data import shared_data_dir
+from bert_jax.train import train_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -24,8 +24,8 @@ Pearson/Spearman 88.6/88.5, QQP acc/F1 90.7/87.5, MNLI-m acc 83.9, QNLI acc
 
 from ml_collections import config_dict
 
-from bert_jax import train_config
-from bert_jax.config_args import parse_arg
+from bert_jax.cli.config_args import parse_arg
+from bert_jax.train import train_config
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 

@@ -29,9 +29,9 @@ instead of 87,599 and evaluates 1,988 (v2.0: 3,135), so expect several points le
 
 from ml_collections import config_dict
 
-from bert_jax import train_config
-from bert_jax.config_args import parse_arg
-from bert_jax.shared_data import shared_data_dir
+from bert_jax.cli.config_args import parse_arg
+from bert_jax.storage.shared_data import shared_data_dir
+from bert_jax.train import train_config
 
 SOURCES = ("dev_split", "json", "tfds")
 

@@ -19,9 +19,9 @@ Wikipedia+Books. Sizes: tiny, mini, small, medium (Turc et al. 2019), base, larg
 
 from ml_collections import config_dict
 
-from bert_jax import train_config
-from bert_jax.config_args import parse_arg
+from bert_jax.cli.config_args import parse_arg
 from bert_jax.data.pipeline import default_data_config
+from bert_jax.train import train_config
 
 TOTAL_STEPS = 1_000_000
 

@@ -7,7 +7,7 @@ r"""BERT-tiny (L2/H128) pretraining on CPU (`make demo` runs configs/pretrain/de
 project's CPU (15 min).
 """
 
-from bert_jax.config_args import parse_arg
+from bert_jax.cli.config_args import parse_arg
 from configs.pretrain import bert
 
 

@@ -19,7 +19,7 @@ shows" has the measured times and held-out accuracy):
 - two checkpoints, four evaluations of 16 batches.
 """
 
-from bert_jax.config_args import parse_arg
+from bert_jax.cli.config_args import parse_arg
 from configs.pretrain import bert_tiny
 
 

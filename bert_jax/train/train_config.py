@@ -26,7 +26,7 @@ RENAMED = {
 
 def optim(lr: float, *, warmup_steps: int = 0, warmup_ratio: float = 0.0,
           name: str = "adamw", weight_decay: float = 0.01) -> config_dict.ConfigDict:
-    """`config.optim` (read by `bert_jax.optim.build_optimizer`). The warmup is
+    """`config.optim` (read by `bert_jax.train.optim.build_optimizer`). The warmup is
     linear, then linear decay to 0 at the last step; its length is either
     `warmup_steps` or `warmup_ratio` of all steps (one of them 0)."""
     c = config_dict.ConfigDict()

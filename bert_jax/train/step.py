@@ -34,8 +34,9 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import sharding, storage
-from bert_jax.bert_config import RNG_IMPLS
+from bert_jax import storage
+from bert_jax.model import sharding
+from bert_jax.model.config import RNG_IMPLS
 
 PyTree = Any
 
@@ -136,7 +137,7 @@ def init_state(spec: StateSpec, model_fn, optimizer, seed: int,
 def _only_given(tree, flat, scanned, prefix=""):
     """`tree`'s structure with leaves from canonical `flat` (stacked for scanned
     layers), None where `flat` has no value."""
-    from bert_jax.params import _LAYER
+    from bert_jax.model.params import _LAYER
     out = {}
     for k, v in tree.items():
         name = f"{prefix}{k}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from bert_jax.bert_config import BertConfig
+from bert_jax.model.config import BertConfig
 
 # Dense peak FLOP/s per chip for the compute dtype we train in (bf16), vendor specs.
 PEAK_FLOPS = {

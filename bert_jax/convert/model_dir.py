@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from bert_jax import storage
-from bert_jax.bert_config import BertConfig
-from bert_jax.params import nest, unnest
+from bert_jax.model.config import BertConfig
+from bert_jax.model.params import nest, unnest
 
 META_FILE = "bert_jax.json"
 
@@ -94,7 +94,7 @@ def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.n
         copy_vocab(vocab, out)
         write_meta(out, cfg, head, num_labels, label_names, task, do_lower_case)
         return
-    from bert_jax import outputs
+    from bert_jax.storage import outputs
 
     def write(tmp):
         save_params(tmp / "params", flat)
@@ -109,7 +109,7 @@ def recorded_casing(checkpoint) -> bool | None:
     path = checkpoint if storage.is_url(checkpoint) else pathlib.Path(checkpoint)
     if is_model_dir(path):
         return read_meta(path).get("do_lower_case")
-    from bert_jax import hf_format
+    from bert_jax.convert import hf_format
     return hf_format.read_casing(storage.local_copy(path))
 
 
@@ -143,5 +143,5 @@ def load_flat(path: str | os.PathLike) -> tuple[BertConfig, dict[str, Any], dict
     cfg = BertConfig.from_dict(meta["config"], source=storage.join(path, META_FILE))
     if storage.exists(storage.join(path, "params")):
         return cfg, meta, load_params(storage.join(path, "params"))
-    from bert_jax import checkpointing
+    from bert_jax.train import checkpointing
     return cfg, meta, checkpointing.load_latest_params(path)

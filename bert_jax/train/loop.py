@@ -7,7 +7,7 @@ state + the job's data position + the loop's own best-so-far and evaluation
 history), the jitted step with its metrics read one step late (the host never
 waits for the step it just dispatched), metric windows summed on the host
 every `log_every` steps with throughput and MFU, the tqdm bar, metrics.jsonl +
-TensorBoard (`training.MetricWriter`), evaluations (`job.eval_label`), the best
+TensorBoard (`MetricWriter`), evaluations (`job.eval_label`), the best
 evaluation's parameters (`job.save_best`), checkpoints every
 `checkpoint.every` steps and at the end, SIGTERM / Ctrl-C save-and-stop, the
 NaN stop and summary.json.
@@ -79,7 +79,8 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
     import jax
     from tqdm import tqdm
 
-    from bert_jax import checkpointing, training
+    from bert_jax.train import checkpointing
+    from bert_jax.train.step import MetricWriter, PreemptionFlag, global_batch
 
     is_main = jax.process_index() == 0
     c = config.checkpoint
@@ -98,8 +99,8 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
     history = list(loop_state.get("history", []))
 
     n_steps = job.num_steps
-    writer = training.MetricWriter(workdir, resume_step=start_step)
-    preempt = training.PreemptionFlag()
+    writer = MetricWriter(workdir, resume_step=start_step)
+    preempt = PreemptionFlag()
     n_dev = jax.device_count()
     bar = tqdm(total=n_steps, initial=start_step, disable=not is_main, unit="step",
                dynamic_ncols=True, desc=job.name)
@@ -182,7 +183,7 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
         for step, (local, n) in enumerate(batches, start_step):
             if step >= n_steps:
                 break
-            batch = training.global_batch(local, mesh)
+            batch = global_batch(local, mesh)
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 state, metrics = step_fn(state, batch, rng)
             if pending is not None:

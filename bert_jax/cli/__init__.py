@@ -78,7 +78,7 @@ def _config_field_error(argv: list[str]) -> str | None:
                 node = node[part]
                 continue
             if i == 0 and len(parts) == 1:
-                from bert_jax.train_config import renamed_error
+                from bert_jax.train.train_config import renamed_error
                 renamed = renamed_error(part, m.group(1))
                 if renamed:
                     return renamed

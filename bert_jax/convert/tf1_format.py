@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from bert_jax.bert_config import BertConfig
+from bert_jax.model.config import BertConfig
 
 CKPT_NAME = "bert_model.ckpt"
 CONFIG_NAME = "bert_config.json"
@@ -147,7 +147,7 @@ def model_shapes(cfg: BertConfig, head: str, num_labels: int) -> dict[str, tuple
     """Canonical name -> shape of the model for `head`, without allocating it."""
     from flax import nnx
 
-    from bert_jax.heads import build_model
+    from bert_jax.model.heads import build_model
     model = nnx.eval_shape(lambda: build_model(cfg.replace(scan_layers=False), head, num_labels))
     return {"/".join(str(p) for p in path): tuple(var.value.shape)
             for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}

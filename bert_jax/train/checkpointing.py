@@ -174,7 +174,7 @@ def load_state_on_host(workdir, step: int,
 def load_latest_params(workdir, step: int | None = None) -> dict[str, np.ndarray]:
     """Canonical flat params of the newest readable checkpoint (or of `step`) for
     conversion, fine-tuning init and inference, on the host."""
-    from bert_jax.params import unnest, unstack_layers
+    from bert_jax.model.params import unnest, unstack_layers
     manager = _host_manager(workdir)
     try:
         steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)

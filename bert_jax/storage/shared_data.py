@@ -10,7 +10,7 @@ import os
 import pathlib
 
 ENV_VAR = "BERT_JAX_DATA"
-_REPO = pathlib.Path(__file__).resolve().parent.parent
+_REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def shared_data_dir() -> pathlib.Path:

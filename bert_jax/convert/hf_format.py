@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from bert_jax.bert_config import BertConfig
+from bert_jax.model.config import BertConfig
 
 _LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bert_jax import sharding
-from bert_jax.attention import attention_mask as make_attention_mask
-from bert_jax.attention import dot_product_attention
-from bert_jax.bert_config import BertConfig
+from bert_jax.model import sharding
+from bert_jax.model.attention import attention_mask as make_attention_mask
+from bert_jax.model.attention import dot_product_attention
+from bert_jax.model.config import BertConfig
 
 _ACTS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),

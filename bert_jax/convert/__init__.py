@@ -20,16 +20,18 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-from bert_jax import hf_format, model_dir, outputs, storage
-from bert_jax.bert_config import BertConfig
+from bert_jax import storage
+from bert_jax.convert import hf_format, model_dir
+from bert_jax.model.config import BertConfig
+from bert_jax.storage import outputs
 
 
 def _target_shapes(cfg: BertConfig, head: str, num_labels: int) -> dict[str, tuple]:
     """{canonical name: shape} of the `head` model (built abstractly)."""
     from flax import nnx
 
-    from bert_jax.heads import abstract_model
-    from bert_jax.params import pure_to_flat
+    from bert_jax.model.heads import abstract_model
+    from bert_jax.model.params import pure_to_flat
     state = nnx.state(abstract_model(cfg, head, num_labels), nnx.Param)
     return {k: tuple(v.shape) for k, v in pure_to_flat(nnx.to_pure_dict(state)).items()}
 
@@ -39,8 +41,8 @@ def _fresh_values(cfg: BertConfig, head: str, num_labels: int, seed: int,
     """The model's own initialization of `names` (built only when needed)."""
     if not names:
         return {}
-    from bert_jax.heads import build_model
-    from bert_jax.params import flat_params
+    from bert_jax.model.heads import build_model
+    from bert_jax.model.params import flat_params
     fresh = flat_params(build_model(cfg.replace(scan_layers=False), head, num_labels, seed=seed))
     return {k: fresh[k] for k in names}
 
@@ -90,7 +92,7 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
         flat, unexpected = hf_format.from_hf(tensors, target, source=str(p))
         meta = {"format": "hf", "head": head, "num_labels": num_labels, "label_names": labels}
     elif is_tf1_dir(p):
-        from bert_jax import tf1_format
+        from bert_jax.convert import tf1_format
         cfg, flat, unexpected = tf1_format.read_tf1_dir(p)
         src_head = tf1_format.source_head(flat)
         head = head or src_head
@@ -178,7 +180,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
             add_vocab(tmp)
         outputs.write_dir_atomic(dst, write)
     elif to == "tf1":
-        from bert_jax import tf1_format
+        from bert_jax.convert import tf1_format
 
         def write(tmp):
             tf1_format.write_tf1_dir(tmp, cfg, flat)
@@ -204,8 +206,8 @@ def load_model(path: str | os.PathLike, head: str | None = None, num_labels: int
     """Build a model from a checkpoint we can read (our dir, a workdir, a HF dir,
     a TF1 dir). `head` defaults to the checkpoint's; a different head keeps the
     encoder and initializes the new head fresh. Returns (model, meta, missing)."""
-    from bert_jax.heads import build_model
-    from bert_jax.params import assign_params
+    from bert_jax.model.heads import build_model
+    from bert_jax.model.params import assign_params
 
     cfg, meta, flat = read_any(path)
     cfg = cfg.replace(**runtime)

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bert_jax.bert_config import BertConfig
-from bert_jax.model import BertModel, Dense, LayerNorm, activation, dropout
+from bert_jax.model.config import BertConfig
+from bert_jax.model.encoder import BertModel, Dense, LayerNorm, activation, dropout
 
 
 def gather_positions(x: jax.Array, positions: jax.Array) -> jax.Array:
@@ -166,7 +166,7 @@ def restore_model(cfg: BertConfig, head: str, num_labels: int, flat: dict, sourc
     """(graphdef, state) of the `head` model filled from canonical `flat`, built
     abstractly. A parameter `flat` lacks or has in another shape is a ValueError
     naming `source`."""
-    from bert_jax.params import flat_into_pure, pure_to_flat
+    from bert_jax.model.params import flat_into_pure, pure_to_flat
 
     graphdef, state = nnx.split(abstract_model(cfg, head, num_labels))
     pure = nnx.to_pure_dict(state)
