@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Issue 19's converged queue (bench_finetune_peers.py --plan=converged), most
+# needed results first: the small GLUE tasks with 2 seeds on both sides, task
+# by task (each finished task has a mean and spread), then CoNLL-2003 (its
+# best seed's model kept for bert_jax.predict), then SST-2 and SQuAD with one
+# seed, then the seed-0 lr sweep. Every finished run is one line of $OUT and
+# is skipped when this script runs again, so rerunning it resumes the queue:
+#
+#   cd <checkout> && PYTHONPATH=$PWD nohup taskset -c 1 nice -n 19 \
+#       bash bench/run_converged.sh > /work/i19-runs.log 2>&1 &
+#
+# One core (taskset; JAX sizes its pool by the affinity, torch 1 thread).
+set -u
+OUT=${OUT:-/work/i19-results/converged.jsonl}
+run() {
+    .venv/bin/python bench/bench_finetune_peers.py --plan=converged --order=task \
+        --torch-threads=1 --keep-model=conll --out="$OUT" "$@"
+}
+run --tasks=rte,mrpc,stsb,cola --seeds=0,1
+run --tasks=conll --seeds=0,1
+run --tasks=sst2,squad --seeds=0
+run --tasks=rte,mrpc,stsb,cola --seeds=0 --lrs=2e-5,5e-5
