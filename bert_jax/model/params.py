@@ -109,21 +109,24 @@ def pure_to_flat(tree, prefix: str = "") -> dict:
     return out
 
 
-def flat_into_pure(tree, flat: dict, scanned: bool, prefix: str = "") -> dict:
+def flat_into_pure(tree, flat: dict, scanned: bool, prefix: str = "",
+                   keep_missing: bool = True) -> dict:
     """A copy of `tree` with leaves replaced from canonical `flat` (stacking layers
-    when the tree is scanned); leaves absent from `flat` are kept."""
+    when the tree is scanned); leaves absent from `flat` are kept, or None with
+    keep_missing=False (the shape of a partial restore)."""
     out = {}
     for k, v in tree.items():
         name = f"{prefix}{k}"
+        missing = v if keep_missing else None
         if isinstance(v, dict):
-            out[k] = flat_into_pure(v, flat, scanned, name + "/")
+            out[k] = flat_into_pure(v, flat, scanned, name + "/", keep_missing)
             continue
         m = _LAYER.match(name)
         if scanned and m and not m.group(2).split("/")[0].isdigit():
             keys = [f"{m.group(1)}/{i}/{m.group(2)}" for i in range(v.shape[0])]
-            out[k] = np.stack([flat[x] for x in keys]) if all(x in flat for x in keys) else v
+            out[k] = np.stack([flat[x] for x in keys]) if all(x in flat for x in keys) else missing
         else:
-            out[k] = flat.get(name, v)
+            out[k] = flat.get(name, missing)
     return out
 
 
@@ -139,11 +142,5 @@ def nest(flat: dict[str, np.ndarray]) -> dict:
 
 
 def unnest(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(unnest(v, name + "/"))
-        else:
-            out[name] = np.asarray(v)
-    return out
+    """`pure_to_flat` with numpy leaves (what orbax restores into)."""
+    return {k: np.asarray(v) for k, v in pure_to_flat(tree, prefix).items()}

@@ -37,6 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from bert_jax import storage
 from bert_jax.model import sharding
 from bert_jax.model.config import RNG_IMPLS
+from bert_jax.model.params import flat_into_pure
 
 PyTree = Any
 
@@ -123,7 +124,8 @@ def init_state(spec: StateSpec, model_fn, optimizer, seed: int,
 
     state = init(jax.random.key(seed))
     if init_params:
-        given = _only_given(spec.abstract["params"], init_params, spec.scanned)
+        given = flat_into_pure(spec.abstract["params"], init_params, spec.scanned,
+                               keep_missing=False)
         params = jax.tree.map(
             lambda cur, new, sh, abs_: cur if new is None else jax.make_array_from_callback(
                 abs_.shape, sh, lambda idx, n=new: np.asarray(n, abs_.dtype)[idx]),
@@ -132,25 +134,6 @@ def init_state(spec: StateSpec, model_fn, optimizer, seed: int,
         state = {**state, "params": params, "opt_state": jax.jit(
             optimizer.init, out_shardings=spec.shardings["opt_state"])(params)}
     return state
-
-
-def _only_given(tree, flat, scanned, prefix=""):
-    """`tree`'s structure with leaves from canonical `flat` (stacked for scanned
-    layers), None where `flat` has no value."""
-    from bert_jax.model.params import _LAYER
-    out = {}
-    for k, v in tree.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out[k] = _only_given(v, flat, scanned, name + "/")
-            continue
-        m = _LAYER.match(name)
-        if scanned and m and not m.group(2).split("/")[0].isdigit():
-            keys = [f"{m.group(1)}/{i}/{m.group(2)}" for i in range(v.shape[0])]
-            out[k] = np.stack([flat[x] for x in keys]) if all(x in flat for x in keys) else None
-        else:
-            out[k] = flat.get(name)
-    return out
 
 
 # ---- Steps --------------------------------------------------------------------------
