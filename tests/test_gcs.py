@@ -273,7 +273,7 @@ def test_prepare_from_bucket_into_bucket(gcs, tiny_pretraining_data, tmp_path):
 # (32 tries, backoff up to 32 s: about a quarter of an hour against a dead
 # server) are cut to 3 tries for the test; gcsfs keeps its own (about 30 s).
 STOP_SERVER_HOOK = """
-import json, os, signal, sys
+import json, os, signal, sys, time
 hook = json.loads(sys.argv.pop(1))
 from absl import app
 from orbax.checkpoint._src.serialization import tensorstore_utils
@@ -283,9 +283,25 @@ for ctx in (tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT, tensorstore_utils._BASE
     ctx["gcs_request_retries"] = {"max_retries": 3, "initial_delay": "0.2s", "max_delay": "1s"}
 save = checkpointing.Checkpointer.save
 
+def first_object(step_dir, timeout=120):
+    # An object the server finished (its metadata attribute set): the kill
+    # then lands mid-save with part of the step written, every time.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for dirpath, _, files in os.walk(step_dir):
+            for f in files:
+                try:
+                    if "user.metadata" in os.listxattr(os.path.join(dirpath, f)):
+                        return
+                except FileNotFoundError:  # renamed or replaced meanwhile
+                    pass
+        time.sleep(0.005)
+    raise SystemExit(f"no object of the save appeared under {step_dir}")
+
 def hooked_save(self, step, *args, **kwargs):
     out = save(self, step, *args, **kwargs)
     if step == hook["step"]:
+        first_object(hook["step_dir"])
         os.kill(hook["pid"], signal.SIGKILL)
     return out
 
@@ -329,7 +345,9 @@ def test_server_stopped_during_save(cli, gs_cli, straight, tiny_pretraining_data
         command = cli.command(url, f"--config.data.prepared_dir={data}/train",
                               f"--config.eval_data.prepared_dir={data}/heldout")
         assert command[1:3] == ["-m", "bert_jax.pretrain"]
-        command[1:3] = [str(hook), json.dumps({"step": STEPS, "pid": emu.proc.pid})]
+        step_dir = emu.root / "data" / "bert-jax-test" / "run" / "checkpoints" / str(STEPS)
+        command[1:3] = [str(hook), json.dumps({"step": STEPS, "pid": emu.proc.pid,
+                                               "step_dir": str(step_dir)})]
         env = cli.env(8, STORAGE_EMULATOR_HOST=emu.url,
                       BERT_JAX_CACHE=str(tmp_path / "cache"))
         proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
@@ -339,7 +357,9 @@ def test_server_stopped_during_save(cli, gs_cli, straight, tiny_pretraining_data
         assert line.startswith(f"error: {url}/checkpoints: saving checkpoint step {STEPS} "
                                "failed (")
         emu.stop()
-        emu.start()  # same root and port: the objects written before are served again
+        # Same root and port: the objects written before are served again, less
+        # any the kill left half-written (gcs_emulator.drop_unfinished_uploads).
+        emu.start()
         # Step 20 was started (some objects exist) but never committed.
         assert gs_steps(url) == [5, 10, 15] and gs_steps(url, committed=False) == [
             5, 10, 15, 20]
@@ -349,6 +369,32 @@ def test_server_stopped_during_save(cli, gs_cli, straight, tiny_pretraining_data
         assert f"resumed from {url} at step 15" in proc.stdout
         assert gs_steps(url) == [5, 10, 15, 20]
         assert_same_gs_metrics(url, reference)
+    finally:
+        emu.stop()
+
+
+def test_restarted_emulator_drops_half_written_objects(tmp_path, monkeypatch):
+    """An object file the killed server wrote without its metadata (what a
+    SIGKILL between its two writes leaves) is not served after a restart, as
+    an unfinished upload on GCS never becomes an object; the finished objects
+    beside it are listed and read as before (without the fix fake-gcs-server
+    answers 404 to the whole listing)."""
+    from bert_jax import gcs_emulator
+    emu = gcs_emulator.GcsEmulator(tmp_path / "gcs").start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", emu.url)
+        base = "gs://bert-jax-test/ckpt"
+        for step in (5, 20):
+            storage.write_text(storage.join(base, str(step), "a"), f"step {step}")
+        storage.write_text(storage.join(base, "20", "b"), "half")
+        emu.stop()
+        half = emu.root / "data" / "bert-jax-test" / "ckpt" / "20" / "b"
+        os.removexattr(half, gcs_emulator.METADATA_XATTR)
+        emu.start()
+        assert not half.exists()
+        assert storage.listdir(base) == ["20", "5"]
+        assert storage.listdir(storage.join(base, "20")) == ["a"]
+        assert storage.read_text(storage.join(base, "20", "a")) == "step 20"
     finally:
         emu.stop()
 
