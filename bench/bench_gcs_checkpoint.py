@@ -12,6 +12,13 @@ shapes; data loading is not what is measured). Each step is timed until its
 state is ready, the save call included, so a step "around a save" is the
 save step and the two after it (where the background upload competes with
 training for the host). Prints a markdown table.
+
+--split_cores models an accelerator host, where the step runs on the device
+and the checkpoint upload on host cores the step does not use: XLA's compute
+threads are pinned to all cores but the last, and everything else (this
+Python thread and the threads it starts: orbax's, TensorStore's, gcsfs's;
+the GCS server process) to the last core. Without it (the default) the step
+and the upload share every core, as in CPU-only training.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ flags.DEFINE_integer("seq", 128, "Sequence length.")
 flags.DEFINE_integer("steps", 60, "Training steps per mode.")
 flags.DEFINE_integer("save_every", 15, "Steps between checkpoint saves.")
 flags.DEFINE_list("modes", ["async", "sync"], "Checkpoint modes to time.")
+flags.DEFINE_bool("split_cores", False, "XLA's compute on all cores but the last, the "
+                  "save's host work and the GCS server on the last (an accelerator host).")
 AROUND = 3  # the save step and the two after it
 
 
@@ -108,11 +117,40 @@ def time_mode(async_save: bool, url: str) -> dict:
             "save_call": statistics.median(save_calls)}
 
 
+def thread_cores() -> dict[str, set[str]]:
+    """{thread name: the CPU lists its threads may run on} for this process."""
+    out: dict[str, set[str]] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            comm = pathlib.Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            status = pathlib.Path(f"/proc/self/task/{tid}/status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        cpus = next(x.split()[1] for x in status.splitlines()
+                    if x.startswith("Cpus_allowed_list"))
+        out.setdefault(comm, set()).add(cpus)
+    return out
+
+
 def main(argv):
     del argv
     from bert_jax import gcs_emulator, storage
     root = pathlib.Path(tempfile.mkdtemp(prefix="bench_gcs_"))
+    cores = sorted(os.sched_getaffinity(0))
+    if FLAGS.split_cores:
+        if len(cores) < 2:
+            raise app.UsageError("--split_cores needs at least 2 cores")
+        # Threads inherit the affinity of the thread that starts them (and the
+        # server that of this thread when it is spawned): the server and, after
+        # XLA's pool exists, every later thread of this process go to `host`.
+        device, host = set(cores[:-1]), {cores[-1]}
+        for tid in os.listdir("/proc/self/task"):  # threads started at import
+            os.sched_setaffinity(int(tid), host)
     with gcs_emulator.GcsEmulator(root, buckets=("bench",)) as emu:
+        if FLAGS.split_cores:
+            os.sched_setaffinity(0, device)
+            jax.devices()  # creates the CPU client and its compute threads here
+            os.sched_setaffinity(0, host)
         os.environ.update(emu.env())
         storage.configure()
         rows = []
@@ -125,9 +163,14 @@ def main(argv):
                          ", ".join(f"{t * 1e3:.0f}" for t in r["per_save"]),
                          f"{r['save_call'] * 1e3:.0f}",
                          f"{r['tail']:.1f}"])
+        placement = thread_cores()
+        placement["fake-gcs-server (process)"] = {
+            ",".join(map(str, sorted(os.sched_getaffinity(emu.proc.pid))))}
     print(f"{FLAGS.size}, batch {FLAGS.batch} x seq {FLAGS.seq}, {FLAGS.steps} steps, save every "
           f"{FLAGS.save_every}; {jax.device_count()} {jax.devices()[0].platform} device(s); "
           f"load average {load_average()}")
+    print("threads on cores: " + "; ".join(
+        f"{name} {','.join(sorted(c))}" for name, c in sorted(placement.items())))
     print(markdown_table(
         ["checkpointing", "params", "median step ms", f"mean of {AROUND} steps from a save ms",
          "max of those ms", "max / median", "max / median, steps far from saves", "save steps ms", "save() call ms (median)",
