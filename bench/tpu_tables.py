@@ -73,6 +73,9 @@ def plan() -> list[dict]:
         for topo in SINGLE_HOST:
             add("slices", size, phase, topo, batch=256)
     add("largest", "large", 2, "v5e-8", remat="full", find=True)
+    # BERT-large phase 2 runs out without remat on every single host; with it:
+    for topo in ("v4-8", "v6e-8"):
+        add("slices", "large", 2, topo, remat="full", batch=256)
     return rows
 
 
