@@ -112,6 +112,17 @@ def build(config, vocab_size: int, mesh) -> Built:
     if G % config.grad_accum_steps:
         raise ValueError(f"global_batch_size={G} is not a multiple of "
                          f"grad_accum_steps={config.grad_accum_steps}")
+    # Each micro-batch's rows are split over data x fsdp; caught here, the user
+    # gets the field and the mesh instead of JAX's sharding error (or, in
+    # bert_jax.aot, that error for a 512-chip slice).
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if (G // config.grad_accum_steps) % shards:
+        per = (f" / grad_accum_steps={config.grad_accum_steps}"
+               if config.grad_accum_steps > 1 else "")
+        raise ValueError(
+            f"config.global_batch_size={G}{per}: expected a multiple of {shards}, the batch "
+            f"shards of mesh (data {mesh.shape['data']} x fsdp {mesh.shape['fsdp']}) "
+            f"on {mesh.size} devices")
     cfg = bert_config(config, vocab_size)
     gathered = config.model.mlm_head == "gathered"
     if not gathered and not config.data.dense_labels:

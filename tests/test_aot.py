@@ -7,6 +7,9 @@ optax's own optimizer-state mapping and hand-counted HLO collectives.
 """
 
 import importlib.util
+import pathlib
+import subprocess
+import sys
 
 import jax
 import optax
@@ -19,6 +22,8 @@ from bert_jax.model.config import BertConfig
 from bert_jax.model.heads import BertForPreTraining
 from bert_jax.train.optim import build_optimizer
 from bert_jax.train.step import state_spec
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="libtpu absent: pip install -e '.[tpu]'")
@@ -203,3 +208,19 @@ def test_find_batch_finds_the_largest_fitting_multiple(monkeypatch):
     want = 8 * ((14 * 2**30) // (37 * 2**20) // 8)
     assert (best, want) == (384, 384)
     assert info["unit"] == 8 and len(compiles) <= 6, compiles
+
+
+@needs_libtpu
+def test_batch_not_dividing_the_slice_is_one_line_before_compiling():
+    """The default phase-1 batch (256) on a 512-chip fsdp mesh: one line naming
+    the field and the mesh, exit 2, instead of JAX's sharding error."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bert_jax.aot",
+         "--config=configs/pretrain/bert.py:size=large,phase=1", "--topology=v5p:8x8x8",
+         "--config.mesh.shape=1,-1,1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == [
+        "error: config.global_batch_size=256: expected a multiple of 512, the batch shards "
+        "of mesh (data 1 x fsdp 512) on 512 devices"]
+    assert "Compiling" not in proc.stderr

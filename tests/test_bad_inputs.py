@@ -283,6 +283,11 @@ CASES = [
     case("pretrain_accum_not_dividing", "bert_jax.pretrain",
          [*PRETRAIN, "--workdir={root}/w12", "--config.grad_accum_steps=3"], 1,
          "global_batch_size=16 is not a multiple of grad_accum_steps=3", absent("w12")),
+    case("pretrain_batch_not_dividing_devices", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w14", "--config.global_batch_size=6"], 1,
+         "config.global_batch_size=6: expected a multiple of 4, the batch shards of mesh "
+         "(data 4 x fsdp 1) on 4 devices", absent("w14"),
+         env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}),
     case("pretrain_bad_mlm_head", "bert_jax.pretrain",
          [*PRETRAIN, "--workdir={root}/w13", "--config.model.mlm_head=sparse"], 1,
          "config.model.mlm_head='sparse': expected gathered or dense", absent("w13")),
