@@ -73,6 +73,8 @@ def plan() -> list[dict]:
         for topo in SINGLE_HOST:
             add("slices", size, phase, topo, batch=256)
     add("largest", "large", 2, "v5e-8", remat="full", find=True)
+    # The must-show slice without remat, at a batch that splits over 512 chips.
+    add("pod", "large", 1, "v5p-1024", batch=4096)
     # BERT-large phase 2 runs out without remat on every single host; with it:
     for topo in ("v4-8", "v6e-8"):
         add("slices", "large", 2, topo, remat="full", batch=256)
