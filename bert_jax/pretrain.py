@@ -115,7 +115,7 @@ def build(config, vocab_size: int, mesh) -> Built:
     # Each micro-batch's rows are split over data x fsdp; caught here, the user
     # gets the field and the mesh instead of JAX's sharding error (or, in
     # bert_jax.aot, that error for a 512-chip slice).
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    shards = sharding.batch_shards(mesh)
     if (G // config.grad_accum_steps) % shards:
         per = (f" / grad_accum_steps={config.grad_accum_steps}"
                if config.grad_accum_steps > 1 else "")

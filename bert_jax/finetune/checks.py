@@ -15,8 +15,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-import numpy as np
-
 # Fine-tuning workdir entries (workdir itself and a sweep's lr*_seed*/ runs).
 WORKDIR_ENTRIES = ("metrics.jsonl", "metrics.jsonl.tmp", "tb", "eval", "model", "best",
                    "checkpoints", "checkpoints_unreadable",
@@ -95,10 +93,7 @@ def check_model_fit(config, cfg) -> None:
 def check_batch_split(config, mesh) -> None:
     """The batches must split evenly over the mesh's batch axes."""
     from bert_jax.model import sharding
-    spec = sharding.batch_sharding(mesh, 1).spec
-    axes = spec[0] if spec and spec[0] is not None else ()
-    axes = axes if isinstance(axes, tuple) else (axes,)
-    shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    shards = sharding.batch_shards(mesh)
     for field in ("global_batch_size", "eval_batch_size"):
         if config[field] % shards:
             raise ValueError(f"config.{field}={config[field]}: expected a multiple of "

@@ -122,3 +122,10 @@ def state_shardings(state, mesh, rules=None):
 
 def batch_sharding(mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1)))
+
+
+def batch_shards(mesh) -> int:
+    """How many ways batch_sharding splits the rows of a batch on `mesh`."""
+    axes = batch_sharding(mesh, 1).spec[0] or ()
+    axes = axes if isinstance(axes, tuple) else (axes,)
+    return int(np.prod([mesh.shape[a] for a in axes]))
