@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_compile.py [--size=large] [--batch=32] [--seq=128]
         [--variants=scan,unrolled] [--remat=none]
 
-Builds the real step through the abstract path of `bert_jax.aot` (pretrain.build:
+Builds the real step through the abstract path of `bert_jax.aot` (pretraining.build:
 gathered MLM head, AdamW with clipping) and times `lower()` (tracing to
 StableHLO) and `compile()` (XLA) on abstract inputs: nothing is initialized
 or run, so BERT-large costs no memory beyond the compiler's. CPU seconds are

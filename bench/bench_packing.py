@@ -41,8 +41,8 @@ from bert_jax.data.pipeline import PretrainingPipeline, default_data_config  # n
 from bert_jax.model import sharding  # noqa: E402
 from bert_jax.model.config import BertConfig  # noqa: E402
 from bert_jax.model.heads import build_model  # noqa: E402
-from bert_jax.pretrain import pretraining_objective  # noqa: E402
 from bert_jax.train.optim import build_optimizer  # noqa: E402
+from bert_jax.train.pretraining import pretraining_objective  # noqa: E402
 from bert_jax.train.step import global_batch, init_state, jit_train_step, state_spec  # noqa: E402
 
 T = 128

@@ -14,7 +14,7 @@ Both contenders start from the same weights (our initialization exported with
 `hf_format.to_hf`), see the same batches from one `PretrainingPipeline` (seq 128,
 20 predictions, NSP) and use the same hyperparameters:
 
-  ours  jit_train_step with pretrain.pretraining_objective (MLM head only
+  ours  jit_train_step with pretraining.pretraining_objective (MLM head only
         at the gathered masked positions), optim.build_optimizer: AdamW b1 0.9,
         b2 0.999, eps 1e-6, weight decay 0.01 except biases and LayerNorm, linear
         warmup then linear decay to 0, global-norm clipping 1.0; fp32.
@@ -63,9 +63,9 @@ from bert_jax.model import sharding  # noqa: E402
 from bert_jax.model.config import BertConfig  # noqa: E402
 from bert_jax.model.heads import BertForPreTraining  # noqa: E402
 from bert_jax.model.params import flat_params  # noqa: E402
-from bert_jax.pretrain import pretraining_objective, summarize  # noqa: E402
 from bert_jax.storage.shared_data import shared_data_path  # noqa: E402
 from bert_jax.train.optim import build_optimizer  # noqa: E402
+from bert_jax.train.pretraining import pretraining_objective, summarize  # noqa: E402
 from bert_jax.train.step import init_state, jit_eval_step, jit_train_step, state_spec  # noqa: E402
 
 HELDOUT_MOD, HELDOUT_REM = 10, 3

@@ -51,7 +51,7 @@ def _config(workdir: pathlib.Path):
 
 def context_free_accuracy(config) -> tuple[str, float, float]:
     """What a model that ignores the context scores on the held-out batches
-    `pretrain.evaluate` scores: (the training corpus's most frequent token,
+    `pretraining.evaluate` scores: (the training corpus's most frequent token,
     accuracy of always answering it, accuracy of answering the input token where
     BERT's masking left it in place (10% of the predictions) or replaced it with
     a random one (10%), and the most frequent token at [MASK]). A model must beat
