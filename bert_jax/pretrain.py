@@ -63,6 +63,8 @@ def validate_config(config) -> None:
     from bert_jax.model.config import SIZES
     need(m.size in SIZES, "model.size", m.size, "one of " + ", ".join(SIZES))
     need(m.mlm_head in ("gathered", "dense"), "model.mlm_head", m.mlm_head, "gathered or dense")
+    if m.mlm_head == "dense" and not config.data.dense_labels:
+        raise ValueError("model.mlm_head=dense needs data.dense_labels=True")
     need(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", m.dtype,
          "float32, bfloat16 or float16")
     L = config.data.max_seq_length
@@ -174,13 +176,9 @@ def _train(config, workdir: str) -> dict:
         if eval_pipe.corpus.vocab_fingerprint != pipe.corpus.vocab_fingerprint:
             raise ValueError(f"eval_data.prepared_dir={config.eval_data.prepared_dir} was "
                              f"prepared with another vocabulary than {config.data.prepared_dir}")
-    cfg = pretraining.bert_config(config, tokenizer.vocab_size)
-    gathered = config.model.mlm_head == "gathered"
-    if not gathered and not config.data.dense_labels:
-        raise ValueError("model.mlm_head=dense needs data.dense_labels=True")
     init_params = None
-    resuming = loop.has_checkpoint(workdir)
-    if config.init_from and not resuming:
+    if config.init_from and not loop.has_checkpoint(workdir):
+        cfg = pretraining.bert_config(config, tokenizer.vocab_size)
         init_params = check_init_from(config, cfg, tokenizer)
 
     # ---- Workdir: created and locked only now that the inputs are known good ----------
