@@ -33,8 +33,11 @@ from the JSON), seqeval in conlleval mode (CoNLL, against eng.testa's own IOB1
 tags); `xcheck` in the results is that number and must equal the reported one.
 
 Results append to a JSON-lines file (one record per task x framework x seed);
-runs already there are skipped, so a killed job resumes. `--report` prints the
-markdown tables of docs/results.md.
+runs already there are skipped, so a killed job resumes, and a run cut in the
+middle resumes from its newest checkpoint (ours: the trainer's orbax
+checkpoints; HF: the loop's torch checkpoint), every `checkpoint.every` steps
+of the plan (see Attempts). `--report` prints the markdown tables of
+docs/results.md.
 """
 
 from __future__ import annotations
@@ -107,17 +110,23 @@ PLANS = {
     # articles of dev (all questions; all of the 10 held-out articles scored).
     # lr 1e-4 by default (the `cpu` plan's finding that this model's unused
     # [CLS]/pooler path needs it); `--lrs=2e-5,5e-5,1e-4` sweeps.
+    # Checkpoints every ~5 minutes of one core (both sides), so a run cut by
+    # the end of a session resumes there.
     "converged": {
         **{t: dict(num_epochs=3, learning_rate=1e-4, batch_size=32, max_train_examples=0,
-                   max_seq_length=128, length_buckets=(32, 64, 96, 128)) for t in GLUE},
+                   max_seq_length=128, length_buckets=(32, 64, 96, 128),
+                   **{"checkpoint.every": 200}) for t in GLUE},
         "sst2": dict(num_epochs=1, learning_rate=1e-4, batch_size=32, max_train_examples=0,
-                     max_seq_length=128, length_buckets=(32, 64, 96, 128)),
+                     max_seq_length=128, length_buckets=(32, 64, 96, 128),
+                     **{"checkpoint.every": 200}),
         "conll": dict(max_train_sentences=0, num_epochs=3, learning_rate=1e-4, batch_size=32,
-                      max_seq_length=128, length_buckets=(32, 64, 128)),
+                      max_seq_length=128, length_buckets=(32, 64, 128),
+                      **{"checkpoint.every": 200}),
         "squad": dict(max_train_examples=0, max_eval_examples=0, max_seq_length=384,
                       doc_stride=128, max_query_length=64,
                       length_buckets=(128, 192, 256, 320, 384),
-                      num_epochs=2, learning_rate=1e-4, batch_size=32),
+                      num_epochs=2, learning_rate=1e-4, batch_size=32,
+                      **{"checkpoint.every": 25}),
     },
     "smoke": {
         **{t: dict(max_train_examples=64, num_epochs=1, learning_rate=5e-5, batch_size=16,
@@ -309,12 +318,27 @@ def run_hf(config, workdir: pathlib.Path, threads: int = 2,
         model.bert.embeddings.word_embeddings.padding_idx = None
     total = math.ceil(task.num_train_examples() / config.global_batch_size) * config.num_epochs
     opt, sched = hf_optimizer(model, config, total)
-    history, step = [], 0
+    history, step, start_epoch, skip = [], 0, 0, 0
+    saved = load_hf_checkpoint(workdir)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        torch.set_rng_state(saved["rng"])  # the dropout masks still to come
+        history = json.loads(saved["history"])
+        step, start_epoch, skip = saved["step"], saved["epoch"], saved["position"]
+        tqdm.write(f"HF: resumed from {workdir} at step {step}")
+    every = config.checkpoint.every
     t_train = time.perf_counter()
-    with tqdm(total=total, desc=f"HF {task.name}", unit="step") as bar:
-        for epoch in range(config.num_epochs):
+    with tqdm(total=total, initial=step, desc=f"HF {task.name}", unit="step") as bar:
+        for epoch in range(start_epoch, config.num_epochs):
             model.train()
-            for batch in task.train_batches(config.global_batch_size, config.seed, epoch):
+            batches = task.train_batches(config.global_batch_size, config.seed, epoch)
+            # A resumed epoch: the same order (a function of seed and epoch),
+            # without the batches the checkpoint had already trained on.
+            for position, batch in enumerate(batches, start=1):
+                if epoch == start_epoch and position <= skip:
+                    continue
                 rows = batch["example_weights"] > 0  # HF's losses average every row given
                 loss = model(**hf_inputs(batch, head, rows)).loss
                 if not torch.isfinite(loss):
@@ -327,6 +351,9 @@ def run_hf(config, workdir: pathlib.Path, threads: int = 2,
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                if step % every == 0 and step < total:
+                    save_hf_checkpoint(workdir, model, opt, sched, step, epoch, position,
+                                       history)
             out_dir = workdir / "eval" / f"epoch_{epoch + 1}"
             res = task.evaluate("dev", hf_predict(model, task, "dev", config.eval_batch_size),
                                 out_dir=str(out_dir))
@@ -336,6 +363,35 @@ def run_hf(config, workdir: pathlib.Path, threads: int = 2,
     return {"metrics": history[-1], "history": history, "wall_s": time.perf_counter() - t0,
             "train_s": train_s, "steps": step,
             "pred_dir": str(workdir / "eval" / f"epoch_{len(history)}" / "dev")}
+
+
+HF_CHECKPOINT = "hf_checkpoint.pt"
+
+
+def save_hf_checkpoint(workdir: pathlib.Path, model, opt, sched, step: int, epoch: int,
+                       position: int, history: list) -> None:
+    """Everything the HF loop needs to go on exactly as if uncut: weights,
+    AdamW moments, the schedule's step, torch's RNG (dropout), and where in
+    which epoch. Written to a temp file and renamed, so a kill mid-save
+    leaves the previous checkpoint."""
+    import torch
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = workdir / f".{HF_CHECKPOINT}.tmp"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "rng": torch.get_rng_state(), "step": step,
+                "epoch": epoch, "position": position,
+                "history": json.dumps(history, default=float)}, tmp)
+    os.replace(tmp, workdir / HF_CHECKPOINT)
+
+
+def load_hf_checkpoint(workdir: pathlib.Path) -> dict | None:
+    import torch
+    path = workdir / HF_CHECKPOINT
+    if not path.exists():
+        return None
+    # weights_only: tensors, numbers, strings and containers, nothing unpickled
+    # into code (the file is ours, but a results dir gets copied around).
+    return torch.load(path, weights_only=True)
 
 
 # ------------------------------------------------- step-by-step parity
@@ -532,6 +588,89 @@ def append_result(path: pathlib.Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
+class Attempts:
+    """Wall and process-CPU seconds of one run over the attempts that made it.
+
+    A run cut in the middle (the session ended, kill -9) resumes from its
+    newest checkpoint. A stopped attempt counts from its start to the time
+    of the last checkpoint it wrote; the steps after that are redone, and
+    counted, by the next attempt, so a resumed run's total is that of an
+    uncut run plus one restore and compilation per resume (`resumes` in the
+    record). Its CPU seconds are read off the attempt's heartbeat (every 30 s
+    in `bench_progress.json`), scaled to the checkpoint's time.
+
+    `identity` (the run's plan config and diagnosis flags) must match the
+    stopped attempt's, else the workdir is cleared and the run starts over."""
+
+    FILE = "bench_progress.json"
+    BEAT_S = 30.0
+
+    def __init__(self, workdir: pathlib.Path, framework: str, identity: dict):
+        import threading
+        self.workdir, self.framework = workdir, framework
+        old = self._read()
+        ck = checkpoint_time(workdir, framework)
+        if old is None or old.get("identity") != identity or ck is None:
+            shutil.rmtree(workdir, ignore_errors=True)  # nothing to resume from
+            self.counted = {"wall_s": 0.0, "cpu_s": 0.0, "resumes": 0}
+        else:
+            self.counted = dict(old["counted"])
+            a = old["attempt"]
+            if ck > a["start"]:  # the stopped attempt wrote that checkpoint
+                wall = ck - a["start"]
+                ran = max(a["beat"] - a["start"], 1e-9)
+                self.counted["wall_s"] += wall
+                self.counted["cpu_s"] += (a["beat_cpu"] - a["cpu0"]) * min(1.0, wall / ran)
+            self.counted["resumes"] += 1
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.identity = identity
+        now = time.time()
+        self.attempt = {"start": now, "cpu0": time.process_time(), "beat": now,
+                        "beat_cpu": time.process_time()}
+        self._write()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> dict | None:
+        path = self.workdir / self.FILE
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _write(self) -> None:
+        tmp = self.workdir / f".{self.FILE}.tmp"
+        tmp.write_text(json.dumps({"identity": self.identity, "counted": self.counted,
+                                   "attempt": self.attempt}))
+        os.replace(tmp, self.workdir / self.FILE)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.BEAT_S):
+            self.attempt.update(beat=time.time(), beat_cpu=time.process_time())
+            self._write()
+
+    def finish(self) -> dict:
+        """{'wall_s', 'cpu_s', 'resumes'} of the whole run, this attempt to now."""
+        self._stop.set()
+        self._thread.join()
+        return {"wall_s": self.counted["wall_s"] + time.time() - self.attempt["start"],
+                "cpu_s": self.counted["cpu_s"] + time.process_time() - self.attempt["cpu0"],
+                "resumes": self.counted["resumes"]}
+
+
+def checkpoint_time(workdir: pathlib.Path, framework: str) -> float | None:
+    """When the run's newest complete checkpoint was written (None: none)."""
+    if framework == "hf":
+        path = workdir / HF_CHECKPOINT
+        return path.stat().st_mtime if path.exists() else None
+    ckpts = workdir / "checkpoints"
+    # Orbax lists a step as a plain-number directory only once it is
+    # finalized (a save cut short stays `<step>.orbax-checkpoint-tmp-*`).
+    steps = [d for d in ckpts.iterdir() if d.name.isdigit()] if ckpts.is_dir() else []
+    if not steps:
+        return None
+    newest = max(steps, key=lambda d: int(d.name))
+    return max(f.stat().st_mtime for f in [newest, *newest.rglob("*")])
+
+
 def run_one(task: str, framework: str, seed: int, plan: str, scratch: pathlib.Path,
             torch_threads: int, dropout: float | None = None,
             same_head_init: bool = False, pad_grad: bool = False,
@@ -539,18 +678,23 @@ def run_one(task: str, framework: str, seed: int, plan: str, scratch: pathlib.Pa
     config = make_config(task, seed, plan, scratch, dropout, lr)
     lr_tag = "" if lr is None else f"_lr{lr:g}"
     workdir = scratch / "work" / f"{task}_{framework}_seed{seed}{lr_tag}"
-    shutil.rmtree(workdir, ignore_errors=True)  # what a killed attempt left (no resume)
+    plan_config = {k: (list(v) if isinstance(v, tuple) else v)
+                   for k, v in PLANS[plan][task].items()}
+    attempts = Attempts(workdir, framework, {
+        "task": task, "framework": framework, "seed": seed, "plan": plan,
+        "lr": config.optim.lr, "config": plan_config, "dropout": dropout,
+        "same_head_init": same_head_init, "hf_pad_grad": pad_grad,
+        "torch_threads": torch_threads if framework == "hf" else None})
     loads0 = os.getloadavg()
-    # Process CPU seconds (all threads of this process): the machine is
-    # shared, so wall time alone is not a fair speed comparison.
-    cpu0 = time.process_time()
     if framework == "ours":
         result = run_ours(config, workdir)
         if not keep_model:
             shutil.rmtree(workdir / "model", ignore_errors=True)  # 90 MB a run, not needed
     else:
         result = run_hf(config, workdir, torch_threads, same_head_init, pad_grad)
-    cpu_s = time.process_time() - cpu0
+    # Process CPU seconds (all threads of this process): the machine is
+    # shared, so wall time alone is not a fair speed comparison.
+    total = attempts.finish()
     loads1 = os.getloadavg()
     metric = HEADLINE[task]
     reported = result["metrics"][metric]
@@ -559,15 +703,15 @@ def run_one(task: str, framework: str, seed: int, plan: str, scratch: pathlib.Pa
     return {"task": task, "framework": framework, "seed": seed, "plan": plan,
             "metric": metric, "value": scale * reported, "xcheck": scale * independent,
             "metrics": result["metrics"], "history": result["history"],
-            "wall_s": result["wall_s"], "train_s": result["train_s"], "steps": result["steps"],
+            "wall_s": total["wall_s"], "train_s": result["train_s"], "steps": result["steps"],
+            "resumes": total["resumes"], "last_attempt_wall_s": result["wall_s"],
             "load_before": loads0[0], "load_after": loads1[0],
-            "loadavg_before": list(loads0), "loadavg_after": list(loads1), "cpu_s": cpu_s,
-            "lr": config.optim.lr,
+            "loadavg_before": list(loads0), "loadavg_after": list(loads1),
+            "cpu_s": total["cpu_s"], "lr": config.optim.lr,
             "model_dir": str(workdir / "model") if keep_model and framework == "ours" else None,
             "torch_threads": torch_threads if framework == "hf" else None,
             "dropout": dropout, "same_head_init": same_head_init, "hf_pad_grad": pad_grad,
-            "config": {k: (list(v) if isinstance(v, tuple) else v)
-                       for k, v in PLANS[plan][task].items()}}
+            "config": plan_config}
 
 
 def run_key(r: dict) -> tuple:

