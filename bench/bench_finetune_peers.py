@@ -197,6 +197,11 @@ def run_ours(config, workdir: pathlib.Path) -> dict:
     t0 = time.perf_counter()
     summary = trainer.finetune(config, workdir)
     wall = time.perf_counter() - t0
+    if summary.get("preempted_at") is not None:
+        # SIGTERM / Ctrl-C: the trainer saved that step and returned. The
+        # signal was meant for the whole queue, not for this one run.
+        raise KeyboardInterrupt(f"{workdir}: stopped by a signal at step "
+                                f"{summary['preempted_at']} (saved); rerun to resume")
     history = [{"epoch": h["epoch"], **h["dev"]} for h in summary["history"]]
     return {"metrics": history[-1], "history": history, "wall_s": wall,
             "train_s": summary["train_time_sec"], "steps": summary["steps"],

@@ -200,3 +200,12 @@ def test_hf_loop_resumed_after_a_crash_ends_bit_equal(tmp_path, monkeypatch):
     # and training moved the weights (else equality says nothing)
     assert not torch.equal(seen["uncut"][0]["classifier.weight"],
                            seen["uncut"][1]["classifier.weight"])
+
+
+def test_a_signal_to_our_trainer_stops_the_queue(tmp_path, monkeypatch):
+    """SIGTERM / Ctrl-C makes our trainer save and return {'preempted_at'}:
+    the queue must stop there (rerun resumes), not go on to the next run."""
+    from bert_jax.finetune import trainer
+    monkeypatch.setattr(trainer, "finetune", lambda config, workdir: {"preempted_at": 169})
+    with pytest.raises(KeyboardInterrupt, match="step 169"):
+        peers.run_ours(None, tmp_path)
