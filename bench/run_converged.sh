@@ -4,8 +4,9 @@
 # by task (each finished task has a mean and spread), then CoNLL-2003 (its
 # best seed's model kept for bert_jax.predict), then SST-2 and SQuAD with one
 # seed, then the seed-0 lr sweep, then CoLA seeds 2 and 3 (2 seeds per
-# side disagreed by 3.3 MCC; 4 per side tell noise from a real gap). Every finished run is one line of $OUT and
-# is skipped when this script runs again, so rerunning it resumes the queue:
+# side disagreed by 3.3 MCC; 4 per side tell noise from a real gap). Every
+# finished run is one line of $OUT and is skipped when this script runs
+# again, so rerunning it resumes the queue:
 #
 #   cd <checkout> && PYTHONPATH=$PWD nohup taskset -c 1 nice -n 19 \
 #       bash bench/run_converged.sh > /work/i19-runs.log 2>&1 &
