@@ -775,6 +775,11 @@ def _lr(r: dict) -> float:
     return run_key(r)[-1]
 
 
+def _mean_std_n(m: float, s: float, n: int) -> str:
+    # One run has no spread: "89.79 (1)", not "89.79 ± nan (1)".
+    return f"{m:.2f} ({n})" if n < 2 else f"{m:.2f} ± {s:.2f} ({n})"
+
+
 def _mean_s(recs: list[dict], key: str) -> float:
     xs = [r[key] for r in recs if r.get(key) is not None]
     return statistics.fmean(xs) if xs else float("nan")
@@ -807,8 +812,9 @@ def report(records: list[dict], plan: str) -> str:
             xdev = max(abs(r["value"] - r["xcheck"]) for r in by["ours"] + by["hf"])
             wall = {fw: _mean_s(by[fw], "wall_s") for fw in by}
             cpu = {fw: _mean_s(by[fw], "cpu_s") for fw in by}
-            rows.append([task, HEADLINE[task], f"{lr:g}", f"{m_o:.2f} ± {s_o:.2f} ({n_o})",
-                         f"{m_h:.2f} ± {s_h:.2f} ({n_h})", f"{diff:+.2f}", f"{se:.2f}",
+            rows.append([task, HEADLINE[task], f"{lr:g}", _mean_std_n(m_o, s_o, n_o),
+                         _mean_std_n(m_h, s_h, n_h), f"{diff:+.2f}",
+                         "-" if math.isnan(se) else f"{se:.2f}",
                          verdict, f"{xdev:.1e}", f"{wall['ours']:.0f} / {wall['hf']:.0f}",
                          f"{cpu['ours']:.0f} / {cpu['hf']:.0f}",
                          f"{cpu['ours'] / cpu['hf']:.2f}"])
