@@ -619,6 +619,17 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_out(out: str) -> None:
+    """--out must be a file we can write: its directory exists and is writable."""
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise ValueError(f"--out={out}: is a directory; give a file name for the JSON report")
+    if not os.path.isdir(folder):
+        raise ValueError(f"--out={out}: the directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out={out}: the directory {folder} is not writable")
+
+
 def main(argv=None) -> int:
     from absl import flags
     from ml_collections import config_flags
@@ -633,10 +644,14 @@ def main(argv=None) -> int:
     flags.DEFINE_string("model_size", "base", "Fine-tuning configs without "
                         "init_checkpoint: the architecture (tiny ... large).", flag_values=fl)
     argv = sys.argv if argv is None else argv
+    from bert_jax import cli
+    cli.maybe_help(argv, fl)
     try:
         fl(argv)
         if fl.config is None or not fl.topology:
             raise ValueError("--config and --topology are required")
+        if fl.out:  # checked now, not after minutes of compiling
+            _check_out(fl.out)
         config = fl.config
         if fl.find_batch:
             best, info = find_batch(config, fl.topology, fl.model_size)

@@ -14,8 +14,10 @@ same ROOT; buckets are created at start from empty directories under ROOT/seed.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import time
@@ -59,6 +61,15 @@ def drop_unfinished_uploads(data: pathlib.Path) -> list[pathlib.Path]:
     return dropped
 
 
+def _die_with_parent() -> None:
+    """In the server's process before exec: the kernel sends it SIGTERM when the
+    process that started it dies, even by `kill -9`, so no server is orphaned."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() and the SIGTERM handler still stop it
+
+
 class GcsEmulator:
     def __init__(self, root, buckets=("bert-jax-test",), port: int | None = None):
         self.root = pathlib.Path(root)
@@ -85,7 +96,7 @@ class GcsEmulator:
             [str(binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
              "-data", str(seed), "-filesystem-root", str(self.root / "data"),
              "-public-host", f"127.0.0.1:{self.port}", "-log-level", "warn"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         # No proxy: the readiness probe must go to the loopback server itself.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + timeout
@@ -129,10 +140,28 @@ flags.DEFINE_list("bucket", ["bert-jax-test"], "Bucket(s) to create.")
 flags.DEFINE_integer("port", 4443, "Loopback port to serve on.")
 
 
+def check_port_free(port: int) -> None:
+    """A port another server holds is a one-line error (fake-gcs-server itself
+    would exit 1 with only a log line)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise ValueError(f"--port={port}: 127.0.0.1:{port} is busy ({e.strerror}); "
+                             "stop what listens there or choose another --port") from None
+
+
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # leaves the `with` below, which stops the server
+
+
 def main(argv):
     del argv
     if not FLAGS.root:
         raise app.UsageError("--root is required")
+    check_port_free(FLAGS.port)
+    # `kill PID` of this command must stop the server too, not orphan it.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     with GcsEmulator(os.path.abspath(FLAGS.root), FLAGS.bucket, FLAGS.port) as emu:
         print(f"fake-gcs-server on {emu.url}, buckets: "
               + ", ".join(f"gs://{b}" for b in emu.buckets))
@@ -145,4 +174,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from bert_jax import cli
+    cli.run(main)
