@@ -646,6 +646,7 @@ def main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
     from bert_jax import cli
     cli.maybe_help(argv, fl)
+    cli.configs_importable()
     try:
         fl(argv)
         if fl.config is None or not fl.topology:

@@ -124,10 +124,23 @@ def maybe_help(argv: list[str], flag_values=None) -> None:
         sys.exit(EXIT_OK)
 
 
+def configs_importable() -> None:
+    """Config files import each other as `configs.pretrain.bert`; that package
+    sits beside `bert_jax/` in the checkout, which is on sys.path only when
+    the command runs from the repository root. Append the checkout (after the
+    user's own paths) so commands run from any directory, with any config path,
+    including a user's own config file that builds on ours."""
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.isfile(os.path.join(root, "configs", "__init__.py")) and root not in sys.path:
+        sys.path.append(root)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with one-line errors (exit 2)."""
     from absl import flags
     maybe_help(argv)
+    configs_importable()
     try:
         rest = flags.FLAGS(argv)
         for name, flag in flags.FLAGS._flags().items():
