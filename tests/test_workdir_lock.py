@@ -38,12 +38,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # tries to lock the workdir while the winner runs and records what it saw.
 SCRIPT = textwrap.dedent('''
     import json, os, sys, time
+    from absl import app  # noqa: F401 - imported once, before the children fork
     from bert_jax import cli
     from bert_jax.storage import run_dir, workdir_lock
 
     def wait_for(path):
         while not os.path.exists(path):
             time.sleep(0.0005)
+
+    def listing(path):
+        return sorted(os.listdir(path)) if os.path.isdir(path) else None
 
     def main(argv):
         workdir, barrier, release = argv[1:4]
@@ -85,14 +89,14 @@ SCRIPT = textwrap.dedent('''
             rcs = {done: os.waitstatus_to_exitcode(rc)}
             w = os.path.join(rnd, "w")
             deadline = time.time() + 10
-            while not any(e.startswith("ran-") for e in os.listdir(w)) and \\
+            while not any(e.startswith("ran-") for e in listing(w) or []) and \\
                     time.time() < deadline:
                 time.sleep(0.01)
-            during = sorted(os.listdir(w))
+            during = listing(w)
             try:
                 workdir_lock.WorkdirLock(w).acquire()
                 third = "locked it"
-            except workdir_lock.WorkdirLocked as e:
+            except (ValueError, OSError) as e:
                 third = str(e)
             open(os.path.join(rnd, "release"), "w").close()
             for pid in kids:
@@ -100,7 +104,7 @@ SCRIPT = textwrap.dedent('''
                     rcs[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
             print(json.dumps({"round": i, "rc": {str(p): rcs[p] for p in kids},
                               "first_exit": done, "during": during, "third": third,
-                              "after": sorted(os.listdir(w))}), flush=True)
+                              "after": listing(w)}), flush=True)
 
     if __name__ == "__main__":
         if sys.argv[1] == "race":
