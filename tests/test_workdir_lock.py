@@ -286,10 +286,10 @@ class _CountingJob:
         raise AssertionError("no best")
 
 
-def test_loop_stops_when_the_lock_is_lost(tmp_path):
-    """Someone removes the lock file under a running run (and a new run could
-    lock a new one): the loop raises LockLost before its next step, and no
-    checkpoint is saved after that."""
+def run_loop_losing_the_lock(workdir, lose, at_step=5):
+    """loop.run of a 10-step scalar job under run_dir.claim; `lose(claim)` is
+    called when the batch of step `at_step` (0-based) is made. Returns the
+    LockLost it must raise."""
     import jax
     import jax.numpy as jnp
     import ml_collections
@@ -304,27 +304,55 @@ def test_loop_stops_when_the_lock_is_lost(tmp_path):
 
     config = ml_collections.ConfigDict({"log_every": 1, "checkpoint": {
         "every": 2, "keep": 10, "keep_every": None, "async_save": False}})
-    workdir = tmp_path / "w"
-    lock_file = workdir / workdir_lock.LOCK_NAME
-
-    def lose():  # what `rm -rf w` followed by a new run's lock would leave
-        lock_file.rename(tmp_path / "old.lock")
-        lock_file.write_text("")
-
     with pytest.raises(workdir_lock.LockLost) as e:
         with run_dir.claim(workdir, has_progress=loop.has_progress) as held:
-            held.lock.CHECK_EVERY_S = 0.0
-            loop.run(_CountingJob(5, lose), config, str(workdir),
+            loop.run(_CountingJob(at_step, lambda: lose(held)), config, str(workdir),
                      mesh=sharding.make_mesh((-1, 1, 1)),
                      spec=types.SimpleNamespace(abstract=None), step_fn=jax.jit(step_fn),
                      init_state=lambda: {"step": jnp.int32(0), "params": jnp.float32(0)},
                      rng=None, peak_flops=None)
-    assert str(e.value) == (f"{workdir}: lost the workdir lock (its lock file {lock_file} "
-                            "was removed or replaced by someone else); stopped so that this "
-                            "run writes nothing more there")
     # Steps 2 and 4 saved while the lock was held; none after step 5 lost it.
-    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
-                  if p.name.isdigit()) == [2, 4]
-    assert [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()
-            ] == [1, 2, 3, 4, 5]
+    ckpts = storage.join(workdir, "checkpoints")
+    assert sorted(int(n) for n in storage.listdir(ckpts) if n.isdigit()) == [2, 4]
+    logged = storage.read_text(storage.join(workdir, "metrics.jsonl")).splitlines()
+    assert [json.loads(x)["step"] for x in logged] == [1, 2, 3, 4, 5]
+    return e.value
+
+
+def test_loop_stops_when_the_lock_is_lost(tmp_path):
+    """Someone removes the lock file under a running run (and a new run could
+    lock a new one): the loop raises LockLost before its next step, and no
+    checkpoint is saved after that."""
+    workdir = tmp_path / "w"
+    lock_file = workdir / workdir_lock.LOCK_NAME
+
+    def lose(held):  # what `rm -rf w` followed by a new run's lock would leave
+        held.lock.CHECK_EVERY_S = 0.0
+        lock_file.rename(tmp_path / "old.lock")
+        lock_file.write_text("")
+
+    e = run_loop_losing_the_lock(workdir, lose)
+    assert str(e) == (f"{workdir}: lost the workdir lock (its lock file {lock_file} "
+                      "was removed or replaced by someone else); stopped so that this "
+                      "run writes nothing more there")
     assert lock_file.read_text() == ""  # the new file is not ours: left as it was
+
+
+def test_loop_stops_when_the_bucket_lock_is_lost(gcs, monkeypatch):
+    """The same in a bucket: another writer rewrites the lock object; the
+    holder's conditional heartbeat fails, and the loop stops with one line."""
+    monkeypatch.setattr(workdir_lock.BucketLock, "HEARTBEAT_S", 0.05)
+    workdir = storage.join(gcs.bucket, "loop-lost-lock")
+    obj = storage.join(workdir, workdir_lock.LOCK_NAME)
+
+    def lose(held):
+        storage.write_text(obj, json.dumps({"pid": 1, "host": "elsewhere", "started": "x",
+                                            "heartbeat": time.time()}))
+        wait_until(lambda: held.lock.lost() is not None)
+
+    e = run_loop_losing_the_lock(workdir, lose)
+    assert str(e) == (f"{workdir}: lost the workdir lock (the lock object {obj} was "
+                      "rewritten or deleted by someone else); stopped so that this run "
+                      "writes nothing more there")
+    assert json.loads(storage.read_text(obj))["host"] == "elsewhere"  # theirs, kept
+    storage.remove(workdir)
