@@ -179,7 +179,11 @@ def run(main) -> None:
 
     def wrapped(argv):
         try:
-            return main(argv)
+            rc = main(argv)
+            if rc in (None, EXIT_OK, EXIT_PREEMPTED) and "bert_jax.train.distributed" in \
+                    sys.modules:
+                sys.modules["bert_jax.train.distributed"].finished()
+            return rc
         except app.UsageError as e:
             error(str(e))
             return EXIT_USAGE
