@@ -101,10 +101,13 @@ class _Watchdog(threading.Thread):
             dead = [p for p in range(self.n) if p not in live and not self._finished(p)]
             if dead and not self.leaving.is_set():
                 which = ", ".join(str(p) for p in dead)
-                print(f"error: process {which} of {self.n} stopped (no heartbeat for "
-                      f"{HEARTBEAT_TIMEOUT_S} s); process {self.me} stops too: rerun all "
-                      f"{self.n} processes to resume from the newest checkpoint",
-                      file=sys.stderr, flush=True)
+                # tqdm.write: on a line of its own, not glued to the progress bar.
+                from tqdm import tqdm
+                tqdm.write(f"error: process {which} of {self.n} stopped (no heartbeat for "
+                           f"{HEARTBEAT_TIMEOUT_S} s); process {self.me} stops too: rerun all "
+                           f"{self.n} processes to resume from the newest checkpoint",
+                           file=sys.stderr)
+                sys.stderr.flush()
                 os._exit(1)  # a collective may be blocked in C++: nothing to unwind
 
     def finish(self) -> None:
