@@ -69,6 +69,7 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
         storage.local_copy(path)
     if model_dir.is_model_dir(p):
         cfg, meta, flat = model_dir.load_flat(p)  # checks the sizes before reading params
+        have = sum(int(np.size(v)) for v in flat.values())
         if head is None or head == meta.get("head"):
             return cfg, meta, flat
         # Another head than the one trained: keep the encoder (and the pretraining
@@ -81,6 +82,7 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
     elif hf_format.is_hf_dir(p):
         cfg, tensors, raw_cfg = hf_format.read_hf_dir(p)
         bounds.check_fields(cfg, p / "config.json")
+        have = sum(int(np.size(v)) for v in tensors.values())
         arch = (raw_cfg.get("architectures") or ["BertModel"])[0]
         src_head = {v: k for k, v in hf_format.ARCHITECTURES.items() if k != "regression"}.get(
             arch, "encoder")
@@ -95,6 +97,7 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
     elif is_tf1_dir(p):
         from bert_jax.convert import tf1_format
         cfg, flat, unexpected = tf1_format.read_tf1_dir(p)
+        have = sum(int(np.size(v)) for v in flat.values())
         src_head = tf1_format.source_head(flat)
         head = head or src_head
         num_labels = flat["classifier/kernel"].shape[-1] if "classifier/kernel" in flat else 0
@@ -113,8 +116,7 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
                              f"config implies {shape}")
     missing = sorted(set(target) - set(flat))
     # Fresh values are built at the config's sizes: bounded by what the source holds.
-    bounds.check_total(target, sum(int(np.size(v)) for v in flat.values()), p,
-                       "the checkpoint")
+    bounds.check_total(target, have, p, "the checkpoint")
     if fill_missing:
         flat.update(_fresh_values(cfg, head, meta["num_labels"], seed, missing))
     if report is not None:

@@ -42,6 +42,7 @@ import os
 import pathlib
 import re
 import sysconfig
+import zlib
 from collections.abc import Callable, Iterator
 
 from bert_jax import storage
@@ -274,11 +275,19 @@ def _lines(unit: Unit, stats: ReadStats, errors: str) -> Iterator[tuple[int, str
         with open(unit.path, "rb") as f:
             first_line += _count_newlines(f, unit.start)
     blank = True
+    i = first_line
     with _open_binary(unit.path) as f:
         if unit.start:
             f.seek(unit.start)
         pos = unit.start
-        for i, raw in enumerate(f, first_line):
+        it = iter(f)
+        while True:
+            try:
+                raw = next(it)
+            except StopIteration:
+                break
+            except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a damaged or cut .gz
+                raise CorpusError(f"{unit.path}:{i}: damaged gzip data ({e})") from None
             if 0 <= unit.stop <= pos:
                 break  # ranges are cut at line starts (see _blank_line_cuts)
             pos += len(raw)
@@ -286,6 +295,7 @@ def _lines(unit: Unit, stats: ReadStats, errors: str) -> Iterator[tuple[int, str
             if blank and raw.strip():
                 blank = False
             yield i, _decode_line(raw.rstrip(b"\n"), unit.path, i, errors, stats)
+            i += 1
     if blank and unit.start == 0:
         stats.empty_files += 1
 

@@ -1,22 +1,28 @@
 """Where commands write: checked before any work, so that nothing is destroyed.
 
 Every command that writes a path calls `check_destination` first (before a
-model is loaded or anything compiles): a destination that exists and is not
-the command's own earlier output is refused unless the user passed
-`--overwrite`; a destination that is, contains or lies inside one of the
-command's sources is always refused; a path whose parent cannot be created or
-written is refused with the reason. Directories are then written to a temp
-sibling and swapped into place (`write_dir_atomic`): a crash leaves either the
-old contents or the new, never a mix, and never nothing.
+model is loaded or anything compiles). Directory outputs record which command
+wrote them and what they are (`written_by`: {"command", "kind"}, see
+`record`). A destination that exists and is not empty is replaced only when it
+records the same command and kind; `--overwrite` adds an output of the same
+command of another kind, and a directory without a record holding only names
+the command writes (older or interrupted outputs). Another command's output,
+a directory holding anything else and a bucket root are refused, --overwrite
+or not. A destination that is, contains or lies inside one of the command's
+sources is always refused; a path whose parent cannot be created or written
+is refused with the reason. Directories are then written to a temp sibling and
+swapped into place (`write_dir_atomic`): a crash leaves either the old
+contents or the new, never a mix, and never nothing.
 
 `gs://` destinations get the same checks through `storage` (the bucket must
 exist; "exists", "empty" and "own output" are answered by listing the prefix).
 Object storage has no rename, so there a directory is staged in a local temp
-dir (all the work that can fail happens before the bucket is touched), and
-only then are the old objects deleted and the new ones uploaded, each final
-object written once, deepest first so that a dir's top-level marker files
-(bert_jax.json, config.json) appear last. A crash during the upload leaves a
-prefix without its marker, which no command takes for a finished output.
+dir (all the work that can fail happens before the bucket is touched); then
+`upload_dir` deletes the old top-level markers, uploads the new objects
+(deepest first, markers last) and only then deletes the old objects the new
+output did not overwrite. A crash during the upload leaves a prefix without
+its marker, which no command takes for a finished output, and nothing outside
+the destination is ever deleted.
 """
 
 from __future__ import annotations
