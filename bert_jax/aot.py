@@ -619,15 +619,18 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _check_out(out: str) -> None:
-    """--out must be a file we can write: its directory exists and is writable."""
-    folder = os.path.dirname(os.path.abspath(out))
-    if os.path.isdir(out):
-        raise ValueError(f"--out={out}: is a directory; give a file name for the JSON report")
-    if not os.path.isdir(folder):
-        raise ValueError(f"--out={out}: the directory {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"--out={out}: the directory {folder} is not writable")
+# What an aot --out report records about itself (storage/outputs.py).
+AOT_RECORD = {"command": "aot", "kind": "compile report"}
+
+
+def _is_aot_report(path) -> bool:
+    """An --out file an earlier `aot` wrote (rewriting it loses nothing)."""
+    from bert_jax.storage import json_input
+    try:
+        obj = json_input.read(path)
+    except (ValueError, OSError):
+        return False
+    return isinstance(obj, dict) and obj.get("written_by") == AOT_RECORD
 
 
 def main(argv=None) -> int:
@@ -643,6 +646,8 @@ def main(argv=None) -> int:
     flags.DEFINE_string("out", "", "Write the report as JSON here.", flag_values=fl)
     flags.DEFINE_string("model_size", "base", "Fine-tuning configs without "
                         "init_checkpoint: the architecture (tiny ... large).", flag_values=fl)
+    flags.DEFINE_bool("overwrite", False, "Replace an --out file that is not an earlier aot "
+                      "report.", flag_values=fl)
     argv = sys.argv if argv is None else argv
     from bert_jax import cli
     cli.maybe_help(argv, fl)
@@ -651,8 +656,10 @@ def main(argv=None) -> int:
         fl(argv)
         if fl.config is None or not fl.topology:
             raise ValueError("--config and --topology are required")
-        if fl.out:  # checked now, not after minutes of compiling
-            _check_out(fl.out)
+        if fl.out:  # before the compile: a path we must not write stops it now
+            from bert_jax.storage import outputs
+            outputs.check_destination(fl.out, kind="file", overwrite=fl.overwrite,
+                                      is_own=_is_aot_report, what="--out file")
         config = fl.config
         if fl.find_batch:
             best, info = find_batch(config, fl.topology, fl.model_size)
@@ -667,12 +674,14 @@ def main(argv=None) -> int:
         r = report(config, fl.topology, fl.model_size)
         if fl.find_batch:
             r["find_batch"] = info
-    except (ValueError, FileNotFoundError, flags.Error) as e:
+    except (ValueError, OSError, flags.Error) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if fl.out:  # before printing: the report survives a closed stdout
-        with open(fl.out, "w") as f:
-            json.dump(r, f, indent=2, default=float)
+        from bert_jax.storage import outputs
+        rec = {outputs.RECORD_KEY: AOT_RECORD, **r}
+        outputs.write_file_atomic(fl.out, lambda tmp: tmp.write_text(
+            json.dumps(rec, indent=2, default=float) + "\n"))
     print(format_report(r), flush=True)
     return 0
 

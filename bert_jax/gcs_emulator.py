@@ -40,6 +40,19 @@ def free_port() -> int:
 METADATA_XATTR = "user.metadata"
 
 
+def unfinished_uploads(data: pathlib.Path) -> list[pathlib.Path]:
+    """Object files under data/<bucket>/ without the server's metadata: an
+    upload a killed server left, or a file someone put there by hand."""
+    found = []
+    for bucket in (p for p in data.iterdir() if p.is_dir()):
+        for dirpath, _, files in os.walk(bucket):
+            for f in files:
+                path = pathlib.Path(dirpath, f)
+                if METADATA_XATTR not in os.listxattr(path):
+                    found.append(path)
+    return sorted(found)
+
+
 def drop_unfinished_uploads(data: pathlib.Path) -> list[pathlib.Path]:
     """Delete the object files a killed server left without their metadata.
 
@@ -50,14 +63,9 @@ def drop_unfinished_uploads(data: pathlib.Path) -> list[pathlib.Path]:
     looks empty. On real GCS an upload that did not finish never becomes an
     object; removing these files gives the restarted server that behaviour.
     """
-    dropped = []
-    for bucket in (p for p in data.iterdir() if p.is_dir()):
-        for dirpath, _, files in os.walk(bucket):
-            for f in files:
-                path = pathlib.Path(dirpath, f)
-                if METADATA_XATTR not in os.listxattr(path):
-                    path.unlink()
-                    dropped.append(path)
+    dropped = unfinished_uploads(data)
+    for path in dropped:
+        path.unlink()
     return dropped
 
 
@@ -70,9 +78,36 @@ def _die_with_parent() -> None:
         pass  # not Linux: stop() and the SIGTERM handler still stop it
 
 
+class EmulatorRootError(ValueError):
+    """A --root the command must not serve (the message names the file)."""
+
+
+def check_root(root: pathlib.Path) -> None:
+    """The command serves a user's --root: a file under data/ that the server
+    did not finish writing may be the user's own (cannot tell which), so it is
+    never deleted; the command refuses to start instead, naming it."""
+    data = root / "data"
+    if root.exists() and not root.is_dir():
+        raise EmulatorRootError(f"{root}: --root is a file, not a directory")
+    if not data.is_dir():
+        return
+    found = unfinished_uploads(data)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise EmulatorRootError(
+            f"{found[0]}{more}: not an object this emulator wrote (no {METADATA_XATTR} "
+            "attribute: an upload a killed server left, or a file put there by hand); "
+            "the server would hide it: move it out of --root/data, or choose another --root")
+
+
 class GcsEmulator:
-    def __init__(self, root, buckets=("bert-jax-test",), port: int | None = None):
+    def __init__(self, root, buckets=("bert-jax-test",), port: int | None = None,
+                 drop_unfinished: bool = True):
+        """drop_unfinished: delete files under root/data without the server's
+        metadata before starting (tests that kill the server mid-upload; a
+        root they made). The command passes False and refuses them instead."""
         self.root = pathlib.Path(root)
+        self.drop_unfinished = drop_unfinished
         self.buckets = tuple(buckets)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
@@ -90,7 +125,8 @@ class GcsEmulator:
         for b in self.buckets:
             (seed / b).mkdir(parents=True, exist_ok=True)
         (self.root / "data").mkdir(parents=True, exist_ok=True)
-        drop_unfinished_uploads(self.root / "data")
+        if self.drop_unfinished:
+            drop_unfinished_uploads(self.root / "data")
         self.log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(
             [str(binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
@@ -159,10 +195,12 @@ def main(argv):
     del argv
     if not FLAGS.root:
         raise app.UsageError("--root is required")
+    root = pathlib.Path(os.path.abspath(FLAGS.root))
+    check_root(root)  # cli.run: one `error:` line, exit 1
     check_port_free(FLAGS.port)
     # `kill PID` of this command must stop the server too, not orphan it.
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    with GcsEmulator(os.path.abspath(FLAGS.root), FLAGS.bucket, FLAGS.port) as emu:
+    with GcsEmulator(root, FLAGS.bucket, FLAGS.port, drop_unfinished=False) as emu:
         print(f"fake-gcs-server on {emu.url}, buckets: "
               + ", ".join(f"gs://{b}" for b in emu.buckets))
         print(f"export STORAGE_EMULATOR_HOST={emu.url}", flush=True)

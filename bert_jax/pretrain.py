@@ -84,8 +84,11 @@ def validate_config(config) -> None:
 
 def check_workdir(workdir) -> None:
     """A new or empty dir, or this command's earlier workdir (it resumes)."""
+    # Its record (bert_jax.json's written_by) keeps out another command's
+    # output; an unrecorded workdir of older runs resumes (resume=True).
     outputs.check_destination(workdir, sources=(), what="workdir", flag="a new --workdir",
-                              is_own=_is_pretraining_workdir)
+                              is_own=_is_pretraining_workdir, resume=True,
+                              record=outputs.record("pretrain", "pretraining workdir"))
 
 
 def check_init_from(config, cfg: BertConfig, tokenizer) -> dict[str, np.ndarray]:

@@ -131,15 +131,18 @@ def test_no_libtpu_noise_on_a_machine_without_tpu():
 
 
 def test_aot_checks_out_before_compiling(tmp_path):
+    (tmp_path / "a_file").write_text("mine")
+    out = tmp_path / "a_file" / "r.json"
     t = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "bert_jax.aot", "--config=configs/pretrain/bert_tiny.py",
-         "--topology=v4-8", f"--out={tmp_path / 'nowhere' / 'r.json'}"],
+         "--topology=v4-8", f"--out={out}"],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"error: --out={tmp_path / 'nowhere' / 'r.json'}: the "
-                                   f"directory {tmp_path / 'nowhere'} does not exist")
+    assert proc.stderr.strip() == (f"error: {out}: cannot create the --out file: "
+                                   f"{tmp_path / 'a_file'} is a file, not a directory")
     assert time.monotonic() - t < 60  # no compile happened (a compile takes minutes)
+    assert (tmp_path / "a_file").read_text() == "mine"
 
 
 def _listening(port: int) -> bool:

@@ -178,6 +178,8 @@ def read_tf1_dir(path: str | os.PathLike) -> tuple[BertConfig, dict[str, np.ndar
     naming the checkpoint and the variable."""
     path = pathlib.Path(path)
     cfg = BertConfig.from_json_file(path / CONFIG_NAME)
+    from bert_jax.convert import bounds
+    bounds.check_fields(cfg, path / CONFIG_NAME)
     prefix = checkpoint_prefix(path)
     tf = _tf()
     try:

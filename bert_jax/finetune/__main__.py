@@ -33,7 +33,8 @@ def main(argv):
     checks.check_config(FLAGS.config)
     workdir = FLAGS.workdir
     outputs.check_destination(workdir, what="workdir", flag="a new --workdir",
-                              is_own=checks.is_finetune_workdir,
+                              is_own=checks.is_finetune_workdir, resume=True,
+                              record=outputs.record("finetune", "fine-tuning workdir"),
                               sources=[FLAGS.config.get("init_checkpoint") or None])
     from bert_jax.train import distributed
     distributed.initialize()

@@ -41,9 +41,50 @@ def _need(ok: bool, field: str, value, allowed: str) -> None:
         raise ValueError(f"config.{field}={value!r}: expected {allowed}")
 
 
+def _tfds_on(config) -> bool:
+    return config.get("tfds") not in (None, False, "", "false", "False", "0")
+
+
+def check_files(config) -> None:
+    """Every file a config names is read, or the config is refused: a path
+    that does not exist, or a field the chosen source never reads (TFDS has
+    its own splits; SQuAD's article_split trains on dev_file's articles) is
+    one line naming the field. (GLUE's data_dir and init_checkpoint are
+    checked where they are opened, before any compile, too.)"""
+    from bert_jax import storage
+    tfds = _tfds_on(config)
+    squad = config.get("task") == "squad"
+    if config.get("tfds_data_dir") and not tfds:
+        raise ValueError(f"config.tfds_data_dir={config.tfds_data_dir!r} is read only with "
+                         "config.tfds=True; set config.tfds=True or unset it")
+    unread = {}
+    if tfds:
+        unread["test_file"] = "with config.tfds (TFDS brings its own splits)"
+        if squad:
+            unread["train_file"] = "with config.tfds (TFDS brings its own splits)"
+    elif squad and config.get("article_split"):
+        unread["train_file"] = (f"with config.article_split={config.article_split!r} (the "
+                                "first articles of dev_file train); set "
+                                "config.article_split='' to train on it")
+    for field in ("train_file", "dev_file", "test_file"):
+        value = config.get(field)
+        if not value:
+            continue
+        if field in unread:
+            raise ValueError(f"config.{field}={value!r} is not read {unread[field]}")
+        if tfds:
+            continue  # conll's default train/dev files: TFDS is read instead
+        if not storage.exists(value):
+            raise FileNotFoundError(f"config.{field}={value}: no such file")
+        if storage.isdir(value):
+            raise ValueError(f"config.{field}={value}: a directory, not a file")
+
+
 def check_config(config) -> None:
-    """Ranges of the fields every task has, and TFDS where asked for."""
+    """Ranges of the fields every task has, the files it names, and TFDS
+    where asked for."""
     from bert_jax.train import train_config
+    check_files(config)
     train_config.check_renamed(config)
     train_config.check_optim(config.optim)
     _need(isinstance(config.num_epochs, int) and config.num_epochs >= 1, "num_epochs",
