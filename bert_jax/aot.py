@@ -152,9 +152,9 @@ def topology_devices(name: str) -> tuple[str, list]:
             devices = topologies.get_topology_desc(platform="tpu", **kw).devices
     except Exception as e:  # libtpu absent, or a shape it rejects
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        import importlib.util
-        if importlib.util.find_spec("libtpu") is None:
-            msg += ' (the TPU compiler is not installed: pip install -e ".[tpu]")'
+        from bert_jax.cli import optional
+        if not optional.installed("libtpu"):
+            msg += f" (the TPU compiler is not installed: {optional.EXTRAS['libtpu']})"
         raise ValueError(f"--topology={name}: {msg}") from None
     return gen, list(devices)
 

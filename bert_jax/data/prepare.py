@@ -244,6 +244,10 @@ def _run_workers(jobs: list[tuple], num_workers: int, progress: bool) -> list[di
     return [metas[i] for i in sorted(metas)]
 
 
+class EmptyCorpusError(ValueError):
+    """The corpus was read and holds no document (empty or blank files)."""
+
+
 def prepare_corpus(corpus: str, vocab: str | os.PathLike, out_dir: str | os.PathLike,
                    num_workers: int = 2, segmenter: str = "sentencex",
                    encoding_errors: str = "strict", max_sentence_tokens: int = 256,
@@ -294,9 +298,10 @@ def prepare_corpus(corpus: str, vocab: str | os.PathLike, out_dir: str | os.Path
     out.mkdir(parents=True, exist_ok=True)
     try:
         return _prepare(out, corpus, tok, units, opts, num_workers, progress)
-    except BaseException:
-        # A run that finished no shard leaves no directory it created behind.
-        if created and not any(out.glob("shard-*")):
+    except BaseException as e:
+        # A run that finished no shard, or found nothing to prepare, leaves no
+        # directory it created behind.
+        if created and (isinstance(e, EmptyCorpusError) or not any(out.glob("shard-*"))):
             shutil.rmtree(out, ignore_errors=True)
         raise
 
@@ -323,6 +328,10 @@ def _prepare(out: pathlib.Path, corpus: str, tok, units, opts, num_workers: int,
     t0 = time.perf_counter()
     metas = _run_workers(jobs, num_workers, progress)
     manifest = _manifest(header, corpus, tok, vocab_name, metas)
+    if manifest["totals"]["documents"] == 0:
+        # Prepared data with nothing in it would fail at training time, far
+        # from its cause: say it here, naming what was skipped.
+        raise EmptyCorpusError(f"--corpus={corpus}: yields no documents; {summary(manifest)}")
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
     prepared.write_json_atomic(mpath, manifest)
     return manifest

@@ -12,8 +12,7 @@ summary.json.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from bert_jax.cli import optional
 
 # Fine-tuning workdir entries (workdir itself and a sweep's lr*_seed*/ runs).
 WORKDIR_ENTRIES = ("metrics.jsonl", "metrics.jsonl.tmp", "tb", "eval", "model", "best",
@@ -107,17 +106,11 @@ def check_config(config) -> None:
               f"a largest bucket >= max_seq_length={config.max_seq_length}")
     tfds = config.get("tfds")
     if tfds not in (None, False, "", "false", "False", "0"):
-        missing = [m for m in ("tensorflow", "tensorflow_datasets") if _not_installed(m)]
+        missing = [m for m in ("tensorflow", "tensorflow_datasets") if not optional.installed(m)]
         if missing:
             raise ValueError(f"config.tfds={tfds!r} reads TFDS, which needs "
                              f"{' and '.join(missing)} (not installed; pip install "
                              "'bert_jax[tf]'); or set config.tfds=False and read the files")
-
-
-def _not_installed(module: str) -> bool:
-    if module in sys.modules:  # None there means "import fails"
-        return sys.modules[module] is None
-    return importlib.util.find_spec(module) is None
 
 
 def check_model_fit(config, cfg) -> None:
