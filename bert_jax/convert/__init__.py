@@ -80,16 +80,12 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
         meta = {**meta, "head": head, "num_labels": num_labels, "label_names": []}
     elif hf_format.is_hf_dir(p):
         cfg, tensors, raw_cfg = hf_format.read_hf_dir(p)
-        arch = (raw_cfg.get("architectures") or ["BertModel"])[0]
-        src_head = {v: k for k, v in hf_format.ARCHITECTURES.items() if k != "regression"}.get(
-            arch, "encoder")
+        src_head = hf_format.source_head(raw_cfg, cfg.architecture)
         labels = [raw_cfg["id2label"][str(i)] for i in range(len(raw_cfg.get("id2label", {})))]
-        if src_head == "classification" and raw_cfg.get("problem_type") == "regression":
-            src_head = "regression"
         head = head or ("pretraining" if src_head == "encoder" else src_head)
         num_labels = 1 if head == "regression" else len(labels)
         target = _target_shapes(cfg, head, num_labels)
-        flat, unexpected = hf_format.from_hf(tensors, target, source=str(p))
+        flat, unexpected = hf_format.from_hf(tensors, target, str(p), cfg.architecture)
         meta = {"format": "hf", "head": head, "num_labels": num_labels, "label_names": labels}
     elif is_tf1_dir(p):
         from bert_jax.convert import tf1_format

@@ -1,0 +1,208 @@
+"""ModernBERT (cfg.architecture="modernbert") against transformers' ModernBert* (fp32,
+eager attention) on randomly initialized tiny models saved with save_pretrained:
+hidden states and MLM / classification logits through our converter, packed rows
+equal to each sequence alone, and config.json as transformers 4.x and 5.x
+write it.
+
+No ModernBERT weights can be downloaded here, so the reference is transformers
+itself with random weights; norm weights (and biases, where the shape has them)
+are perturbed away from 1 / 0 so that a norm in the wrong place shows.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+# Tiny shapes: every sequence below is longer than the sliding window.
+SHAPES = {
+    # 3 layers, global every 2 (layers 0, 2), window 8 (+-4), no biases (ModernBERT's).
+    "nobias": dict(vocab_size=101, hidden_size=32, num_attention_heads=4, num_hidden_layers=3,
+                   intermediate_size=48, local_attention=8, global_attn_every_n_layers=2,
+                   global_rope_theta=1000.0, local_rope_theta=50.0),
+    # 4 layers, global every 3 (0, 3), window 6 (+-3), every bias on, tanh GELU,
+    # mean pooling, no decoder bias.
+    "biases": dict(vocab_size=89, hidden_size=48, num_attention_heads=3, num_hidden_layers=4,
+                   intermediate_size=40, local_attention=6, global_attn_every_n_layers=3,
+                   norm_bias=True, attention_bias=True, mlp_bias=True, classifier_bias=True,
+                   decoder_bias=False, hidden_activation="gelu_pytorch_tanh",
+                   classifier_pooling="mean", global_rope_theta=500.0, local_rope_theta=20.0),
+}
+TOKEN_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+
+
+def _perturb_norms(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def hf_model(cls, shape: str, seed: int = 0, **extra):
+    torch.manual_seed(seed)
+    config = transformers.ModernBertConfig(**SHAPES[shape], **TOKEN_IDS, **extra,
+                                           max_position_embeddings=64, norm_eps=1e-5,
+                                           initializer_range=0.1)
+    model = getattr(transformers, cls)._from_config(config, attn_implementation="eager")
+    _perturb_norms(model, seed)
+    return model.eval()
+
+
+def _batch(vocab, lengths, t, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((len(lengths), t), np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = rng.integers(3, vocab, n)
+        ids[i, 0] = 1
+        mask[i, :n] = 1
+    return ids, mask
+
+
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def mlm(request, tmp_path_factory):
+    """(shape, HF dir, HF model, batch, HF outputs) for one tiny ModernBertForMaskedLM."""
+    shape = request.param
+    model = hf_model("ModernBertForMaskedLM", shape)
+    d = tmp_path_factory.mktemp(f"hf_{shape}")
+    model.save_pretrained(d)
+    ids, mask = _batch(model.config.vocab_size, [23, 17, 9], 23)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                    output_hidden_states=True)
+        out.last_hidden_state = model.model(input_ids=torch.tensor(ids),
+                                            attention_mask=torch.tensor(mask)).last_hidden_state
+    return shape, d, model, (ids, mask), out
+
+
+def _ours(path, head=None, **kw):
+    from bert_jax import convert
+    from bert_jax.model.heads import build_model
+    from bert_jax.model.params import assign_params
+    cfg, meta, flat = convert.read_any(path, head=head)
+    model = build_model(cfg, meta["head"], meta["num_labels"])
+    assign_params(model, flat, strict=True)
+    return cfg, meta, model
+
+
+def _run(model, ids, mask, **kw):
+    import jax.numpy as jnp
+    from flax import nnx
+    return nnx.jit(lambda m, a, b: m(a, None, b, **kw))(model, jnp.asarray(ids),
+                                                        jnp.asarray(mask))
+
+
+def _max_diff(a, b, mask):
+    m = mask.astype(bool)[..., None]
+    return float(np.abs(np.where(m, np.asarray(a) - np.asarray(b), 0)).max())
+
+
+def test_mlm_parity(mlm):
+    """Hidden states (embeddings + every layer, pre final norm), last hidden state
+    and MLM logits of our model from the converted dir, within 1e-4 of HF."""
+    from flax import nnx
+    shape, d, _, (ids, mask), ref = mlm
+    cfg, meta, model = _ours(d)
+    assert cfg.architecture == "modernbert" and meta["head"] == "pretraining"
+    assert cfg.local_attention < ids.shape[1]
+    enc = nnx.jit(lambda m, a, b: m.bert(a, None, b, output_hidden_states=True))(
+        model, ids, mask)
+    logits = _run(model, ids, mask)["mlm_logits"]
+    diffs = {"hidden_states": max(_max_diff(a, b.numpy(), mask)
+                                  for a, b in zip(enc["hidden_states"], ref.hidden_states)),
+             "last_hidden_state": _max_diff(enc["last_hidden_state"],
+                                            ref.last_hidden_state.numpy(), mask),
+             "mlm_logits": _max_diff(logits, ref.logits.numpy(), mask)}
+    print(shape, diffs)
+    assert len(enc["hidden_states"]) == cfg.num_hidden_layers + 1
+    assert max(diffs.values()) <= 1e-4, diffs
+
+
+def test_packed_equals_alone(mlm):
+    """Three sequences packed in one row (with padding) give each the outputs it
+    gets alone: rotary positions restart and no window (local or global) crosses
+    a boundary."""
+    import jax.numpy as jnp
+    from flax import nnx
+    _, d, _, (ids, mask), _ = mlm
+    _, _, model = _ours(d)
+    lengths = [11, 9, 7]  # each longer than the window
+    seqs = [ids[i, :n] for i, n in enumerate(lengths)]
+    t = 32
+    row = np.zeros((1, t), np.int64)
+    seg = np.zeros((1, t), np.int64)
+    start = 0
+    for k, s in enumerate(seqs):
+        row[0, start:start + len(s)] = s
+        seg[0, start:start + len(s)] = k + 1
+        start += len(s)
+    packed = nnx.jit(lambda m, a, b, s: m(a, None, b, segment_ids=s))(
+        model, jnp.asarray(row), jnp.asarray(seg > 0), jnp.asarray(seg))["mlm_logits"]
+    start = 0
+    for s in seqs:
+        alone = _run(model, s[None], np.ones((1, len(s)), np.int64))["mlm_logits"]
+        diff = np.abs(np.asarray(packed)[0, start:start + len(s)] - np.asarray(alone)[0]).max()
+        assert diff <= 1e-5, diff
+        start += len(s)
+
+
+def _v5_config(d4: dict) -> dict:
+    """config.json as transformers 5 writes it: per-layer `layer_types` and a
+    `rope_parameters` block per layer type instead of the flat fields."""
+    d = {k: v for k, v in d4.items()
+         if k not in ("global_rope_theta", "local_rope_theta", "global_attn_every_n_layers")}
+    n = d4["global_attn_every_n_layers"]
+    d["layer_types"] = ["full_attention" if i % n == 0 else "sliding_attention"
+                        for i in range(d4["num_hidden_layers"])]
+    d["rope_parameters"] = {
+        "full_attention": {"rope_type": "default", "rope_theta": d4["global_rope_theta"]},
+        "sliding_attention": {"rope_type": "default", "rope_theta": d4["local_rope_theta"]}}
+    return d
+
+
+def test_config_json_4x_and_5x(mlm, tmp_path):
+    """The same architecture from transformers 4.x's flat config.json and from a
+    5.x one (written by hand); a layer pattern our encoder cannot express and
+    a scaled rope are errors naming the file."""
+    from bert_jax.model.config import BertConfig
+    _, d, _, _, _ = mlm
+    d4 = json.loads((d / "config.json").read_text())
+    cfg4 = BertConfig.from_json_file(d / "config.json")
+    (tmp_path / "v5.json").write_text(json.dumps(_v5_config(d4)))
+    cfg5 = BertConfig.from_json_file(tmp_path / "v5.json")
+    assert cfg5 == cfg4
+    assert (cfg4.global_rope_theta, cfg4.local_rope_theta) == (d4["global_rope_theta"],
+                                                                 d4["local_rope_theta"])
+    bad = _v5_config(d4)
+    bad["layer_types"] = ["sliding_attention"] + bad["layer_types"][1:]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"bad\.json: layer_types"):
+        BertConfig.from_json_file(tmp_path / "bad.json")
+    bad = _v5_config(d4)
+    bad["rope_parameters"]["full_attention"]["rope_type"] = "yarn"
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"bad\.json: rope_parameters.full_attention"):
+        BertConfig.from_json_file(tmp_path / "bad.json")
+
+
+def test_modern_config_checks():
+    """Our own config round-trips through bert_jax.json's dict; bad values are
+    one-line errors naming the field."""
+    from bert_jax.model.config import BertConfig
+    cfg = BertConfig(architecture="modernbert", **SHAPES["biases"])
+    assert BertConfig.from_dict(cfg.to_google_dict()) == cfg
+    assert [cfg.is_global_layer(i) for i in range(4)] == [True, False, False, True]
+    with pytest.raises(ValueError, match="local_attention=7"):
+        cfg.replace(local_attention=7)
+    with pytest.raises(ValueError, match="classifier_pooling='max'"):
+        cfg.replace(classifier_pooling="max")
+    with pytest.raises(ValueError, match="scan_layers"):
+        cfg.replace(scan_layers=True)
+    with pytest.raises(ValueError, match="x.json: field 'norm_bias'"):
+        BertConfig.from_dict({"model_type": "modernbert", "norm_bias": "no"}, source="x.json")
