@@ -1,8 +1,8 @@
 """ModernBERT (cfg.architecture="modernbert") against transformers' ModernBert* (fp32,
 eager attention) on randomly initialized tiny models saved with save_pretrained:
 hidden states and MLM / classification logits through our converter, packed rows
-equal to each sequence alone, and config.json as transformers 4.x and 5.x
-write it.
+equal to each sequence alone, our HF export loaded back by transformers, and
+config.json as transformers 4.x and 5.x write it.
 
 No ModernBERT weights can be downloaded here, so the reference is transformers
 itself with random weights; norm weights (and biases, where the shape has them)
@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import data_path
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -54,6 +55,27 @@ def hf_model(cls, shape: str, seed: int = 0, **extra):
     return model.eval()
 
 
+def save_bpe_tokenizer(d, vocab_size=400):
+    """A small byte-level BPE (ModernBERT's kind of tokenizer) trained with the
+    `tokenizers` library on real text, saved as transformers saves one:
+    tokenizer.json + tokenizer_config.json + special_tokens_map.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    novel = sorted(data_path("corpus", "eltec-eng").glob("*.txt"))[0]
+    text = novel.read_text(encoding="utf-8")[:200_000].splitlines()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    tok.train_from_iterator(text, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        pad_token="[PAD]", mask_token="[MASK]")
+    fast.save_pretrained(d)
+    return text
+
+
 def _batch(vocab, lengths, t, seed=0):
     rng = np.random.default_rng(seed)
     ids = np.zeros((len(lengths), t), np.int64)
@@ -72,6 +94,7 @@ def mlm(request, tmp_path_factory):
     model = hf_model("ModernBertForMaskedLM", shape)
     d = tmp_path_factory.mktemp(f"hf_{shape}")
     model.save_pretrained(d)
+    save_bpe_tokenizer(d)
     ids, mask = _batch(model.config.vocab_size, [23, 17, 9], 23)
     with torch.no_grad():
         out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
@@ -150,6 +173,66 @@ def test_packed_equals_alone(mlm):
         diff = np.abs(np.asarray(packed)[0, start:start + len(s)] - np.asarray(alone)[0]).max()
         assert diff <= 1e-5, diff
         start += len(s)
+
+
+def test_cli_convert_and_hf_export_round_trip(mlm, tmp_path):
+    """HF dir -> `python -m bert_jax.convert` -> bert_jax dir -> --to hf: every tensor
+    comes back bit-exact (Wqkv re-fused), ModernBertForMaskedLM loads it with
+    nothing missing or unexpected and gives the original logits."""
+    import subprocess
+    import sys
+    shape, d, model, (ids, mask), ref = mlm
+    from safetensors.numpy import load_file
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PATH": "/usr/bin:/bin"}
+    for src, dst, to in ((d, tmp_path / "ours", "bert_jax"), (tmp_path / "ours",
+                                                              tmp_path / "hf", "hf")):
+        r = subprocess.run([sys.executable, "-m", "bert_jax.convert", str(src), str(dst),
+                            "--to", to], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.loads((tmp_path / "ours" / "bert_jax.json").read_text())
+    assert meta["config"]["architecture"] == "modernbert"
+    assert meta["config"]["local_attention"] == SHAPES[shape]["local_attention"]
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (tmp_path / "hf" / name).read_bytes() == (d / name).read_bytes(), name
+    a, b = load_file(str(d / "model.safetensors")), load_file(str(tmp_path / "hf" /
+                                                                  "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    back, info = transformers.ModernBertForMaskedLM.from_pretrained(
+        tmp_path / "hf", attn_implementation="eager", output_loading_info=True)
+    assert not any(info.values()), info
+    with torch.no_grad():
+        logits = back.eval()(input_ids=torch.tensor(ids),
+                             attention_mask=torch.tensor(mask)).logits.numpy()
+    assert _max_diff(logits, ref.logits.numpy(), mask) == 0.0
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_sequence_classification_both_ways(shape, tmp_path):
+    """ModernBertForSequenceClassification (cls or mean pooling, head, classifier)
+    -> ours: same logits on a padded batch; ours -> HF: transformers loads the
+    export with nothing missing and gives them again."""
+    from bert_jax import convert
+    model = hf_model("ModernBertForSequenceClassification", shape, seed=1, num_labels=3)
+    model.save_pretrained(tmp_path / "hf")
+    ids, mask = _batch(model.config.vocab_size, [21, 8, 14], 21, seed=2)
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    cfg, meta, ours = _ours(tmp_path / "hf")
+    assert meta["head"] == "classification" and meta["num_labels"] == 3
+    assert cfg.classifier_pooling == SHAPES[shape].get("classifier_pooling", "cls")
+    logits = np.asarray(_run(ours, ids, mask)["logits"])
+    assert np.abs(logits - ref).max() <= 1e-4, np.abs(logits - ref).max()
+    convert.convert(tmp_path / "hf", tmp_path / "ours", "bert_jax")
+    convert.convert(tmp_path / "ours", tmp_path / "back", "hf")
+    back, info = transformers.ModernBertForSequenceClassification.from_pretrained(
+        tmp_path / "back", attn_implementation="eager", output_loading_info=True)
+    assert not any(info.values()), info
+    with torch.no_grad():
+        again = back.eval()(input_ids=torch.tensor(ids),
+                            attention_mask=torch.tensor(mask)).logits.numpy()
+    np.testing.assert_array_equal(again, ref)
 
 
 def _v5_config(d4: dict) -> dict:

@@ -125,7 +125,7 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
 # such entries is an earlier conversion, which a rerun may replace.
 def _own_entry(to: str) -> Callable[[str], bool]:
     def allowed(name: str) -> bool:
-        if name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json") or \
+        if name in ("vocab.txt", *model_dir.TOKENIZER_FILES) or \
                 name.endswith(".model"):
             return True
         if to == "bert_jax":
@@ -159,17 +159,19 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
     tokenizer = model_dir.tokenizer_of(src, meta) if vocab else None
     if tokenizer is not None:
         lowercase = tokenizer.lowercase
-    else:
+    tok_files = model_dir.tokenizer_files(src)
+    if tokenizer is None and not tok_files:
         report.append("no vocabulary in the source: the output has none either")
 
     def add_vocab(tmp):
         model_dir.copy_vocab(vocab, tmp)
+        model_dir.copy_tokenizer_files(tok_files, tmp)
         if tokenizer is not None and tokenizer.kind == "wordpiece":
             hf_format.write_tokenizer_files(tmp, lowercase, cfg.max_position_embeddings)
 
     if to == "bert_jax":
         model_dir.save_model_dir(dst, cfg, flat, head, meta.get("num_labels", 0), labels,
-                                 meta.get("task"), vocab, lowercase)
+                                 meta.get("task"), vocab, lowercase, tok_files)
     elif to == "hf":
         def write(tmp):
             hf_format.write_hf_dir(tmp, cfg, flat, head, labels)
