@@ -59,7 +59,7 @@ def save_bpe_tokenizer(d, vocab_size=400):
     """A small byte-level BPE (ModernBERT's kind of tokenizer) trained with the
     `tokenizers` library on real text, saved as transformers saves one:
     tokenizer.json + tokenizer_config.json + special_tokens_map.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     novel = sorted(data_path("corpus", "eltec-eng").glob("*.txt"))[0]
     text = novel.read_text(encoding="utf-8")[:200_000].splitlines()
     tok = Tokenizer(models.BPE())
@@ -69,6 +69,11 @@ def save_bpe_tokenizer(d, vocab_size=400):
     tok.train_from_iterator(text, trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    # ModernBERT's tokenizer.json adds [CLS] A [SEP] (B [SEP]) in its post-processor.
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
         pad_token="[PAD]", mask_token="[MASK]")
@@ -289,3 +294,68 @@ def test_modern_config_checks():
         cfg.replace(scan_layers=True)
     with pytest.raises(ValueError, match="x.json: field 'norm_bias'"):
         BertConfig.from_dict({"model_type": "modernbert", "norm_bias": "no"}, source="x.json")
+
+
+def test_bpe_tokenizer_json_same_ids_as_autotokenizer(tmp_path):
+    """A byte-level BPE tokenizer.json loads through our tokenizer layer and gives
+    transformers.AutoTokenizer's ids on real text (ELTeC novel lines and GLUE
+    sentences with accents, digits, punctuation and runs of spaces), with and
+    without [CLS] / [SEP] (ours adds them as tokenizer.json's post-processor
+    does); decode gives the text back."""
+    from bert_jax.data.tokenizer import load_tokenizer
+    lines = save_bpe_tokenizer(tmp_path)
+    sst = data_path("glue", "SST-2", "dev.tsv").read_text().splitlines()[1:200]
+    texts = [t for t in lines[1000:1400] if t.strip()] + [s.split("\t")[0] for s in sst]
+    texts += ["Café naïve — “quoted”   spaces\tand 1,234.5 numbers!", ""]
+    ours = load_tokenizer(tmp_path)  # the directory: tokenizer.json is found
+    assert ours.kind == "bpe"
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    want = ref(texts, add_special_tokens=False)["input_ids"]
+    assert ours.ids_batch(texts) == want
+    assert sum(map(len, want)) > 5000
+    assert [e.ids for e in ours.encode_batch(texts)] == ref(texts)["input_ids"]
+    assert ours.encode(texts[0], texts[1]).ids == ref(texts[0], texts[1])["input_ids"]
+    assert (ours.pad_id, ours.mask_id) == (ref.pad_token_id, ref.mask_token_id)
+    assert ours.decode(ours.ids_batch([texts[-2]])[0]) == texts[-2]
+
+
+def test_training_step_gradients_match_torch(mlm):
+    """Gradients of the MLM loss (mean cross-entropy over labelled tokens of a
+    padded batch) w.r.t. every parameter agree with torch autograd through
+    ModernBertForMaskedLM (the tied decoder's gradient lands on the embedding)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from bert_jax.convert import hf_format
+    from bert_jax.model.params import flat_params
+    _, d, _, (ids, mask), _ = mlm
+    cfg, _, ours = _ours(d)
+    rng = np.random.default_rng(5)
+    labels = np.where((rng.random(ids.shape) < 0.3) & (mask > 0), ids, -100)
+    ref = transformers.ModernBertForMaskedLM.from_pretrained(d, attn_implementation="eager")
+    ref.train()  # every dropout rate is 0: train mode only enables autograd paths
+    loss_t = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                 labels=torch.tensor(labels)).loss
+    loss_t.backward()
+    want = {k: p.grad.numpy() for k, p in ref.named_parameters()}
+
+    graphdef, params, rest = nnx.split(ours, nnx.Param, ...)
+
+    def loss_fn(params):
+        logits = nnx.merge(graphdef, params, rest)(jnp.asarray(ids), None,
+                                                   jnp.asarray(mask))["mlm_logits"]
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        y = jnp.asarray(labels)
+        nll = -jnp.take_along_axis(logp, jnp.maximum(y, 0)[..., None], axis=-1)[..., 0]
+        w = (y >= 0).astype(jnp.float32)
+        return (nll * w).sum() / w.sum()
+
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
+    assert abs(float(loss) - loss_t.item()) <= 1e-5
+    got = hf_format.to_hf(flat_params(grads, scanned=False), cfg.architecture)
+    assert got.keys() == want.keys()
+    worst = max(float(np.abs(got[k] - want[k]).max() / (np.abs(want[k]).max() + 1e-6))
+                for k in want)
+    print("max relative gradient difference", worst)
+    assert worst <= 1e-4, worst
