@@ -359,3 +359,66 @@ def test_training_step_gradients_match_torch(mlm):
                 for k in want)
     print("max relative gradient difference", worst)
     assert worst <= 1e-4, worst
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_splash_local_window_equals_reference(packed):
+    """Splash attention with a LocalMask (interpret mode on CPU) equals the
+    reference path's banded dense mask, forward and gradients, on padded and on
+    packed rows whose sequences are longer than the window."""
+    import jax
+    import jax.numpy as jnp
+
+    from bert_jax.model.attention import attention_mask, dot_product_attention
+    from bert_jax.model.modern import local_mask
+    b, s, n, h, window = 2, 128, 2, 32, 16  # splash needs blocks of 128
+    r = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(r.normal(size=(b, s, n, h)), jnp.float32) for _ in range(3))
+    am = np.ones((b, s), np.int32)
+    am[1, 90:] = 0
+    seg = np.zeros((b, s), np.int32)
+    seg[:, :50], seg[:, 50:] = 1, 2
+    seg[am == 0] = 0
+    mask = local_mask(attention_mask(jnp.asarray(am), jnp.asarray(seg) if packed else None),
+                      window)
+
+    def loss(impl):
+        def f(q, k, v):
+            out = dot_product_attention(q, k, v, mask, impl=impl, window=window)
+            return jnp.sum(jnp.where(jnp.asarray(am)[:, :, None, None] > 0, out, 0.0) ** 2)
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(q, k, v)
+
+    (ref, ref_g), (got, got_g) = loss("reference"), loss("splash")
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    for g, w in zip(got_g, ref_g):
+        np.testing.assert_allclose(g, w, atol=2e-5, rtol=1e-5)
+    # The window matters here: without it the output differs.
+    full = attention_mask(jnp.asarray(am), jnp.asarray(seg) if packed else None)
+    wide = dot_product_attention(q, k, v, full)
+    assert np.abs(np.asarray(wide) - np.asarray(dot_product_attention(q, k, v, mask))).max() > 1e-2
+
+
+def test_flops_count_modern_matmuls():
+    """flops.py for ModernBERT against a count from the model's own kernels
+    (6 x tokens x matmul parameters) plus attention over the band by hand."""
+    import math
+
+    from flax import nnx
+
+    from bert_jax.model import flops
+    from bert_jax.model.config import BertConfig
+    from bert_jax.model.heads import abstract_model
+    from bert_jax.model.params import pure_to_flat
+    cfg = BertConfig(architecture="modernbert", **SHAPES["nobias"])
+    t, m = 40, 6
+    shapes = {k: v.shape for k, v in pure_to_flat(nnx.to_pure_dict(
+        nnx.state(abstract_model(cfg, "pretraining"), nnx.Param))).items()}
+    enc = sum(math.prod(s) for k, s in shapes.items()
+              if k.startswith("bert/encoder/") and k.endswith("/kernel"))
+    head = math.prod(shapes["head/dense/kernel"]) + math.prod(
+        shapes["bert/embeddings/word_embeddings/embedding"])
+    # layers 0 and 2 global (every 2), layer 1 local: window 8 -> 9 keys per query.
+    attention = 12 * t * cfg.hidden_size * (2 * t + 1 * 9)
+    assert flops.train_flops_per_sequence(cfg, t, m) == 6 * t * enc + attention + 6 * m * head
+    assert flops.finetune_flops_per_sequence(cfg, t, "classification", 3) == (
+        6 * t * enc + attention + 6 * (32 * 32 + 32 * 3))

@@ -139,10 +139,6 @@ class BertConfig:
             raise ValueError(
                 f"attention_impl='splash' has no attention-probability dropout: set "
                 f"attention_dropout=0 (is {self.attention_dropout})")
-        if self.attention_impl == "splash" and any(
-                not self.is_global_layer(i) for i in range(self.num_hidden_layers)):
-            raise ValueError("attention_impl='splash' has no sliding-window mask yet: use "
-                             "'reference' (or global_attn_every_n_layers=1)")
 
     @property
     def modern(self) -> bool:

@@ -129,7 +129,8 @@ class ModernLayer(nnx.Module):
         k = sharding.constrain(apply_rotary(self.key(h), cos, sin), spec)
         v = sharding.constrain(self.value(h), spec)
         a = dot_product_attention(q, k, v, mask, impl=cfg.attention_impl,
-                                  dropout_rate=cfg.attention_dropout, dropout_rng=rngs[0])
+                                  dropout_rate=cfg.attention_dropout, dropout_rng=rngs[0],
+                                  window=None if self.is_global else cfg.local_attention)
         x = x + dropout(self.attention_output(a), cfg.attention_dropout, rngs[1])
         y = self.intermediate(self.mlp_norm(x))
         y = activation(cfg.hidden_activation)(y[..., 0, :]) * y[..., 1, :]
