@@ -213,31 +213,68 @@ def test_cli_convert_and_hf_export_round_trip(mlm, tmp_path):
     assert _max_diff(logits, ref.logits.numpy(), mask) == 0.0
 
 
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_sequence_classification_both_ways(shape, tmp_path):
-    """ModernBertForSequenceClassification (cls or mean pooling, head, classifier)
-    -> ours: same logits on a padded batch; ours -> HF: transformers loads the
-    export with nothing missing and gives them again."""
+# (HF class, shape, our head, HF output -> [our output key: array]).
+TASKS = [
+    ("ModernBertForSequenceClassification", "nobias", "classification",
+     lambda o: {"logits": o.logits}),
+    ("ModernBertForSequenceClassification", "biases", "classification",  # mean pooling
+     lambda o: {"logits": o.logits}),
+    ("ModernBertForTokenClassification", "biases", "tagging", lambda o: {"logits": o.logits}),
+    ("ModernBertForQuestionAnswering", "nobias", "span",
+     lambda o: {"start_logits": o.start_logits, "end_logits": o.end_logits}),
+]
+
+
+@pytest.mark.parametrize("cls,shape,head,outputs", TASKS, ids=[f"{t[2]}-{t[1]}" for t in TASKS])
+def test_task_heads_both_ways(cls, shape, head, outputs, tmp_path):
+    """ModernBertFor{SequenceClassification (cls and mean pooling), TokenClassification,
+    QuestionAnswering} -> ours: same logits on a padded batch (padding positions
+    of per-token heads left out); ours -> HF: transformers loads the export with
+    nothing missing and gives them again."""
     from bert_jax import convert
-    model = hf_model("ModernBertForSequenceClassification", shape, seed=1, num_labels=3)
+    model = hf_model(cls, shape, seed=1, num_labels=2 if head == "span" else 3)
     model.save_pretrained(tmp_path / "hf")
     ids, mask = _batch(model.config.vocab_size, [21, 8, 14], 21, seed=2)
     with torch.no_grad():
-        ref = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+        ref = {k: v.numpy() for k, v in outputs(
+            model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))).items()}
     cfg, meta, ours = _ours(tmp_path / "hf")
-    assert meta["head"] == "classification" and meta["num_labels"] == 3
+    assert meta["head"] == head
     assert cfg.classifier_pooling == SHAPES[shape].get("classifier_pooling", "cls")
-    logits = np.asarray(_run(ours, ids, mask)["logits"])
-    assert np.abs(logits - ref).max() <= 1e-4, np.abs(logits - ref).max()
+    got = _run(ours, ids, mask)
+    for k, want in ref.items():
+        diff = np.asarray(got[k]) - want
+        if head != "classification":  # per-token outputs: real tokens only
+            diff = np.where(mask.astype(bool).reshape(mask.shape + (1,) * (diff.ndim - 2)),
+                            diff, 0)
+        assert np.abs(diff).max() <= 1e-4, (k, np.abs(diff).max())
     convert.convert(tmp_path / "hf", tmp_path / "ours", "bert_jax")
     convert.convert(tmp_path / "ours", tmp_path / "back", "hf")
-    back, info = transformers.ModernBertForSequenceClassification.from_pretrained(
+    back, info = getattr(transformers, cls).from_pretrained(
         tmp_path / "back", attn_implementation="eager", output_loading_info=True)
     assert not any(info.values()), info
     with torch.no_grad():
-        again = back.eval()(input_ids=torch.tensor(ids),
-                            attention_mask=torch.tensor(mask)).logits.numpy()
-    np.testing.assert_array_equal(again, ref)
+        again = outputs(back.eval()(input_ids=torch.tensor(ids),
+                                    attention_mask=torch.tensor(mask)))
+    for k, want in ref.items():
+        np.testing.assert_array_equal(again[k].numpy(), want, err_msg=k)
+
+
+def test_encoder_export_loads_as_modernbertmodel(mlm, tmp_path):
+    """--head encoder: ModernBertModel names (no `model.` prefix, no head or
+    decoder), loaded by transformers with nothing missing; same last hidden state."""
+    from bert_jax import convert
+    _, d, _, (ids, mask), ref = mlm
+    report = convert.convert(d, tmp_path / "enc", "hf", head="encoder")
+    assert any("ignored (unused by the model): decoder.bias" in r for r in report) or \
+        not SHAPES[mlm[0]].get("decoder_bias", True)
+    enc, info = transformers.ModernBertModel.from_pretrained(
+        tmp_path / "enc", attn_implementation="eager", output_loading_info=True)
+    assert not any(info.values()), info
+    with torch.no_grad():
+        last = enc.eval()(input_ids=torch.tensor(ids),
+                          attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    assert _max_diff(last, ref.last_hidden_state.numpy(), mask) == 0.0
 
 
 def _v5_config(d4: dict) -> dict:
@@ -422,3 +459,32 @@ def test_flops_count_modern_matmuls():
     assert flops.train_flops_per_sequence(cfg, t, m) == 6 * t * enc + attention + 6 * m * head
     assert flops.finetune_flops_per_sequence(cfg, t, "classification", 3) == (
         6 * t * enc + attention + 6 * (32 * 32 + 32 * 3))
+
+
+def test_bad_modernbert_dirs_name_file_and_parameter(mlm, tmp_path):
+    """A fused Wqkv of the wrong size, or a config value we cannot run, is a
+    one-line error naming the dir / file and the parameter, and nothing is written."""
+    from safetensors.numpy import load_file, save_file
+
+    from bert_jax import convert
+    _, d, _, _, _ = mlm
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((d / "config.json").read_text())
+    t = load_file(str(d / "model.safetensors"))
+    t["model.layers.1.attn.Wqkv.weight"] = t["model.layers.1.attn.Wqkv.weight"][:-3]
+    save_file(t, str(bad / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"bad: parameter model\.layers\.1\.attn\.Wq.*fused Wqkv"):
+        convert.convert(bad, tmp_path / "out", "bert_jax")
+    cfg = json.loads((d / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "hidden_activation": "silu"}))
+    with pytest.raises(ValueError, match=r"config\.json: hidden_activation='silu'"):
+        convert.convert(bad, tmp_path / "out", "bert_jax")
+    assert not (tmp_path / "out").exists()
+
+
+def test_segment_positions_restart():
+    from bert_jax.model.modern import segment_positions
+    seg = np.array([[1, 1, 1, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(np.asarray(segment_positions(seg)),
+                                  [[0, 1, 2, 0, 1, 0, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7]])

@@ -187,6 +187,8 @@ def from_hf(hf: dict[str, np.ndarray], target_shapes: dict[str, tuple[int, ...]]
         name = by_hf[key]
         shape = tuple(target_shapes[name])
         value = np.asarray(value)
+        if re.search(r"\.attn\.W[qkv]\.", raw_key):
+            raw_key += " (a third of the fused Wqkv)"
         if name.endswith("/kernel"):
             if value.ndim != 2 or value.size != int(np.prod(shape)):
                 raise ValueError(f"{source}: parameter {raw_key} has shape {value.shape}, "
