@@ -131,53 +131,64 @@ def _max_diff(a, b, mask):
     return float(np.abs(np.where(m, np.asarray(a) - np.asarray(b), 0)).max())
 
 
-def test_mlm_parity(mlm):
+@pytest.fixture(scope="module")
+def ours(mlm):
+    """(cfg, meta, our model) read from the mlm fixture's HF dir by convert.read_any."""
+    return _ours(mlm[1])
+
+
+def test_mlm_parity(mlm, ours):
     """Hidden states (embeddings + every layer, pre final norm), last hidden state
     and MLM logits of our model from the converted dir, within 1e-4 of HF."""
     from flax import nnx
     shape, d, _, (ids, mask), ref = mlm
-    cfg, meta, model = _ours(d)
+    cfg, meta, model = ours
     assert cfg.architecture == "modernbert" and meta["head"] == "pretraining"
     assert cfg.local_attention < ids.shape[1]
-    enc = nnx.jit(lambda m, a, b: m.bert(a, None, b, output_hidden_states=True))(
-        model, ids, mask)
-    logits = _run(model, ids, mask)["mlm_logits"]
+
+    def run(m, a, b):
+        out = m.bert(a, None, b, output_hidden_states=True)
+        return out, m.mlm_logits(out["last_hidden_state"])
+    enc, logits = nnx.jit(run)(model, ids, mask)
     diffs = {"hidden_states": max(_max_diff(a, b.numpy(), mask)
                                   for a, b in zip(enc["hidden_states"], ref.hidden_states)),
              "last_hidden_state": _max_diff(enc["last_hidden_state"],
                                             ref.last_hidden_state.numpy(), mask),
              "mlm_logits": _max_diff(logits, ref.logits.numpy(), mask)}
-    print(shape, diffs)
+    print(shape, diffs, "max |logit|", float(np.abs(ref.logits.numpy()).max()))
     assert len(enc["hidden_states"]) == cfg.num_hidden_layers + 1
     assert max(diffs.values()) <= 1e-4, diffs
 
 
-def test_packed_equals_alone(mlm):
+def test_packed_equals_alone(mlm, ours):
     """Three sequences packed in one row (with padding) give each the outputs it
-    gets alone: rotary positions restart and no window (local or global) crosses
-    a boundary."""
-    import jax.numpy as jnp
+    gets alone in its own row: rotary positions restart and no window (local or
+    global) crosses a boundary. One batch: row 0 packed, rows 1-3 alone."""
     from flax import nnx
-    _, d, _, (ids, mask), _ = mlm
-    _, _, model = _ours(d)
+    _, _, _, (ids, _), _ = mlm
+    model = ours[2]
     lengths = [11, 9, 7]  # each longer than the window
     seqs = [ids[i, :n] for i, n in enumerate(lengths)]
     t = 32
-    row = np.zeros((1, t), np.int64)
-    seg = np.zeros((1, t), np.int64)
+    rows = np.zeros((4, t), np.int64)
+    seg = np.zeros((4, t), np.int64)
     start = 0
     for k, s in enumerate(seqs):
-        row[0, start:start + len(s)] = s
+        rows[0, start:start + len(s)] = s
         seg[0, start:start + len(s)] = k + 1
+        rows[k + 1, :len(s)] = s
+        seg[k + 1, :len(s)] = 1
         start += len(s)
-    packed = nnx.jit(lambda m, a, b, s: m(a, None, b, segment_ids=s))(
-        model, jnp.asarray(row), jnp.asarray(seg > 0), jnp.asarray(seg))["mlm_logits"]
+    out = np.asarray(nnx.jit(lambda m, a, b, s: m(a, None, b, segment_ids=s))(
+        model, rows, (seg > 0).astype(np.int64), seg)["mlm_logits"])
     start = 0
-    for s in seqs:
-        alone = _run(model, s[None], np.ones((1, len(s)), np.int64))["mlm_logits"]
-        diff = np.abs(np.asarray(packed)[0, start:start + len(s)] - np.asarray(alone)[0]).max()
+    for k, s in enumerate(seqs):
+        diff = np.abs(out[0, start:start + len(s)] - out[k + 1, :len(s)]).max()
         assert diff <= 1e-5, diff
         start += len(s)
+    # A real check: without segment ids the packed row's sequences see each other.
+    mixed = np.asarray(_run(model, rows[:1], (seg[:1] > 0).astype(np.int64))["mlm_logits"])
+    assert np.abs(mixed[0, 11:20] - out[2, :9]).max() > 1e-3
 
 
 def test_cli_convert_and_hf_export_round_trip(mlm, tmp_path):
@@ -356,7 +367,7 @@ def test_bpe_tokenizer_json_same_ids_as_autotokenizer(tmp_path):
     assert ours.decode(ours.ids_batch([texts[-2]])[0]) == texts[-2]
 
 
-def test_training_step_gradients_match_torch(mlm):
+def test_training_step_gradients_match_torch(mlm, ours):
     """Gradients of the MLM loss (mean cross-entropy over labelled tokens of a
     padded batch) w.r.t. every parameter agree with torch autograd through
     ModernBertForMaskedLM (the tied decoder's gradient lands on the embedding)."""
@@ -367,7 +378,7 @@ def test_training_step_gradients_match_torch(mlm):
     from bert_jax.convert import hf_format
     from bert_jax.model.params import flat_params
     _, d, _, (ids, mask), _ = mlm
-    cfg, _, ours = _ours(d)
+    cfg, _, model = ours
     rng = np.random.default_rng(5)
     labels = np.where((rng.random(ids.shape) < 0.3) & (mask > 0), ids, -100)
     ref = transformers.ModernBertForMaskedLM.from_pretrained(d, attn_implementation="eager")
@@ -377,7 +388,7 @@ def test_training_step_gradients_match_torch(mlm):
     loss_t.backward()
     want = {k: p.grad.numpy() for k, p in ref.named_parameters()}
 
-    graphdef, params, rest = nnx.split(ours, nnx.Param, ...)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss_fn(params):
         logits = nnx.merge(graphdef, params, rest)(jnp.asarray(ids), None,
