@@ -131,10 +131,6 @@ class BertConfig:
         if self.head_dim % 2:
             raise ValueError(f"head size {self.head_dim} is odd: rotary embeddings rotate "
                              "pairs of dimensions")
-        if self.scan_layers:
-            # Layer 0 has no attention norm and layers alternate local / global:
-            # the stack is not one repeated layer (yet).
-            raise ValueError("scan_layers=True is not supported for architecture='modernbert'")
         if self.attention_impl == "splash" and self.attention_dropout > 0:
             raise ValueError(
                 f"attention_impl='splash' has no attention-probability dropout: set "

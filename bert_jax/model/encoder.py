@@ -190,6 +190,9 @@ class BertEncoder(nnx.Module):
             @nnx.split_rngs(splits=cfg.num_hidden_layers)
             @nnx.vmap(in_axes=(0,), out_axes=0)
             def create(r):
+                if cfg.modern:  # one uniform layer: kinds come per layer in the scan
+                    from bert_jax.model.modern import ModernLayer
+                    return ModernLayer(cfg, None, rngs=r)
                 return BertLayer(cfg, rngs=r)
             self.layers = create(rngs)
         elif cfg.modern:
@@ -207,12 +210,20 @@ class BertEncoder(nnx.Module):
         keys = jax.random.split(rng, n) if rng is not None else None
         layer_fn = _layer_fn(self.cfg)
         if self.cfg.scan_layers:
-            @nnx.scan(in_axes=(nnx.Carry, 0, None, 0 if keys is not None else None),
+            kinds = None
+            if self.cfg.modern:  # (is_global, is_first) of each layer, scanned over
+                from bert_jax.model.modern import layer_kinds
+                kinds = layer_kinds(self.cfg)
+
+            @nnx.scan(in_axes=(nnx.Carry, 0, None, 0 if keys is not None else None,
+                               0 if kinds is not None else None),
                       out_axes=(nnx.Carry, 0))
-            def body(h, layer, m, key):
+            def body(h, layer, m, key, kind):
+                if kind is not None:
+                    m = m._replace(kind=kind)
                 h = layer_fn(layer, h, m, key)
                 return h, (h if output_hidden_states else None)
-            x, hs = body(x, self.layers, mask, keys)
+            x, hs = body(x, self.layers, mask, keys, kinds)
             hidden = list(hs) if output_hidden_states else []
         else:
             hidden = []

@@ -12,6 +12,7 @@ convert/hf_format.py maps them to ModernBERT's (Wqkv, Wo, Wi, ...).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -65,12 +66,14 @@ def local_mask(mask: Mask, window: int) -> Mask:
 
 class Context(NamedTuple):
     """What every layer attends with: the masks and rotary tables of global and
-    of local layers (each layer picks its kind statically)."""
+    of local layers. An unrolled layer picks its kind statically; under
+    scan_layers `kind` holds the scanned layer's (is_global, is_first) flags."""
 
     global_mask: Mask
     local_mask: Mask
     global_rope: tuple[jax.Array, jax.Array]
     local_rope: tuple[jax.Array, jax.Array]
+    kind: tuple[jax.Array, jax.Array] | None = None
 
     @classmethod
     def make(cls, cfg: BertConfig, mask: Mask, position_ids: jax.Array) -> Context:
@@ -78,6 +81,13 @@ class Context(NamedTuple):
         return cls(mask, local_mask(mask, cfg.local_attention),
                    rotary_tables(position_ids, d, cfg.global_rope_theta),
                    rotary_tables(position_ids, d, cfg.local_rope_theta))
+
+
+def layer_kinds(cfg: BertConfig) -> tuple[jax.Array, jax.Array]:
+    """(is_global [L], is_first [L]) bools, what a scanned uniform layer reads."""
+    n = cfg.num_hidden_layers
+    return (jnp.asarray([cfg.is_global_layer(i) for i in range(n)]),
+            jnp.arange(n) == 0)
 
 
 class ModernEmbeddings(nnx.Module):
@@ -98,13 +108,15 @@ class ModernLayer(nnx.Module):
     [a, g] = Wi(norm(x)). `intermediate` is [H, 2, I]: index 0 is the half the
     activation applies to (HF's first chunk), 1 the gate."""
 
-    def __init__(self, cfg: BertConfig, index: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, index: int | None, *, rngs: nnx.Rngs):
+        """index None: the uniform layer of a scanned stack (its kind is read
+        from Context.kind; it has an attention norm, unused in layer 0)."""
         h, n, d, i = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.intermediate_size
         self.cfg = cfg
-        self.is_global = cfg.is_global_layer(index)
+        self.is_global = cfg.is_global_layer(index) if index is not None else None
         norm = dict(cfg=cfg, eps=cfg.norm_eps, use_bias=cfg.norm_bias)
         # Layer 0 reads the embedding norm's output directly (HF: nn.Identity).
-        self.attn_norm = LayerNorm(h, **norm) if index > 0 else None
+        self.attn_norm = LayerNorm(h, **norm) if index != 0 else None
         qkv = dict(logical_in=("embed",), logical_out=("heads", "kv"), cfg=cfg, rngs=rngs,
                    use_bias=cfg.attention_bias)
         self.query = Dense((h,), (n, d), **qkv)
@@ -121,16 +133,30 @@ class ModernLayer(nnx.Module):
     def __call__(self, x: jax.Array, ctx: Context, rng: jax.Array | None) -> jax.Array:
         cfg = self.cfg
         rngs = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
-        mask, (cos, sin) = ((ctx.global_mask, ctx.global_rope) if self.is_global
-                            else (ctx.local_mask, ctx.local_rope))
-        h = self.attn_norm(x) if self.attn_norm is not None else x
+        if ctx.kind is None:
+            mask, (cos, sin) = ((ctx.global_mask, ctx.global_rope) if self.is_global
+                                else (ctx.local_mask, ctx.local_rope))
+            h = self.attn_norm(x) if self.attn_norm is not None else x
+        else:  # scanned: select by this layer's flags
+            is_global, is_first = ctx.kind
+            mask = Mask(jnp.where(is_global, ctx.global_mask.dense, ctx.local_mask.dense),
+                        ctx.global_mask.segments)
+            cos, sin = (jnp.where(is_global, g, loc) for g, loc in zip(ctx.global_rope,
+                                                                      ctx.local_rope))
+            h = jnp.where(is_first, x, self.attn_norm(x))
         spec = ("batch", "length", "act_heads", None)
         q = sharding.constrain(apply_rotary(self.query(h), cos, sin), spec)
         k = sharding.constrain(apply_rotary(self.key(h), cos, sin), spec)
         v = sharding.constrain(self.value(h), spec)
-        a = dot_product_attention(q, k, v, mask, impl=cfg.attention_impl,
-                                  dropout_rate=cfg.attention_dropout, dropout_rng=rngs[0],
-                                  window=None if self.is_global else cfg.local_attention)
+        attend = functools.partial(dot_product_attention, impl=cfg.attention_impl,
+                                   dropout_rate=cfg.attention_dropout, dropout_rng=rngs[0])
+        if ctx.kind is None:
+            a = attend(q, k, v, mask, window=None if self.is_global else cfg.local_attention)
+        elif cfg.attention_impl == "splash":  # two kernels (full, local); the flag picks one
+            a = jax.lax.cond(ctx.kind[0], lambda *t: attend(*t, mask),
+                             lambda *t: attend(*t, mask, window=cfg.local_attention), q, k, v)
+        else:  # the dense mask already holds the band of local layers
+            a = attend(q, k, v, mask)
         x = x + dropout(self.attention_output(a), cfg.attention_dropout, rngs[1])
         y = self.intermediate(self.mlp_norm(x))
         y = activation(cfg.hidden_activation)(y[..., 0, :]) * y[..., 1, :]
