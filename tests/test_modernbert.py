@@ -502,7 +502,7 @@ def test_segment_positions_restart():
 
 
 def test_scan_matches_layer_loop(mlm, ours):
-    """scan_layers=True (one uniform layer scanned over, kinds as scanned flags,
+    """scan_layers=True with remat (one uniform layer scanned over, kinds as scanned flags,
     layer 0's unused attention norm left out of the canonical names) gives the
     unrolled model's logits and hidden states; parameters move both ways."""
     from flax import nnx
@@ -513,7 +513,9 @@ def test_scan_matches_layer_loop(mlm, ours):
     if shape != "biases":
         pytest.skip("one shape suffices: 'biases' has layers G, L, L, G and every bias")
     cfg, _, loop = ours
-    scan = build_model(cfg.replace(scan_layers=True), "pretraining", seed=9)
+    # remat too: the layer function (and its Context argument) under nnx.remat.
+    scan = build_model(cfg.replace(scan_layers=True, remat_policy="dots"), "pretraining",
+                       seed=9)
     assert flat_params(scan).keys() == flat_params(loop).keys()
     assign_params(scan, flat_params(loop), strict=True)
 
@@ -529,3 +531,18 @@ def test_scan_matches_layer_loop(mlm, ours):
     got = flat_params(back)
     for k, v in flat_params(loop).items():
         np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
+def test_new_task_head_keeps_prediction_head(mlm):
+    """A classifier started from a ModernBERT MLM checkpoint keeps the encoder and
+    the shared prediction head (head/), as transformers' from_pretrained does;
+    only the classifier starts fresh."""
+    from bert_jax import convert
+    from bert_jax.model.params import flat_params
+    _, d, _, _, _ = mlm
+    _, _, src = convert.read_any(d)
+    model, _, missing = convert.load_model(d, head="classification", num_labels=2)
+    assert sorted(missing) == ["classifier/bias", "classifier/kernel"]
+    got = flat_params(model)
+    for k in ("head/dense/kernel", "head/norm/scale", "bert/final_norm/scale"):
+        np.testing.assert_array_equal(got[k], src[k], err_msg=k)

@@ -214,8 +214,11 @@ def load_model(path: str | os.PathLike, head: str | None = None, num_labels: int
         num_labels = meta.get("num_labels", 0) if head == meta.get("head") else 0
     model = build_model(cfg, head, num_labels, seed=seed)
     if head != meta.get("head"):
-        # Keep only the encoder: a new task head starts fresh.
-        flat = {k: v for k, v in flat.items() if k.startswith("bert/")}
+        # Keep only the encoder: a new task head starts fresh. ModernBERT's
+        # prediction head (head/) is shared by its MLM and task models and kept,
+        # as transformers' from_pretrained keeps it.
+        keep = ("bert/", "head/") if cfg.modern else ("bert/",)
+        flat = {k: v for k, v in flat.items() if k.startswith(keep)}
     missing, _ = assign_params(model, flat, source=str(path))
     return model, meta, missing
 
