@@ -546,3 +546,31 @@ def test_new_task_head_keeps_prediction_head(mlm):
     got = flat_params(model)
     for k in ("head/dense/kernel", "head/norm/scale", "bert/final_norm/scale"):
         np.testing.assert_array_equal(got[k], src[k], err_msg=k)
+
+
+def test_sharded_on_mesh_equals_unsharded():
+    """Parameters sharded by their logical axes on a (data 2, fsdp 2, tensor 2) mesh
+    (heads, GeGLU halves' intermediate axis and vocabulary split over tensor) give
+    the unsharded logits, packed rows with local windows included."""
+    import jax
+    from flax import nnx
+
+    from bert_jax.model import sharding
+    from bert_jax.model.config import BertConfig
+    from bert_jax.model.heads import build_model
+    cfg = BertConfig(architecture="modernbert", vocab_size=96, hidden_size=32,
+                     num_attention_heads=4, num_hidden_layers=3, intermediate_size=48,
+                     local_attention=4, global_attn_every_n_layers=2)
+    model = build_model(cfg, "pretraining", seed=3)
+    ids, mask = _batch(96, [16, 12, 9, 16], 16, seed=4)
+    seg = np.where(np.arange(16) < 7, 1, 2)[None].repeat(4, 0) * mask
+    fwd = nnx.jit(lambda m, a, b, s: m(a, None, b, segment_ids=s)["mlm_logits"])
+    want = np.asarray(fwd(model, ids, mask, seg))
+    mesh = sharding.make_mesh((2, 2, 2))
+    with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
+        state = nnx.state(model)
+        nnx.update(model, jax.device_put(state, sharding.state_shardings(state, mesh)))
+        got = np.asarray(fwd(model, ids, mask, seg))
+    assert model.bert.encoder.layers[1].intermediate.kernel.value.sharding.spec == \
+        jax.sharding.PartitionSpec("fsdp", None, "tensor")
+    assert _max_diff(got, want, mask) <= 2e-5
