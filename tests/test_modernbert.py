@@ -340,6 +340,11 @@ def test_modern_config_checks():
         cfg.replace(classifier_pooling="max")
     with pytest.raises(ValueError, match="splash.*attention_dropout=0"):
         cfg.replace(attention_impl="splash", attention_dropout=0.1)
+    from bert_jax.convert import hf_format
+    with pytest.raises(ValueError, match=r"pad_token_id=50283 is outside the vocabulary"):
+        hf_format.hf_config_dict(cfg, "pretraining")  # ModernBERT's default, vocab 89
+    assert hf_format.hf_config_dict(cfg.replace(pad_token_id=3), "pretraining")[
+        "architectures"] == ["ModernBertForMaskedLM"]
     with pytest.raises(ValueError, match="x.json: field 'norm_bias'"):
         BertConfig.from_dict({"model_type": "modernbert", "norm_bias": "no"}, source="x.json")
 

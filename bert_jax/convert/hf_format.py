@@ -237,6 +237,11 @@ def read_hf_dir(path: pathlib.Path) -> tuple[BertConfig, dict[str, np.ndarray], 
 
 
 def hf_config_dict(cfg: BertConfig, head: str, label_names: list[str] | None = None) -> dict:
+    if cfg.modern and not 0 <= cfg.pad_token_id < cfg.vocab_size:
+        # transformers builds its embedding with padding_idx=pad_token_id and
+        # would fail on loading; say so before anything is written.
+        raise ValueError(f"pad_token_id={cfg.pad_token_id} is outside the vocabulary "
+                         f"(vocab_size={cfg.vocab_size}): set it to the tokenizer's [PAD] id")
     d = cfg.to_hf_dict()
     d["architectures"] = [architectures(cfg.architecture)[head]]
     if head in ("classification", "tagging") and label_names:
