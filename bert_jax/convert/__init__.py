@@ -83,16 +83,12 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
         cfg, tensors, raw_cfg = hf_format.read_hf_dir(p)
         bounds.check_fields(cfg, p / "config.json")
         have = sum(int(np.size(v)) for v in tensors.values())
-        arch = (raw_cfg.get("architectures") or ["BertModel"])[0]
-        src_head = {v: k for k, v in hf_format.ARCHITECTURES.items() if k != "regression"}.get(
-            arch, "encoder")
+        src_head = hf_format.source_head(raw_cfg, cfg.architecture)
         labels = [raw_cfg["id2label"][str(i)] for i in range(len(raw_cfg.get("id2label", {})))]
-        if src_head == "classification" and raw_cfg.get("problem_type") == "regression":
-            src_head = "regression"
         head = head or ("pretraining" if src_head == "encoder" else src_head)
         num_labels = 1 if head == "regression" else len(labels)
         target = _target_shapes(cfg, head, num_labels)
-        flat, unexpected = hf_format.from_hf(tensors, target, source=str(p))
+        flat, unexpected = hf_format.from_hf(tensors, target, str(p), cfg.architecture)
         meta = {"format": "hf", "head": head, "num_labels": num_labels, "label_names": labels}
     elif is_tf1_dir(p):
         from bert_jax.convert import tf1_format
@@ -141,8 +137,8 @@ RECORD = outputs.record("convert", "conversion")
 # such entries is an earlier conversion, which a rerun may replace.
 def _own_entry(to: str) -> Callable[[str], bool]:
     def allowed(name: str) -> bool:
-        if name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
-                    outputs.RECORD_FILE) or name.endswith(".model"):
+        if name in ("vocab.txt", *model_dir.TOKENIZER_FILES, outputs.RECORD_FILE) or \
+                name.endswith(".model"):
             return True
         if to == "bert_jax":
             return name in (model_dir.META_FILE, "params")
@@ -180,17 +176,19 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
     tokenizer = model_dir.tokenizer_of(src, meta) if vocab else None
     if tokenizer is not None:
         lowercase = tokenizer.lowercase
-    else:
+    tok_files = model_dir.tokenizer_files(src)
+    if tokenizer is None and not tok_files:
         report.append("no vocabulary in the source: the output has none either")
 
     def add_vocab(tmp):
         model_dir.copy_vocab(vocab, tmp)
+        model_dir.copy_tokenizer_files(tok_files, tmp)
         if tokenizer is not None and tokenizer.kind == "wordpiece":
             hf_format.write_tokenizer_files(tmp, lowercase, cfg.max_position_embeddings)
 
     if to == "bert_jax":
         model_dir.save_model_dir(dst, cfg, flat, head, meta.get("num_labels", 0), labels,
-                                 meta.get("task"), vocab, lowercase, written_by=RECORD)
+                                 meta.get("task"), vocab, lowercase, tok_files, written_by=RECORD)
     elif to == "hf":
         def write(tmp):
             hf_format.write_hf_dir(tmp, cfg, flat, head, labels)
@@ -236,8 +234,11 @@ def load_model(path: str | os.PathLike, head: str | None = None, num_labels: int
         num_labels = meta.get("num_labels", 0) if head == meta.get("head") else 0
     model = build_model(cfg, head, num_labels, seed=seed)
     if head != meta.get("head"):
-        # Keep only the encoder: a new task head starts fresh.
-        flat = {k: v for k, v in flat.items() if k.startswith("bert/")}
+        # Keep only the encoder: a new task head starts fresh. ModernBERT's
+        # prediction head (head/) is shared by its MLM and task models and kept,
+        # as transformers' from_pretrained keeps it.
+        keep = ("bert/", "head/") if cfg.modern else ("bert/",)
+        flat = {k: v for k, v in flat.items() if k.startswith(keep)}
     missing, _ = assign_params(model, flat, source=str(path))
     return model, meta, missing
 

@@ -1,7 +1,10 @@
-"""HuggingFace BERT state-dict names <-> canonical names, and HF directory I/O.
+"""HuggingFace BERT / ModernBERT state-dict names <-> canonical names, and HF
+directory I/O.
 
 Kernels are stored [in..., out...] here and [out, in] in PyTorch, so every
 dense weight is reshaped to 2-D and transposed; embeddings and norms copy.
+One rename table per format (`TABLES`); ModernBERT's fused `Wqkv` is split
+into our query/key/value on reading and concatenated on writing.
 """
 
 from __future__ import annotations
@@ -41,10 +44,36 @@ _TABLE = [
     (r"classifier/(kernel|bias)", "classifier.{leaf}"),
     (r"qa_outputs/(kernel|bias)", "qa_outputs.{leaf}"),
 ]
-_COMPILED = [(re.compile(f"^{pat}$"), tmpl) for pat, tmpl in _TABLE]
+# ModernBERT (transformers' ModernBertForMaskedLM / ...ForSequenceClassification).
+# `Wq`/`Wk`/`Wv` stand for the three thirds of HF's fused `Wqkv` ([3, N, D] rows).
+_MODERN_TABLE = [
+    (r"bert/embeddings/word_embeddings/(embedding)", "model.embeddings.tok_embeddings.{leaf}"),
+    (r"bert/embeddings/norm/(scale|bias)", "model.embeddings.norm.{leaf}"),
+    (r"bert/encoder/layers/(\d+)/attn_norm/(scale|bias)", r"model.layers.\1.attn_norm.{leaf}"),
+    (r"bert/encoder/layers/(\d+)/query/(kernel|bias)", r"model.layers.\1.attn.Wq.{leaf}"),
+    (r"bert/encoder/layers/(\d+)/key/(kernel|bias)", r"model.layers.\1.attn.Wk.{leaf}"),
+    (r"bert/encoder/layers/(\d+)/value/(kernel|bias)", r"model.layers.\1.attn.Wv.{leaf}"),
+    (r"bert/encoder/layers/(\d+)/attention_output/(kernel|bias)",
+     r"model.layers.\1.attn.Wo.{leaf}"),
+    (r"bert/encoder/layers/(\d+)/mlp_norm/(scale|bias)", r"model.layers.\1.mlp_norm.{leaf}"),
+    (r"bert/encoder/layers/(\d+)/intermediate/(kernel|bias)", r"model.layers.\1.mlp.Wi.{leaf}"),
+    (r"bert/encoder/layers/(\d+)/output/(kernel|bias)", r"model.layers.\1.mlp.Wo.{leaf}"),
+    (r"bert/final_norm/(scale|bias)", "model.final_norm.{leaf}"),
+    (r"head/dense/(kernel|bias)", "head.dense.{leaf}"),
+    (r"head/norm/(scale|bias)", "head.norm.{leaf}"),
+    (r"output_bias", "decoder.bias"),
+    (r"classifier/(kernel|bias)", "classifier.{leaf}"),
+    (r"qa_outputs/(kernel|bias)", "classifier.{leaf}"),  # ModernBertForQuestionAnswering
+]
+TABLES = {arch: [(re.compile(f"^{pat}$"), tmpl) for pat, tmpl in table]
+          for arch, table in (("bert", _TABLE), ("modernbert", _MODERN_TABLE))}
 
 # HF keys that carry no parameter of their own (buffers, tied copies).
-_IGNORED = re.compile(r"(position_ids$|cls\.predictions\.decoder\.(weight|bias)$)")
+_IGNORED = {
+    "bert": re.compile(r"(position_ids$|cls\.predictions\.decoder\.(weight|bias)$)"),
+    "modernbert": re.compile(r"^decoder\.weight$"),
+}
+_QKV = re.compile(r"^(model\.layers\.\d+\.attn\.)Wqkv\.(weight|bias)$")
 
 ARCHITECTURES = {
     "pretraining": "BertForPreTraining",
@@ -54,10 +83,32 @@ ARCHITECTURES = {
     "tagging": "BertForTokenClassification",
     "encoder": "BertModel",
 }
+MODERN_ARCHITECTURES = {
+    "pretraining": "ModernBertForMaskedLM",
+    "classification": "ModernBertForSequenceClassification",
+    "regression": "ModernBertForSequenceClassification",
+    "span": "ModernBertForQuestionAnswering",
+    "tagging": "ModernBertForTokenClassification",
+    "encoder": "ModernBertModel",
+}
 
 
-def hf_name(name: str) -> str:
-    for pat, tmpl in _COMPILED:
+def architectures(arch: str) -> dict[str, str]:
+    return MODERN_ARCHITECTURES if arch == "modernbert" else ARCHITECTURES
+
+
+def source_head(raw_cfg: dict, arch: str) -> str:
+    """Our head for a HF config's `architectures[0]` (encoder when unknown)."""
+    names = architectures(arch)
+    first = (raw_cfg.get("architectures") or [names["encoder"]])[0]
+    head = {v: k for k, v in names.items() if k != "regression"}.get(first, "encoder")
+    if head == "classification" and raw_cfg.get("problem_type") == "regression":
+        head = "regression"
+    return head
+
+
+def hf_name(name: str, arch: str = "bert") -> str:
+    for pat, tmpl in TABLES[arch]:
         m = pat.match(name)
         if m:
             leaf = _LEAF.get(name.rsplit("/", 1)[-1], "bias")
@@ -65,7 +116,11 @@ def hf_name(name: str) -> str:
     raise KeyError(f"no HF name for parameter {name}")
 
 
-def _normalize_hf_key(key: str) -> str:
+def _normalize_hf_key(key: str, arch: str = "bert") -> str:
+    if arch == "modernbert":
+        if key.startswith(("embeddings.", "layers.", "final_norm.")):
+            key = "model." + key  # ModernBertModel checkpoints have no `model.` prefix
+        return key
     key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
                                                                      "LayerNorm.bias")
     if key.startswith(("embeddings.", "encoder.", "pooler.")):
@@ -73,38 +128,67 @@ def _normalize_hf_key(key: str) -> str:
     return key
 
 
-def to_hf(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _kernel_inputs(name: str) -> int:
+    # query/key/value kernels are [H, N, D] (1 input axis); attention_output
+    # is [N, D, H] (2 input axes); ModernBERT's intermediate is [H, 2, I].
+    return 2 if "/attention_output/" in name else 1
+
+
+def to_hf(flat: dict[str, np.ndarray], arch: str = "bert") -> dict[str, np.ndarray]:
     out = {}
     for name, value in flat.items():
-        key = hf_name(name)
+        key = hf_name(name, arch)
         leaf = name.rsplit("/", 1)[-1]
         if leaf == "kernel":
-            # query/key/value kernels are [H, N, D] (1 input axis); attention_output
-            # is [N, D, H] (2 input axes).
-            n_in = 2 if "attention.output.dense" in key else 1
+            n_in = _kernel_inputs(name)
             out[key] = np.ascontiguousarray(value.reshape(int(np.prod(value.shape[:n_in])), -1).T)
         else:
             out[key] = np.ascontiguousarray(value.reshape(-1) if leaf == "bias" else value)
+    if arch == "modernbert":
+        for key in [k for k in out if ".attn.Wq." in k]:
+            parts = [out.pop(key.replace(".Wq.", f".{w}.")) for w in ("Wq", "Wk", "Wv")]
+            out[key.replace(".Wq.", ".Wqkv.")] = np.ascontiguousarray(np.concatenate(parts, 0))
+    return out
+
+
+def _split_qkv(hf: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """HF ModernBERT's fused Wqkv [3*H(, H)] -> three [H(, H)] tensors Wq, Wk, Wv."""
+    out = {}
+    for key, value in hf.items():
+        m = _QKV.match(key)
+        if m:
+            value = np.asarray(value)
+            if value.shape[0] % 3:
+                raise ValueError(f"{source}: parameter {key} has shape {value.shape}: the first axis is "
+                                 "not 3 x hidden_size")
+            for w, part in zip(("Wq", "Wk", "Wv"), np.split(value, 3, axis=0)):
+                out[f"{m.group(1)}{w}.{m.group(2)}"] = part
+        else:
+            out[key] = value
     return out
 
 
 def from_hf(hf: dict[str, np.ndarray], target_shapes: dict[str, tuple[int, ...]],
-            source: str) -> tuple[dict[str, np.ndarray], list[str]]:
+            source: str, arch: str = "bert") -> tuple[dict[str, np.ndarray], list[str]]:
     """HF tensors -> canonical names shaped like `target_shapes`; returns
     (params, unexpected HF keys)."""
     by_hf = {}
     for name in target_shapes:
-        by_hf[hf_name(name)] = name
+        by_hf[hf_name(name, arch)] = name
+    if arch == "modernbert":
+        hf = _split_qkv({_normalize_hf_key(k, arch): v for k, v in hf.items()}, source)
     params, unexpected = {}, []
     for raw_key, value in hf.items():
-        key = _normalize_hf_key(raw_key)
+        key = _normalize_hf_key(raw_key, arch)
         if key not in by_hf:
-            if not _IGNORED.search(key):
+            if not _IGNORED[arch].search(key):
                 unexpected.append(raw_key)
             continue
         name = by_hf[key]
         shape = tuple(target_shapes[name])
         value = np.asarray(value)
+        if re.search(r"\.attn\.W[qkv]\.", raw_key):
+            raw_key += " (a third of the fused Wqkv)"
         if name.endswith("/kernel"):
             if value.ndim != 2 or value.size != int(np.prod(shape)):
                 raise ValueError(f"{source}: parameter {raw_key} has shape {value.shape}, "
@@ -132,9 +216,9 @@ def read_hf_dir(path: pathlib.Path) -> tuple[BertConfig, dict[str, np.ndarray], 
     raw_cfg = json_input.read(path / "config.json")
     if not isinstance(raw_cfg, dict):
         raise ValueError(f"{path / 'config.json'}: expected a JSON object")
-    if raw_cfg.get("model_type", "bert") != "bert":
+    if raw_cfg.get("model_type", "bert") not in ("bert", "modernbert"):
         raise ValueError(f"{path / 'config.json'}: model_type {raw_cfg.get('model_type')!r} is "
-                         "not bert")
+                         "not bert or modernbert")
     cfg = BertConfig.from_dict(raw_cfg, source=str(path / "config.json"))
     if (path / "model.safetensors").exists():
         from safetensors.numpy import load_file
@@ -152,8 +236,13 @@ def read_hf_dir(path: pathlib.Path) -> tuple[BertConfig, dict[str, np.ndarray], 
 
 
 def hf_config_dict(cfg: BertConfig, head: str, label_names: list[str] | None = None) -> dict:
+    if cfg.modern and not 0 <= cfg.pad_token_id < cfg.vocab_size:
+        # transformers builds its embedding with padding_idx=pad_token_id and
+        # would fail on loading; say so before anything is written.
+        raise ValueError(f"pad_token_id={cfg.pad_token_id} is outside the vocabulary "
+                         f"(vocab_size={cfg.vocab_size}): set it to the tokenizer's [PAD] id")
     d = cfg.to_hf_dict()
-    d["architectures"] = [ARCHITECTURES[head]]
+    d["architectures"] = [architectures(cfg.architecture)[head]]
     if head in ("classification", "tagging") and label_names:
         d["id2label"] = {str(i): n for i, n in enumerate(label_names)}
         d["label2id"] = {n: i for i, n in enumerate(label_names)}
@@ -166,10 +255,14 @@ def hf_config_dict(cfg: BertConfig, head: str, label_names: list[str] | None = N
 def write_hf_dir(out: pathlib.Path, cfg: BertConfig, flat: dict[str, np.ndarray], head: str,
                  label_names: list[str] | None = None) -> None:
     from safetensors.numpy import save_file
-    tensors = to_hf(flat)
-    if head == "encoder":  # BertModel checkpoints carry no `bert.` prefix
+    tensors = to_hf(flat, cfg.architecture)
+    if cfg.modern:
+        # The tied decoder.weight is left out, as transformers' save_pretrained does.
+        if head == "encoder":  # ModernBertModel checkpoints carry no `model.` prefix
+            tensors = {k.removeprefix("model."): v for k, v in tensors.items()}
+    elif head == "encoder":  # BertModel checkpoints carry no `bert.` prefix
         tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
-    if head == "pretraining":
+    elif head == "pretraining":
         # The decoder is tied to the word embeddings; HF still lists it as a key.
         tensors["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"]
         tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"]

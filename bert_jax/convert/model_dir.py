@@ -81,25 +81,52 @@ def copy_vocab(src: str | os.PathLike | None, dst_dir: str | os.PathLike) -> Non
             return
     if storage.exists(src):
         base = storage.name(src)
+        if base == "tokenizer.json":  # travels with its config files (tokenizer_files)
+            return
         storage.copy_file(src, storage.join(dst_dir, base if base.endswith(".model")
                                             else "vocab.txt"))
+
+
+# A HF tokenizer without a vocab.txt (ModernBERT's byte-level BPE): these
+# files travel together through conversions, as vocab.txt does.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def tokenizer_files(path: str | os.PathLike) -> list:
+    """The TOKENIZER_FILES a dir holds, when its vocabulary is a tokenizer.json
+    (no vocab.txt or *.model; else [])."""
+    if not storage.isdir(path):
+        return []
+    names = storage.listdir(path)
+    if "tokenizer.json" not in names or "vocab.txt" in names or any(
+            n.endswith(".model") for n in names):
+        return []
+    return [storage.join(path, n) for n in TOKENIZER_FILES if n in names]
+
+
+def copy_tokenizer_files(files, dst_dir: str | os.PathLike) -> None:
+    for f in files or ():
+        storage.copy_file(f, storage.join(dst_dir, storage.name(f)))
 
 
 def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.ndarray],
                    head: str, num_labels: int = 0, label_names: list[str] | None = None,
                    task: dict | None = None, vocab: str | os.PathLike | None = None,
-                   do_lower_case: bool | None = None, written_by: dict | None = None) -> None:
+                   do_lower_case: bool | None = None, tokenizer: list | None = None,
+                   written_by: dict | None = None) -> None:
     """Write a complete model dir to a temp dir beside `out`, then rename, so a
-    crash never leaves a half-written model behind. In a bucket (no rename)
-    the dir is written locally first, then uploaded over the old one with
-    bert_jax.json last (`outputs.upload_dir`): a dir is a model dir only once
-    that marker exists, and only the old objects are deleted.
+    crash never leaves a half-written model behind. `tokenizer`: files of a
+    HF tokenizer (`tokenizer_files`) copied beside the params. In a bucket (no
+    rename) the dir is written locally first, then uploaded over the old one
+    with bert_jax.json last (`outputs.upload_dir`): a dir is a model dir only
+    once that marker exists, and only the old objects are deleted.
     The caller has checked the destination (`outputs.check_destination`)."""
     from bert_jax.storage import outputs
 
     def write(tmp):
         save_params(tmp / "params", flat)
         copy_vocab(vocab, tmp)
+        copy_tokenizer_files(tokenizer, tmp)
         write_meta(tmp, cfg, head, num_labels, label_names, task, do_lower_case, written_by)
     outputs.write_dir_atomic(out, write)
 

@@ -1,4 +1,5 @@
-"""One tokenizer interface over WordPiece (BERT `vocab.txt`) and SentencePiece models.
+"""One tokenizer interface over WordPiece (BERT `vocab.txt`), SentencePiece models
+and HF `tokenizer.json` files (byte-level BPE, as ModernBERT ships).
 
 WordPiece goes through the `tokenizers` library, configured exactly like
 transformers' `BertTokenizerFast` (BERT normalizer: clean text, CJK splitting,
@@ -166,6 +167,68 @@ class SentencePieceTokenizer:
         return out
 
 
+class HFTokenizerJSON:
+    """A HF fast tokenizer's `tokenizer.json` (ModernBERT's byte-level BPE), run
+    by the `tokenizers` library without its post-processor: Tokenizer adds
+    [CLS] / [SEP] itself, as for the other kinds. The special tokens' strings
+    come from tokenizer_config.json / special_tokens_map.json beside it
+    (default: BERT's [CLS], [SEP], ...)."""
+
+    kind = "bpe"
+
+    def __init__(self, tokenizer_file: str | os.PathLike, config_dir=None):
+        import json
+
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.vocab_file = str(tokenizer_file)
+        try:
+            self._tok = HFTokenizer.from_file(str(tokenizer_file))
+        except Exception as e:  # the Rust error names no file
+            raise ValueError(f"{tokenizer_file}: not a tokenizers JSON file ({e})") from None
+        names = {t: t for t in SPECIAL_TOKENS}
+        d = pathlib.Path(tokenizer_file).parent if config_dir is None else config_dir
+        for f in ("special_tokens_map.json", "tokenizer_config.json"):
+            f = storage.join(d, f) if storage.is_url(d) else pathlib.Path(d) / f
+            if not storage.exists(f):
+                continue
+            try:
+                cfg = json.loads(storage.read_text(f))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{f}: invalid JSON at line {e.lineno}: {e.msg}") from None
+            for special in SPECIAL_TOKENS:
+                v = cfg.get(special.strip("[]").lower() + "_token")
+                v = v.get("content") if isinstance(v, dict) else v
+                if isinstance(v, str):
+                    names[special] = v
+        self._vocab = self._tok.get_vocab(with_added_tokens=True)
+        self._tokens = {i: t for t, i in self._vocab.items()}
+        missing = [names[s] for s in SPECIAL_TOKENS if names[s] not in self._vocab]
+        if missing:
+            raise ValueError(f"{tokenizer_file}: vocabulary lacks special token(s) "
+                             f"{', '.join(missing)}")
+        for special in SPECIAL_TOKENS:
+            self._vocab.setdefault(special, self._vocab[names[special]])
+        self.lowercase = False  # any normalization is in tokenizer.json itself
+        self.fingerprint = _file_fingerprint(tokenizer_file)
+
+    def id_to_token(self, i: int) -> str:
+        return self._tokens[i]
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._vocab.get(token)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._tok.encode(text, add_special_tokens=False).tokens
+
+    def _raw(self, texts: Sequence[str]):
+        return self._tok.encode_batch(list(texts), add_special_tokens=False)
+
+
 def _byte_to_char(text: str):
     """Map a UTF-8 byte offset of `text` to its character offset."""
     if text.isascii():
@@ -186,7 +249,7 @@ class Tokenizer:
     """The interface the rest of bert_jax uses: `encode`, `encode_batch`, `decode`,
     the special ids, and a fingerprint of the vocabulary file."""
 
-    def __init__(self, backend: WordPieceTokenizer | SentencePieceTokenizer):
+    def __init__(self, backend: WordPieceTokenizer | SentencePieceTokenizer | HFTokenizerJSON):
         self.backend = backend
         self.kind = backend.kind
         self.vocab_file = backend.vocab_file
@@ -216,7 +279,7 @@ class Tokenizer:
 
     def ids_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, without special tokens (no offsets kept)."""
-        if self.kind == "wordpiece":
+        if self.kind in ("wordpiece", "bpe"):
             return [e.ids for e in self.backend._tok.encode_batch(list(texts),
                                                                   add_special_tokens=False)]
         return [e.ids for e in self.backend._raw(texts)]
@@ -229,6 +292,9 @@ class Tokenizer:
         toks = [self.id_to_token(i) for i in range(self.vocab_size)]
         if self.kind == "wordpiece":
             return [t.startswith("##") for t in toks]
+        if self.kind == "bpe":  # byte-level BPE marks a preceding space with 'Ġ'
+            return [not t.startswith("\u0120") and i not in self.special_ids
+                    for i, t in enumerate(toks)]
         return [not t.startswith("\u2581") and i not in self.special_ids
                 for i, t in enumerate(toks)]
 
@@ -335,6 +401,10 @@ class Tokenizer:
         return Encoding(ids, types, offsets, word_ids, seq_ids, special)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        if self.kind == "bpe":
+            keep = [int(i) for i in ids
+                    if not (skip_special_tokens and int(i) in self.special_ids - {self.unk_id})]
+            return self.backend._tok.decode(keep, skip_special_tokens=False)
         toks = [self.id_to_token(int(i)) for i in ids
                 if not (skip_special_tokens and int(i) in self.special_ids - {self.unk_id})]
         if self.kind == "wordpiece":
@@ -345,19 +415,21 @@ class Tokenizer:
 
 def vocab_in_dir(d: str | os.PathLike) -> str | pathlib.Path | None:
     """The vocabulary file of a directory (local or URL): `vocab.txt`, else the
-    first `*.model`; None if it has neither."""
+    first `*.model`, else a HF `tokenizer.json`; None if it has none."""
     names = storage.listdir(d)
     pick = "vocab.txt" if "vocab.txt" in names else next(
-        (n for n in names if n.endswith(".model")), None)
+        (n for n in names if n.endswith(".model")),
+        "tokenizer.json" if "tokenizer.json" in names else None)
     if pick is None:
         return None
     return storage.join(d, pick) if storage.is_url(d) else pathlib.Path(d) / pick
 
 
 def load_tokenizer(path: str | os.PathLike, lowercase: bool | None = None) -> Tokenizer:
-    """A BERT `vocab.txt` (WordPiece) or a SentencePiece `.model` file; a directory
-    is searched for `vocab.txt`, then `*.model`. A URL is read through the local
-    cache (bert_jax.storage.local_copy)."""
+    """A BERT `vocab.txt` (WordPiece), a SentencePiece `.model` file or a HF
+    `tokenizer.json`; a directory is searched for `vocab.txt`, then `*.model`,
+    then `tokenizer.json`. A URL is read through the local cache
+    (bert_jax.storage.local_copy)."""
     if storage.isdir(path):
         found = vocab_in_dir(path)
         if found is None:
@@ -368,4 +440,6 @@ def load_tokenizer(path: str | os.PathLike, lowercase: bool | None = None) -> To
     p = storage.local_copy(path)
     if p.suffix == ".model":
         return Tokenizer(SentencePieceTokenizer(p))
+    if p.name == "tokenizer.json":  # its special-token files are read where it lies
+        return Tokenizer(HFTokenizerJSON(p, config_dir=storage.parent(path)))
     return Tokenizer(WordPieceTokenizer(p, lowercase=lowercase))

@@ -52,14 +52,19 @@ def attention_mask(attention_mask: jax.Array, segment_ids: jax.Array | None = No
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask, *,
                           impl: str = "reference", dropout_rate: float = 0.0,
-                          dropout_rng: jax.Array | None = None) -> jax.Array:
-    """q: [B,F,N,H], k/v: [B,T,N,H] -> [B,F,N,H]."""
+                          dropout_rng: jax.Array | None = None,
+                          window: int | None = None) -> jax.Array:
+    """q: [B,F,N,H], k/v: [B,T,N,H] -> [B,F,N,H].
+
+    `window`: a sliding window of +-window//2 keys (ModernBERT's local layers).
+    The dense mask must already hold it (modern.local_mask); splash, which
+    takes only segment ids, builds it as a block-sparse LocalMask."""
     use_dropout = dropout_rate > 0.0 and dropout_rng is not None
     if impl == "splash":
         if use_dropout:
             raise ValueError("attention_impl='splash' has no attention-probability dropout: "
                              "set attention_probs_dropout_prob=0")
-        return splash_attention(q, k, v, mask.segments)
+        return splash_attention(q, k, v, mask.segments, window)
     mask = mask.dense
     if impl in ("xla", "cudnn") and not use_dropout:
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
@@ -86,8 +91,11 @@ def _splash_block(seq_len: int) -> int:
 
 
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                     segments: jax.Array) -> jax.Array:
+                     segments: jax.Array, window: int | None = None) -> jax.Array:
     """q/k/v [B,S,N,H], segments int32 [B,S] -> [B,S,N,H] with Pallas splash attention.
+
+    With `window`, keys beyond +-window//2 of the query are masked by a
+    LocalMask: blocks wholly outside the band are skipped, not computed.
 
     Mosaic kernels are not partitioned by XLA, so under a mesh the kernel runs in
     `shard_map`: batch split as the activations are (data x fsdp), heads over
@@ -114,9 +122,12 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                            block_q_dkv=blk, block_kv_dkv=blk, block_kv_dkv_compute=blk,
                            use_fused_bwd_kernel=True)
 
+    base = (sm.FullMask((s, s)) if window is None else
+            sm.LocalMask((s, s), window_size=(window // 2, window // 2), offset=0))
+
     def local(q, k, v, seg):
         heads = q.shape[1]
-        kernel = sk.make_splash_mha(sm.MultiHeadMask([sm.FullMask((s, s))] * heads),
+        kernel = sk.make_splash_mha(sm.MultiHeadMask([base] * heads),
                                     head_shards=1, q_seq_shards=1, block_sizes=blocks,
                                     interpret=interpret)
         return jax.vmap(lambda q1, k1, v1, s1: kernel(

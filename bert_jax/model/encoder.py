@@ -80,21 +80,26 @@ class Dense(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-    """LayerNorm with fp32 statistics whatever the compute dtype."""
+    """LayerNorm with fp32 statistics whatever the compute dtype. `eps` defaults
+    to BERT's layer_norm_eps; use_bias=False is ModernBERT's norm_bias=False."""
 
-    def __init__(self, size: int, cfg: BertConfig):
+    def __init__(self, size: int, cfg: BertConfig, eps: float | None = None,
+                 use_bias: bool = True):
         pdt = jnp.dtype(cfg.param_dtype)
-        self.eps = cfg.layer_norm_eps
+        self.eps = cfg.layer_norm_eps if eps is None else eps
         self.dtype = jnp.dtype(cfg.dtype)
         self.scale = nnx.Param(jnp.ones((size,), pdt), logical_axes=("embed",))
-        self.bias = nnx.Param(jnp.zeros((size,), pdt), logical_axes=("embed",))
+        self.bias = (nnx.Param(jnp.zeros((size,), pdt), logical_axes=("embed",))
+                     if use_bias else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        y = y * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
+        y = y * self.scale.value.astype(jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias.value.astype(jnp.float32)
         return y.astype(self.dtype)
 
 
@@ -185,23 +190,40 @@ class BertEncoder(nnx.Module):
             @nnx.split_rngs(splits=cfg.num_hidden_layers)
             @nnx.vmap(in_axes=(0,), out_axes=0)
             def create(r):
+                if cfg.modern:  # one uniform layer: kinds come per layer in the scan
+                    from bert_jax.model.modern import ModernLayer
+                    return ModernLayer(cfg, None, rngs=r)
                 return BertLayer(cfg, rngs=r)
             self.layers = create(rngs)
+        elif cfg.modern:
+            from bert_jax.model.modern import ModernLayer
+            self.layers = nnx.List([ModernLayer(cfg, i, rngs=rngs)
+                                    for i in range(cfg.num_hidden_layers)])
         else:
             self.layers = nnx.List([BertLayer(cfg, rngs=rngs)
                                     for _ in range(cfg.num_hidden_layers)])
 
     def __call__(self, x, mask, rng, output_hidden_states: bool = False):
+        """`mask`: what each layer attends with (a Mask; for ModernBERT a
+        modern.Context: masks and rotary tables of both layer kinds)."""
         n = self.cfg.num_hidden_layers
         keys = jax.random.split(rng, n) if rng is not None else None
         layer_fn = _layer_fn(self.cfg)
         if self.cfg.scan_layers:
-            @nnx.scan(in_axes=(nnx.Carry, 0, None, 0 if keys is not None else None),
+            kinds = None
+            if self.cfg.modern:  # (is_global, is_first) of each layer, scanned over
+                from bert_jax.model.modern import layer_kinds
+                kinds = layer_kinds(self.cfg)
+
+            @nnx.scan(in_axes=(nnx.Carry, 0, None, 0 if keys is not None else None,
+                               0 if kinds is not None else None),
                       out_axes=(nnx.Carry, 0))
-            def body(h, layer, m, key):
+            def body(h, layer, m, key, kind):
+                if kind is not None:
+                    m = m._replace(kind=kind)
                 h = layer_fn(layer, h, m, key)
                 return h, (h if output_hidden_states else None)
-            x, hs = body(x, self.layers, mask, keys)
+            x, hs = body(x, self.layers, mask, keys, kinds)
             hidden = list(hs) if output_hidden_states else []
         else:
             hidden = []
@@ -227,12 +249,25 @@ class BertPooler(nnx.Module):
 
 class BertModel(nnx.Module):
     """Encoder + pooler. Returns dict(last_hidden_state [B,T,H], pooled [B,H] and,
-    with output_hidden_states, hidden_states: embeddings + each layer (L+1))."""
+    with output_hidden_states, hidden_states: embeddings + each layer (L+1)).
+
+    cfg.architecture="modernbert" chooses ModernBERT's pieces (model/modern.py):
+    normed token embeddings (no positions, no token types), pre-norm layers with
+    rotary positions, GeGLU and local / global attention, a final norm (applied
+    to last_hidden_state, not to hidden_states, as in transformers) and no
+    pooler (its task heads pool)."""
 
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, add_pooler: bool = True):
         self.cfg = cfg
-        self.embeddings = BertEmbeddings(cfg, rngs=rngs)
+        if cfg.modern:
+            from bert_jax.model.modern import ModernEmbeddings
+            self.embeddings = ModernEmbeddings(cfg, rngs=rngs)
+            add_pooler = False
+        else:
+            self.embeddings = BertEmbeddings(cfg, rngs=rngs)
         self.encoder = BertEncoder(cfg, rngs=rngs)
+        self.final_norm = (LayerNorm(cfg.hidden_size, cfg, cfg.norm_eps, cfg.norm_bias)
+                           if cfg.modern else None)
         self.pooler = BertPooler(cfg, rngs=rngs) if add_pooler else None
 
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
@@ -243,6 +278,9 @@ class BertModel(nnx.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
+        if position_ids is None and segment_ids is not None and self.cfg.modern:
+            from bert_jax.model.modern import segment_positions
+            position_ids = segment_positions(segment_ids)
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         emb_rng = enc_rng = None
@@ -251,8 +289,13 @@ class BertModel(nnx.Module):
         x = self.embeddings(input_ids, token_type_ids, position_ids, emb_rng)
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
         mask = make_attention_mask(attention_mask, segment_ids)
+        if self.cfg.modern:
+            from bert_jax.model.modern import Context
+            mask = Context.make(self.cfg, mask, position_ids)
         emb = x
         x, hidden = self.encoder(x, mask, enc_rng, output_hidden_states)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
         out = {"last_hidden_state": x}
         if self.pooler is not None:
             out["pooled"] = self.pooler(x)

@@ -12,6 +12,16 @@ LayerNorms are not matmuls and are left out, as in the PaLM/MaxText convention.
     flops/seq = 6*T*L*(4H^2 + 2HI) + 12*L*T^2*H + 6*M*(H^2 + H*V) + 6*(H^2 + 2H)
 
 with M = MLM positions computed per sequence.
+
+ModernBERT (cfg.architecture="modernbert"): the GeGLU MLP has 3HI matmul
+parameters (Wi: H x 2I, Wo: I x H); a local layer's query attends to at most
+local_attention + 1 keys (the band a block-sparse kernel computes, the useful
+work); no pooler, NSP or learned positions; task heads add the prediction
+head's H^2 where they run (once per sequence, or per token for span/tagging).
+
+    flops/seq = 6*T*L*(4H^2 + 3HI) + 12*T*H*(G*T + (L-G)*min(T, W+1)) + 6*M*(H^2 + H*V)
+
+with G global layers and W = local_attention.
 """
 
 from __future__ import annotations
@@ -38,6 +48,12 @@ PEAK_FLOPS = {
 def train_flops_per_sequence(cfg: BertConfig, seq_len: int, mlm_positions: int) -> float:
     h, layers, inter, v, t = (cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size,
                               cfg.vocab_size, seq_len)
+    if cfg.modern:
+        glob = sum(cfg.is_global_layer(i) for i in range(layers))
+        band = min(t, cfg.local_attention + 1)
+        dense = 6 * t * layers * (4 * h * h + 3 * h * inter)
+        attention = 12 * t * h * (glob * t + (layers - glob) * band)
+        return float(dense + attention + 6 * mlm_positions * (h * h + h * v))
     dense = 6 * t * layers * (4 * h * h + 2 * h * inter)
     attention = 12 * layers * t * t * h
     mlm = 6 * mlm_positions * (h * h + h * v)
@@ -51,6 +67,9 @@ def finetune_flops_per_sequence(cfg: BertConfig, seq_len: int, head: str,
     the pooler only for sequence heads, and the head's own matmul."""
     h = cfg.hidden_size
     enc = train_flops_per_sequence(cfg, seq_len, 0)
+    if cfg.modern:
+        per = seq_len if head in ("span", "tagging") else 1
+        return enc + 6 * per * (h * h + h * num_labels)
     if head in ("span", "tagging"):
         return enc - 6 * (h * h + 2 * h) + 6 * seq_len * h * num_labels
     return enc - 6 * 2 * h + 6 * h * num_labels

@@ -1,7 +1,10 @@
 """Task heads on top of BertModel: pretraining (MLM + NSP), sequence
 classification / regression, span QA and token classification.
 
-All logits come out in fp32 whatever the compute dtype.
+All logits come out in fp32 whatever the compute dtype. With
+cfg.architecture="modernbert" each head is ModernBERT's (transformers'
+ModernBertFor*): MLM only (no NSP), and task classifiers on the prediction head
+(dense, activation, norm) over the pooled ([CLS] or mean) or per-token states.
 """
 
 from __future__ import annotations
@@ -19,6 +22,14 @@ def gather_positions(x: jax.Array, positions: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
 
 
+def _modern_head(cfg: BertConfig, rngs: nnx.Rngs):
+    """ModernBERT's prediction head under a task classifier; None for BERT."""
+    if not cfg.modern:
+        return None
+    from bert_jax.model.modern import ModernHead
+    return ModernHead(cfg, rngs=rngs)
+
+
 class BertForPreTraining(nnx.Module):
     """Google's `cls/predictions` (transform + tied decoder + output_bias) and
     `cls/seq_relationship` (NSP on the pooled output).
@@ -32,13 +43,26 @@ class BertForPreTraining(nnx.Module):
         h = cfg.hidden_size
         self.cfg = cfg
         self.bert = BertModel(cfg, rngs=rngs)
+        bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.dtype(cfg.param_dtype)),
+                         logical_axes=("vocab",))
+        if cfg.modern:
+            # ModernBertForMaskedLM: head (dense, act, norm), tied decoder with
+            # its bias (decoder_bias) and no NSP.
+            from bert_jax.model.modern import ModernHead
+            self.head = ModernHead(cfg, rngs=rngs)
+            self.output_bias = bias if cfg.decoder_bias else None
+            return
         self.transform = Dense((h,), (h,), ("embed",), ("mlp",), cfg, rngs=rngs)
         self.transform_LayerNorm = LayerNorm(h, cfg)
-        self.output_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.dtype(cfg.param_dtype)),
-                                     logical_axes=("vocab",))
+        self.output_bias = bias
         self.seq_relationship = Dense((h,), (2,), ("embed",), (None,), cfg, rngs=rngs)
 
     def mlm_logits(self, hidden: jax.Array) -> jax.Array:
+        if self.cfg.modern:
+            logits = self.bert.embeddings.word_embeddings.attend(self.head(hidden))
+            if self.output_bias is None:
+                return logits
+            return logits + self.output_bias.value.astype(jnp.float32)
         x = activation(self.cfg.hidden_act)(self.transform(hidden))
         x = self.transform_LayerNorm(x)
         logits = self.bert.embeddings.word_embeddings.attend(x)
@@ -52,6 +76,10 @@ class BertForPreTraining(nnx.Module):
         out = self.bert(input_ids, token_type_ids, attention_mask, segment_ids=segment_ids,
                         position_ids=position_ids, dropout_rng=dropout_rng)
         hidden = out["last_hidden_state"]
+        if self.cfg.modern:
+            if masked_positions is not None:
+                hidden = gather_positions(hidden, masked_positions)
+            return {"mlm_logits": self.mlm_logits(hidden)}
         pooled = (out["pooled"] if nsp_positions is None else
                   self.bert.pooler.pool(gather_positions(hidden, nsp_positions)))
         if masked_positions is not None:
@@ -69,6 +97,7 @@ class BertForSequenceClassification(nnx.Module):
         self.cfg = cfg
         self.num_labels = num_labels
         self.bert = BertModel(cfg, rngs=rngs)
+        self.head = _modern_head(cfg, rngs)
         self.classifier = Dense((cfg.hidden_size,), (num_labels,), ("embed",), (None,), cfg,
                                 rngs=rngs)
 
@@ -80,9 +109,16 @@ class BertForSequenceClassification(nnx.Module):
             dropout_rng, head_rng = jax.random.split(dropout_rng)
         out = self.bert(input_ids, token_type_ids, attention_mask, segment_ids=segment_ids,
                         position_ids=position_ids, dropout_rng=dropout_rng)
-        pooled = (out["pooled"] if cls_positions is None else self.bert.pooler.pool(
-            gather_positions(out["last_hidden_state"], cls_positions)))
-        pooled = dropout(pooled, self.cfg.hidden_dropout_prob, head_rng)
+        if self.cfg.modern:
+            from bert_jax.model.modern import pool
+            if attention_mask is None:
+                attention_mask = jnp.ones_like(input_ids)
+            pooled = self.head(pool(self.cfg, out["last_hidden_state"], attention_mask,
+                                    segment_ids, cls_positions))
+        else:
+            pooled = (out["pooled"] if cls_positions is None else self.bert.pooler.pool(
+                gather_positions(out["last_hidden_state"], cls_positions)))
+        pooled = dropout(pooled, self.cfg.head_dropout, head_rng)
         return {"logits": self.classifier(pooled).astype(jnp.float32)}
 
 
@@ -92,13 +128,20 @@ class BertForQuestionAnswering(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.bert = BertModel(cfg, rngs=rngs, add_pooler=False)
+        self.head = _modern_head(cfg, rngs)
         self.qa_outputs = Dense((cfg.hidden_size,), (2,), ("embed",), (None,), cfg, rngs=rngs)
 
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
                  segment_ids=None, position_ids=None, dropout_rng=None):
+        head_rng = None
+        if dropout_rng is not None and self.head is not None:
+            dropout_rng, head_rng = jax.random.split(dropout_rng)
         out = self.bert(input_ids, token_type_ids, attention_mask, segment_ids=segment_ids,
                         position_ids=position_ids, dropout_rng=dropout_rng)
-        logits = self.qa_outputs(out["last_hidden_state"]).astype(jnp.float32)
+        h = out["last_hidden_state"]
+        if self.head is not None:  # ModernBertForQuestionAnswering: head, dropout, classifier
+            h = dropout(self.head(h), self.cfg.head_dropout, head_rng)
+        logits = self.qa_outputs(h).astype(jnp.float32)
         return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
 
 
@@ -107,6 +150,7 @@ class BertForTokenClassification(nnx.Module):
         self.cfg = cfg
         self.num_labels = num_labels
         self.bert = BertModel(cfg, rngs=rngs, add_pooler=False)
+        self.head = _modern_head(cfg, rngs)
         self.classifier = Dense((cfg.hidden_size,), (num_labels,), ("embed",), (None,), cfg,
                                 rngs=rngs)
 
@@ -117,7 +161,10 @@ class BertForTokenClassification(nnx.Module):
             dropout_rng, head_rng = jax.random.split(dropout_rng)
         out = self.bert(input_ids, token_type_ids, attention_mask, segment_ids=segment_ids,
                         position_ids=position_ids, dropout_rng=dropout_rng)
-        h = dropout(out["last_hidden_state"], self.cfg.hidden_dropout_prob, head_rng)
+        h = out["last_hidden_state"]
+        if self.head is not None:
+            h = self.head(h)
+        h = dropout(h, self.cfg.head_dropout, head_rng)
         return {"logits": self.classifier(h).astype(jnp.float32)}
 
 

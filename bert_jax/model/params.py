@@ -16,6 +16,20 @@ import numpy as np
 from flax import nnx
 
 _LAYER = re.compile(r"^(.*?/encoder/layers)/(.*)$")
+# Per-layer parameters that layer 0 lacks: ModernBERT's layer 0 has no attention
+# norm (the embedding norm precedes it). A scanned stack is uniform, so it holds
+# an unused slot there, which canonical names leave out (and fill on stacking).
+_ABSENT = re.compile(r"/encoder/layers/0/attn_norm/")
+
+
+def _stack(keys: list[str], flat: dict, current=None):
+    """np.stack of flat[k] over layers; an _ABSENT slot takes `current`'s
+    value there, else the norm's init value (ones for a scale, zeros for a bias)."""
+    like = next(flat[k] for k in keys if not _ABSENT.search(k))
+    return np.stack([flat[k] if not _ABSENT.search(k) else
+                     (np.asarray(jax.device_get(current[i])) if current is not None else
+                      (np.ones_like if k.endswith("/scale") else np.zeros_like)(like))
+                     for i, k in enumerate(keys)])
 
 
 def _is_scanned(model: nnx.Module) -> bool:
@@ -37,7 +51,9 @@ def flat_params(state_or_model, scanned: bool | None = None) -> dict[str, np.nda
         m = _LAYER.match(name)
         if scanned and m and not m.group(2).split("/")[0].isdigit():
             for i in range(value.shape[0]):
-                out[f"{m.group(1)}/{i}/{m.group(2)}"] = value[i]
+                key = f"{m.group(1)}/{i}/{m.group(2)}"
+                if not _ABSENT.search(key):
+                    out[key] = value[i]
         else:
             out[name] = value
     return out
@@ -70,7 +86,9 @@ def assign_params(model: nnx.Module, flat: dict[str, np.ndarray], source: str = 
         m = _LAYER.match(name)
         if scanned and m and not m.group(2).split("/")[0].isdigit():
             n = var.value.shape[0]
-            value = np.stack([merged[f"{m.group(1)}/{i}/{m.group(2)}"] for i in range(n)])
+            # (var.value is indexed only at an _ABSENT slot: no whole-stack copy.)
+            value = _stack([f"{m.group(1)}/{i}/{m.group(2)}" for i in range(n)], merged,
+                           var.value)
         else:
             value = merged[name]
         new_leaves.append((path, np.asarray(value, dtype=var.value.dtype)))
@@ -91,7 +109,9 @@ def unstack_layers(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         m = _LAYER.match(name)
         if m and not m.group(2).split("/")[0].isdigit():
             for i in range(value.shape[0]):
-                out[f"{m.group(1)}/{i}/{m.group(2)}"] = value[i]
+                key = f"{m.group(1)}/{i}/{m.group(2)}"
+                if not _ABSENT.search(key):
+                    out[key] = value[i]
         else:
             out[name] = value
     return out
@@ -124,7 +144,8 @@ def flat_into_pure(tree, flat: dict, scanned: bool, prefix: str = "",
         m = _LAYER.match(name)
         if scanned and m and not m.group(2).split("/")[0].isdigit():
             keys = [f"{m.group(1)}/{i}/{m.group(2)}" for i in range(v.shape[0])]
-            out[k] = np.stack([flat[x] for x in keys]) if all(x in flat for x in keys) else missing
+            present = all(x in flat for x in keys if not _ABSENT.search(x))
+            out[k] = _stack(keys, flat) if present else missing
         else:
             out[k] = flat.get(name, missing)
     return out
