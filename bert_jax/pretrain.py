@@ -64,6 +64,11 @@ def validate_config(config) -> None:
     from bert_jax.model.config import SIZES
     need(m.size in SIZES, "model.size", m.size, "one of " + ", ".join(SIZES))
     need(m.mlm_head in ("gathered", "dense"), "model.mlm_head", m.mlm_head, "gathered or dense")
+    arch = m.get("architecture", "bert")
+    need(arch in ("bert", "modernbert"), "model.architecture", arch, "bert or modernbert")
+    if arch == "modernbert" and config.data.nsp:
+        raise ValueError("config.model.architecture='modernbert' is MLM-only: set "
+                         "config.data.nsp=False")
     if m.mlm_head == "dense" and not config.data.dense_labels:
         raise ValueError("model.mlm_head=dense needs data.dense_labels=True")
     need(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", m.dtype,
@@ -154,7 +159,8 @@ def _train(config, workdir: str) -> dict:
                              f"prepared with another vocabulary than {config.data.prepared_dir}")
     init_params = None
     if config.init_from and not loop.has_checkpoint(workdir):
-        cfg = pretraining.bert_config(config, tokenizer.vocab_size)
+        cfg = pretraining.bert_config(config, tokenizer.vocab_size,
+                                      pretraining.special_token_ids(tokenizer))
         init_params = check_init_from(config, cfg, tokenizer)
 
     # ---- Workdir: created and locked only now that the inputs are known good ----------

@@ -7,7 +7,11 @@ WordPiece output is a BERT `vocab.txt`: [PAD], optional [unused0..], [UNK],
 text, CJK split, lower-casing and accent stripping unless cased) and
 pre-tokenizer, so it loads with `load_tokenizer` exactly like Google's files.
 SentencePiece output is `<out>.model` / `<out>.vocab` (unigram) with [PAD] id 0,
-[UNK], [CLS], [SEP], [MASK] pieces. Both are written to a temp path and renamed.
+[UNK], [CLS], [SEP], [MASK] pieces. Byte-level BPE (ModernBERT's kind, GPT-2's
+byte alphabet, case kept) is a HF `tokenizer.json` whose post-processor adds
+[CLS] A [SEP] as ModernBERT's does, so it loads both with `load_tokenizer` and
+with `transformers.PreTrainedTokenizerFast`. All are written to a temp path and
+renamed.
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ def train_vocab(corpus: str, vocab_size: int, out: str | os.PathLike, kind: str 
     Args:
       corpus: corpus spec (see `bert_jax.data.corpora`).
       vocab_size: target size including special tokens.
-      out: vocab.txt path (wordpiece) or model prefix (sentencepiece; '.model' added).
-      kind: 'wordpiece' or 'sentencepiece'.
+      out: vocab.txt path (wordpiece), model prefix (sentencepiece; '.model' added) or
+        tokenizer.json path (bpe).
+      kind: 'wordpiece', 'sentencepiece' or 'bpe'.
       lowercase: uncased vocab (BERT-uncased style); sentencepiece keeps case.
       num_unused: [unusedN] placeholders after [PAD] (BERT reserves 99 or 993).
       min_frequency: WordPiece: minimum pair frequency of a merge.
@@ -56,7 +61,9 @@ def train_vocab(corpus: str, vocab_size: int, out: str | os.PathLike, kind: str 
                                 min_frequency, segmenter)
     if kind == "sentencepiece":
         return _train_sentencepiece(corpus, vocab_size, pathlib.Path(out), num_unused, segmenter)
-    raise ValueError(f"kind={kind!r}: use 'wordpiece' or 'sentencepiece'")
+    if kind == "bpe":
+        return _train_bpe(corpus, vocab_size, pathlib.Path(out), min_frequency, segmenter)
+    raise ValueError(f"kind={kind!r}: use 'wordpiece', 'sentencepiece' or 'bpe'")
 
 
 def _check_size(vocab_size: int, num_unused: int) -> None:
@@ -83,6 +90,29 @@ def _train_wordpiece(corpus, vocab_size, out, lowercase, num_unused, min_frequen
     tmp.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
     os.replace(tmp, out)
     load_tokenizer(out, lowercase=lowercase)  # the file must load as a BERT vocab
+    return out
+
+
+def _train_bpe(corpus, vocab_size, out, min_frequency, segmenter):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    # The 256-byte alphabet first: every text encodes, no [UNK] ever needed.
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=list(BERT_SPECIALS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_sentences(corpus, segmenter), trainer=trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tok.save(str(tmp))
+    os.replace(tmp, out)
+    load_tokenizer(out)
     return out
 
 
@@ -128,9 +158,11 @@ if __name__ == "__main__":
 
     flags.DEFINE_string("corpus", None, "corpus spec (see bert_jax.data.corpora)", required=True)
     flags.DEFINE_integer("vocab_size", 30522, "vocabulary size incl. special tokens")
-    flags.DEFINE_string("out", None, "vocab.txt path or SentencePiece model prefix",
+    flags.DEFINE_string("out", None, "vocab.txt path, SentencePiece model prefix or "
+                        "tokenizer.json path (bpe)",
                         required=True)
-    flags.DEFINE_enum("kind", "wordpiece", ["wordpiece", "sentencepiece"], "vocabulary type")
+    flags.DEFINE_enum("kind", "wordpiece", ["wordpiece", "sentencepiece", "bpe"],
+                      "vocabulary type (bpe: byte-level, a tokenizer.json)")
     flags.DEFINE_bool("lowercase", True, "uncased WordPiece vocabulary")
     flags.DEFINE_integer("num_unused", 0, "[unusedN] placeholder tokens")
     flags.DEFINE_enum("segmenter", "sentencex", list(corpora.SEGMENTERS), "sentence splitter")

@@ -1,4 +1,5 @@
 """Pretraining as a job of the one loop (`bert_jax.train.loop`): the MLM + NSP
+(or MLM-only: data.nsp=False, always for model.architecture='modernbert')
 objective, the model config from the pretraining config, `build` (the
 sharded state and jitted step, also what `bert_jax.aot` compiles for a TPU
 topology), the held-out evaluation and `PretrainJob` (batches and their
@@ -64,19 +65,40 @@ def pretraining_objective(nsp: bool, gathered: bool) -> Objective:
     return Objective(sums, totals, loss)
 
 
-def bert_config(config, vocab_size: int) -> BertConfig:
-    """The model config: the named size, then any explicit model.* overrides."""
+# ModernBERT fields a pretraining config may set under config.model (HF
+# ModernBertConfig's names); BERT configs have none of them.
+MODERN_FIELDS = ("local_attention", "global_attn_every_n_layers", "global_rope_theta",
+                 "local_rope_theta", "attention_dropout", "embedding_dropout", "mlp_dropout",
+                 "hidden_activation", "norm_eps", "classifier_pooling")
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """The token ids a ModernBERT config records (its config.json's *_token_id),
+    from the run's tokenizer: an HF export then pads and frames with our ids."""
+    return {"pad_token_id": tokenizer.pad_id, "cls_token_id": tokenizer.cls_id,
+            "sep_token_id": tokenizer.sep_id, "bos_token_id": tokenizer.cls_id,
+            "eos_token_id": tokenizer.sep_id}
+
+
+def bert_config(config, vocab_size: int, special: dict[str, int] | None = None) -> BertConfig:
+    """The model config: the named size, then any explicit model.* overrides;
+    model.architecture='modernbert' adds ModernBERT's fields (MODERN_FIELDS)
+    and `special` (special_token_ids of the tokenizer)."""
     m = config.model
     arch = {name: m.get(key, 0) for key, name in (
         ("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
         ("num_heads", "num_attention_heads"), ("intermediate_size", "intermediate_size"))}
+    modern = {}
+    if m.get("architecture", "bert") == "modernbert":
+        modern = {"architecture": "modernbert", **(special or {}),
+                  **{k: m[k] for k in MODERN_FIELDS if k in m}}
     return BertConfig.named(
         m.size, **{k: v for k, v in arch.items() if v}, vocab_size=vocab_size, dtype=m.dtype,
         attention_impl=m.attention_impl,
         scan_layers=m.scan_layers, remat_policy=m.remat_policy,
         hidden_dropout_prob=m.hidden_dropout_prob,
         attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-        max_position_embeddings=m.max_position_embeddings)
+        max_position_embeddings=m.max_position_embeddings, **modern)
 
 
 @dataclasses.dataclass
@@ -94,7 +116,7 @@ class Built:
     gathered: bool
 
 
-def build(config, vocab_size: int, mesh) -> Built:
+def build(config, vocab_size: int, mesh, special: dict[str, int] | None = None) -> Built:
     """Model config, objective, optimizer, abstract sharded state and the jitted
     step. Abstract end to end (nothing is allocated or run), so it also works on
     the devices of a TPU topology with no TPU attached. Call it under
@@ -121,7 +143,11 @@ def build(config, vocab_size: int, mesh) -> Built:
             f"config.global_batch_size={G}{per}: expected a multiple of {shards}, the batch "
             f"shards of mesh (data {mesh.shape['data']} x fsdp {mesh.shape['fsdp']}) "
             f"on {mesh.size} devices")
-    cfg = bert_config(config, vocab_size)
+    cfg = bert_config(config, vocab_size, special)
+    if cfg.modern and config.data.nsp:
+        # ModernBERT's head has no NSP classifier (and its recipe no NSP task).
+        raise ValueError("config.model.architecture='modernbert' is MLM-only: set "
+                         "config.data.nsp=False")
     gathered = config.model.mlm_head == "gathered"
     if not gathered and not config.data.dense_labels:
         raise ValueError("model.mlm_head=dense needs data.dense_labels=True")
@@ -226,12 +252,18 @@ def run(config, workdir, pipe, eval_pipe, init_params) -> dict:
     peak = flops.device_peak_flops()  # before set_mesh: on CPU it runs a one-device matmul
 
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
-        built = build(config, tokenizer.vocab_size, mesh)
+        built = build(config, tokenizer.vocab_size, mesh, special_token_ids(tokenizer))
         cfg, spec, gathered = built.cfg, built.spec, built.gathered
         if is_main:
             model_dir.write_meta(workdir, cfg, "pretraining", task={"kind": "pretraining"},
                                  do_lower_case=tokenizer.lowercase)
             model_dir.copy_vocab(tokenizer.vocab_file, workdir)
+            if tokenizer.kind == "bpe":
+                # A tokenizer.json travels with the special-token files beside it.
+                beside = storage.parent(tokenizer.vocab_file)
+                model_dir.copy_tokenizer_files(
+                    [storage.join(beside, n) for n in model_dir.TOKENIZER_FILES
+                     if storage.exists(storage.join(beside, n))], workdir)
             storage.write_text(storage.join(workdir, "config.json"),
                                config.to_json_best_effort(indent=2))
 

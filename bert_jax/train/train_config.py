@@ -37,6 +37,14 @@ def optim(lr: float, *, warmup_steps: int = 0, warmup_ratio: float = 0.0,
     c.weight_decay = weight_decay  # decoupled, on kernels and embeddings only
     c.b1, c.b2, c.eps = 0.9, 0.999, 1e-6
     c.clip_norm = 1.0             # global-norm clipping; 0 = off
+    # linear: warmup then linear decay to 0 (BERT). wsd: warmup, constant, then
+    # a decay over the last decay_steps (or decay_ratio of all steps; 0 = none)
+    # of decay_shape linear | sqrt (1-sqrt) to end_lr_ratio * lr (ModernBERT).
+    c.schedule = "linear"
+    c.decay_steps = 0
+    c.decay_ratio = 0.0
+    c.decay_shape = "sqrt"
+    c.end_lr_ratio = 0.0
     return c
 
 
@@ -90,6 +98,20 @@ def check_optim(o) -> None:
                          f"config.optim.warmup_ratio={o.warmup_ratio}: set one of them (the "
                          "other 0)")
     need(number(o.weight_decay) and o.weight_decay >= 0, "weight_decay", o.weight_decay, ">= 0")
+    sched = o.get("schedule", "linear")
+    need(sched in ("linear", "wsd"), "schedule", sched, "linear or wsd")
+    if sched == "wsd":
+        need(isinstance(o.decay_steps, int) and o.decay_steps >= 0, "decay_steps",
+             o.decay_steps, "an integer >= 0")
+        need(number(o.decay_ratio) and 0 <= o.decay_ratio <= 1, "decay_ratio", o.decay_ratio,
+             "a fraction in [0, 1]")
+        if o.decay_steps and o.decay_ratio:
+            raise ValueError(f"config.optim.decay_steps={o.decay_steps} and "
+                             f"config.optim.decay_ratio={o.decay_ratio}: set one of them (the "
+                             "other 0)")
+        need(o.decay_shape in ("linear", "sqrt"), "decay_shape", o.decay_shape, "linear or sqrt")
+        need(number(o.end_lr_ratio) and 0 <= o.end_lr_ratio <= 1, "end_lr_ratio",
+             o.end_lr_ratio, "a fraction in [0, 1]")
 
 
 def finetune_fields(c: config_dict.ConfigDict, *, lr: float, num_epochs: int,
