@@ -8,7 +8,9 @@ One example per input line; a tab separates sentence A and sentence B. The
 (N, H) and, with --all_layers, hidden_states (L+1, N, T, H); T is the longest
 example. pooling: `pooler` = BERT's dense+tanh on [CLS] (HF pooler_output),
 `cls` = the raw [CLS] state, `mean` = mean over real tokens
-(sentence-transformers style).
+(sentence-transformers style). A ModernBERT checkpoint has no pooler: `cls` or
+`mean` of its final-normed states (HF ModernBertModel's last_hidden_state),
+by default its config's classifier_pooling.
 
 In Python:
     from bert_jax.embed import Embedder
@@ -65,17 +67,29 @@ class Embedder:
             m = nnx.merge(graphdef, state)
             out = m(ids, types, mask, output_hidden_states=True)
             hs = jnp.stack(out["hidden_states"]).astype(jnp.float32)
-            return out["last_hidden_state"].astype(jnp.float32), out["pooled"].astype(
-                jnp.float32), hs
+            last = out["last_hidden_state"].astype(jnp.float32)
+            # ModernBERT has no pooler; its pooled vector is made below (cls / mean).
+            return last, out.get("pooled", last[:, 0]).astype(jnp.float32), hs
 
         self._state = state
         self._forward = forward
 
-    def encode(self, texts: list[str], pairs: list[str | None] | None = None, pooling: str = "pooler",
-               all_layers: bool = False, batch_size: int = 32,
+    @property
+    def default_pooling(self) -> str:
+        cfg = self.model.cfg
+        return cfg.classifier_pooling if cfg.modern else "pooler"
+
+    def encode(self, texts: list[str], pairs: list[str | None] | None = None,
+               pooling: str | None = None, all_layers: bool = False, batch_size: int = 32,
                progress: bool = False) -> dict[str, np.ndarray]:
+        """pooling: None = the checkpoint's default (BERT: pooler; ModernBERT:
+        its classifier_pooling)."""
+        pooling = pooling or self.default_pooling
         if pooling not in POOLINGS:
             raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
+        if pooling == "pooler" and self.model.cfg.modern:
+            raise ValueError("--pooling=pooler: a ModernBERT checkpoint has no pooler; use "
+                             "--pooling=cls or --pooling=mean")
         encs = self.tokenizer.encode_batch(texts, pairs, max_length=self.max_length)
         n = len(encs)
         t_max = max((len(e) for e in encs), default=1)
@@ -179,7 +193,8 @@ def define_flags() -> None:
     flags.DEFINE_string("checkpoint", None, "Model dir, training workdir, HF dir or TF1 dir.")
     flags.DEFINE_string("input", None, "Text file: one example per line, tab separates a pair.")
     flags.DEFINE_string("output", None, "Output .npz path.")
-    flags.DEFINE_enum("pooling", "pooler", list(POOLINGS), "Sentence vector.")
+    flags.DEFINE_enum("pooling", None, list(POOLINGS), "Sentence vector (default: pooler "
+                      "for BERT, the checkpoint's classifier_pooling for ModernBERT).")
     flags.DEFINE_bool("all_layers", False, "Also write hidden_states (L+1, N, T, H).")
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
     flags.DEFINE_integer("batch_size", 32, "Examples per forward pass.")

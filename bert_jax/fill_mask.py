@@ -4,8 +4,10 @@ r"""Fill-mask predictions from any checkpoint with an MLM head.
         "More text with [MASK] in it." [--top_k=5]
 
 DIR is a pretraining workdir (newest readable checkpoint), a bert_jax model dir,
-a HF dir with BertForPreTraining / BertForMaskedLM weights or a Google TF1 dir.
-The MLM head (transform + tied decoder + bias) runs at every position, as HF's
+a HF dir with BertForPreTraining / BertForMaskedLM / ModernBertForMaskedLM
+weights or a Google TF1 dir. The model's MLM head (BERT: transform + tied
+decoder + bias; ModernBERT: dense, activation, norm + tied decoder with its
+optional bias) runs at every position, as HF's
 `pipeline('fill-mask')` does, and each [MASK] gets a softmax over the whole
 vocabulary in fp32. Prints, per text and per [MASK], the top-k tokens with
 their probabilities.
@@ -31,6 +33,17 @@ MLM_HEAD = ("transform/kernel", "transform/bias", "transform_LayerNorm/scale",
             "transform_LayerNorm/bias", "output_bias")
 
 
+def mlm_head_params(cfg) -> tuple[str, ...]:
+    """The canonical names of `cfg`'s MLM head (ModernBERT's has no biases
+    unless its config asks for them)."""
+    if not cfg.modern:
+        return MLM_HEAD
+    names = ["head/dense/kernel", "head/norm/scale"]
+    names += ["head/dense/bias"] if cfg.classifier_bias else []
+    names += ["head/norm/bias"] if cfg.norm_bias else []
+    return tuple(names + (["output_bias"] if cfg.decoder_bias else []))
+
+
 def load(checkpoint: str | os.PathLike):
     """(BertForPreTraining with the checkpoint's weights, tokenizer).
 
@@ -45,7 +58,7 @@ def load(checkpoint: str | os.PathLike):
     # stops here, before a random head is built (and compiled).
     cfg, meta, flat = convert.read_any(checkpoint, head="pretraining", report=report,
                                        fill_missing=False)
-    lacking = [k for k in MLM_HEAD if k not in flat]
+    lacking = [k for k in mlm_head_params(cfg) if k not in flat]
     if lacking:
         raise ValueError(f"{checkpoint}: no MLM head to fill masks with (missing {lacking[0]})")
     fresh = [r.removeprefix("initialized fresh: ") for r in report
@@ -90,12 +103,20 @@ def _softmax_at_every_position(graphdef, params, ids, types, mask):
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
+def _shown(tokenizer, i: int) -> str:
+    """A token as printed: byte-level BPE tokens decoded ('\u0120cat' -> ' cat',
+    as HF's fill-mask pipeline shows token_str), others as in the vocabulary."""
+    if tokenizer.kind == "bpe":
+        return repr(tokenizer.decode([i], skip_special_tokens=False))
+    return tokenizer.id_to_token(i)
+
+
 def top_k(probs: np.ndarray, tokenizer, k: int) -> list[list[tuple[str, float]]]:
     """[num_masks, V] -> per mask the k most likely (token, probability), best first."""
     out = []
     for row in probs:
         best = np.argsort(-row, kind="stable")[:k]
-        out.append([(tokenizer.id_to_token(int(i)), float(row[i])) for i in best])
+        out.append([(_shown(tokenizer, int(i)), float(row[i])) for i in best])
     return out
 
 

@@ -228,21 +228,17 @@ HOOK = textwrap.dedent("""
 """)
 
 
-def test_cli_trains_modernbert_tiny_and_resumes_exactly(bpe_data, tmp_path):
-    """`python -m bert_jax.pretrain --config=configs/pretrain/modernbert.py:size=tiny,
-    runlocal` on the BPE-prepared corpus (shrunk further: 8 steps): finite
-    losses, held-out MLM metrics and no NSP anywhere; the workdir is a
-    ModernBERT model dir with its tokenizer.json; a run preempted after step 3
-    and rerun ends bitwise equal to the straight run, logging the same numbers."""
-    from test_pretrain import assert_bitwise_equal, assert_same_metrics, records
-
-    from bert_jax.train import checkpointing
-
-    (tmp_path / "hook.py").write_text(HOOK)
+@pytest.fixture(scope="module")
+def cli(bpe_data, tmp_path_factory):
+    """run(workdir, hook=None, rc=0): `python -m bert_jax.pretrain
+    --config=configs/pretrain/modernbert.py:size=tiny,runlocal` on the BPE-prepared
+    corpus, shrunk further (H32, seq 64, batch 8, 8 steps, window 16), on one device."""
+    tmp = tmp_path_factory.mktemp("modern_cli")
+    (tmp / "hook.py").write_text(HOOK)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
                XLA_FLAGS="--xla_force_host_platform_device_count=1",
                JAX_DISABLE_MOST_OPTIMIZATIONS="true",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     args = ["--config=configs/pretrain/modernbert.py:size=tiny,runlocal",
@@ -255,15 +251,29 @@ def test_cli_trains_modernbert_tiny_and_resumes_exactly(bpe_data, tmp_path):
             "--config.checkpoint.every=4", "--config.eval_every=8", "--config.eval_batches=1"]
 
     def run(workdir, hook=None, rc=0):
-        head = [str(tmp_path / "hook.py"), json.dumps(hook)] if hook else ["-m",
-                                                                           "bert_jax.pretrain"]
+        head = [str(tmp / "hook.py"), json.dumps(hook)] if hook else ["-m", "bert_jax.pretrain"]
         proc = subprocess.run([sys.executable, *head, *args, f"--workdir={workdir}"], env=env,
                               cwd=REPO, capture_output=True, text=True, timeout=600)
         assert proc.returncode == rc, proc.stderr[-3000:]
         return proc
+    return run
 
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run(straight)
+
+@pytest.fixture(scope="module")
+def straight(cli, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("modern_straight")
+    cli(workdir)
+    return workdir
+
+
+def test_cli_trains_modernbert_tiny_and_resumes_exactly(cli, straight, bpe_data, tmp_path):
+    """Finite losses, held-out MLM metrics and no NSP anywhere; the workdir is a
+    ModernBERT model dir with its tokenizer.json; a run preempted after step 3
+    and rerun ends bitwise equal to the straight run, logging the same numbers."""
+    from test_pretrain import assert_bitwise_equal, assert_same_metrics, records
+
+    from bert_jax.train import checkpointing
+
     recs = records(straight)
     train = [r for r in recs if "loss" in r]
     assert [r["step"] for r in train] == list(range(1, 9))
@@ -275,10 +285,95 @@ def test_cli_trains_modernbert_tiny_and_resumes_exactly(bpe_data, tmp_path):
     assert meta["config"]["architecture"] == "modernbert"
     assert (straight / "tokenizer.json").read_bytes() == bpe_data["tokenizer"].read_bytes()
 
-    proc = run(resumed, hook={"term_at": 3}, rc=75)
+    resumed = tmp_path / "resumed"
+    proc = cli(resumed, hook={"term_at": 3}, rc=75)
     assert "preemption: saved step 4" in proc.stderr + proc.stdout
-    proc = run(resumed)
+    proc = cli(resumed)
     assert f"resumed from {resumed} at step 4" in proc.stdout
     assert_bitwise_equal(checkpointing.load_state_on_host(resumed, 8),
                          checkpointing.load_state_on_host(straight, 8))
     assert_same_metrics(resumed, straight, steps=range(1, 9))
+
+
+# Longer than the 16-token window, so local layers see only part of each text.
+TEXTS = ["It was a dark and stormy [MASK], and the rain fell in torrents, except at "
+         "occasional intervals, when it was checked by a violent gust of wind which swept "
+         "up the streets.",
+         "She opened the [MASK] and looked out at the [MASK] garden."]
+
+
+@pytest.fixture(scope="module")
+def hf_export(straight, tmp_path_factory):
+    """Our ModernBERT workdir exported by `convert --to hf`, and transformers'
+    tokenizer for it."""
+    transformers = pytest.importorskip("transformers")
+    from bert_jax import convert
+    out = tmp_path_factory.mktemp("modern_hf") / "hf"
+    convert.convert(straight, out, to="hf")
+    return out, transformers.AutoTokenizer.from_pretrained(out)
+
+
+def test_fill_mask_from_modernbert_matches_transformers(straight, hf_export):
+    """fill_mask on our workdir gives, at every [MASK], the softmax of
+    transformers' ModernBertForMaskedLM on the exported dir (token ids from
+    AutoTokenizer); the CLI prints its top tokens decoded."""
+    import torch
+    import transformers
+
+    from bert_jax import fill_mask
+    hf_dir, hf_tok = hf_export
+    hf = transformers.ModernBertForMaskedLM.from_pretrained(
+        hf_dir, attn_implementation="eager").eval()
+    model, tok = fill_mask.load(straight)
+    got = fill_mask.mask_probabilities(model, tok, TEXTS)
+    for text, g in zip(TEXTS, got):
+        enc = hf_tok(text, return_tensors="pt")
+        assert enc["input_ids"].shape[1] > 16 or "garden" in text
+        with torch.no_grad():
+            logits = hf(input_ids=enc["input_ids"],
+                        attention_mask=enc["attention_mask"]).logits[0]
+        want = torch.softmax(logits[enc["input_ids"][0] == hf_tok.mask_token_id], -1).numpy()
+        assert g.shape == want.shape == (want.shape[0], tok.vocab_size)
+        np.testing.assert_allclose(g, want, atol=1e-6, rtol=1e-4)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bert_jax.fill_mask", f"--checkpoint={straight}", TEXTS[1],
+         "--top_k=3"], env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO)),
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [x for x in proc.stdout.splitlines() if x.startswith("  [MASK]")]
+    assert len(rows) == 2
+    for row, probs in zip(rows, got[1]):
+        best = np.argsort(-probs, kind="stable")[:3]
+        want = "  ".join(f"{hf_tok.decode([int(i)])!r} {probs[i]:.4f}" for i in best)
+        assert row.split(": ", 1)[1] == want
+
+
+def test_embed_from_modernbert_matches_transformers(straight, hf_export, tmp_path):
+    """embed on our workdir: last_hidden_state equals transformers'
+    ModernBertModel on the exported dir; cls and mean pooling are its [CLS]
+    state and its mean over real tokens; pooler is a one-line error."""
+    import torch
+    import transformers
+
+    from bert_jax.embed import Embedder
+    hf_dir, hf_tok = hf_export
+    hf = transformers.ModernBertModel.from_pretrained(hf_dir, attn_implementation="eager").eval()
+    texts = [t.replace("[MASK]", "night") for t in TEXTS]
+    enc = hf_tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = hf(input_ids=enc["input_ids"],
+                  attention_mask=enc["attention_mask"]).last_hidden_state.numpy()
+    mask = enc["attention_mask"].numpy()
+    emb = Embedder(straight)
+    assert emb.default_pooling == "mean"
+    for pooling in ("cls", "mean"):
+        out = emb.encode(texts, pooling=pooling)
+        np.testing.assert_array_equal(out["input_ids"], enc["input_ids"].numpy() * mask)
+        for i in range(len(texts)):
+            n = int(mask[i].sum())
+            np.testing.assert_allclose(out["last_hidden_state"][i, :n], want[i, :n],
+                                       atol=1e-4, rtol=1e-4)
+            ref = want[i, 0] if pooling == "cls" else want[i, :n].mean(0)
+            np.testing.assert_allclose(out["pooled"][i], ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="ModernBERT checkpoint has no pooler"):
+        emb.encode(texts, pooling="pooler")

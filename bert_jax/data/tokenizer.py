@@ -413,6 +413,19 @@ class Tokenizer:
         return "".join(toks).replace("\u2581", " ").strip()
 
 
+def hf_special_token_files(tokenizer: Tokenizer) -> dict[str, str]:
+    """{file name: JSON text} of the tokenizer_config.json and
+    special_tokens_map.json that tell transformers which tokens of a bare
+    tokenizer.json are [CLS], [SEP], [PAD], [MASK] and [UNK] (AutoTokenizer
+    cannot pad or mask without them)."""
+    import json
+    names = {f"{s.strip('[]').lower()}_token": tokenizer.id_to_token(tokenizer.token_to_id(s))
+             for s in SPECIAL_TOKENS}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **names}
+    return {"tokenizer_config.json": json.dumps(config, indent=2) + "\n",
+            "special_tokens_map.json": json.dumps(names, indent=2) + "\n"}
+
+
 def vocab_in_dir(d: str | os.PathLike) -> str | pathlib.Path | None:
     """The vocabulary file of a directory (local or URL): `vocab.txt`, else the
     first `*.model`, else a HF `tokenizer.json`; None if it has none."""

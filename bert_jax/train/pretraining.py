@@ -259,11 +259,18 @@ def run(config, workdir, pipe, eval_pipe, init_params) -> dict:
                                  do_lower_case=tokenizer.lowercase)
             model_dir.copy_vocab(tokenizer.vocab_file, workdir)
             if tokenizer.kind == "bpe":
-                # A tokenizer.json travels with the special-token files beside it.
+                # A tokenizer.json travels with the special-token files beside it;
+                # where it has none (a prepared dir holds only tokenizer.json),
+                # they are written, so HF exports of this workdir load in
+                # transformers knowing [PAD] and [MASK].
+                from bert_jax.data.tokenizer import hf_special_token_files
                 beside = storage.parent(tokenizer.vocab_file)
                 model_dir.copy_tokenizer_files(
                     [storage.join(beside, n) for n in model_dir.TOKENIZER_FILES
                      if storage.exists(storage.join(beside, n))], workdir)
+                for name, text in hf_special_token_files(tokenizer).items():
+                    if not storage.exists(storage.join(workdir, name)):
+                        storage.write_text(storage.join(workdir, name), text)
             storage.write_text(storage.join(workdir, "config.json"),
                                config.to_json_best_effort(indent=2))
 
