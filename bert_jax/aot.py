@@ -201,15 +201,20 @@ def is_finetune_config(config) -> bool:
 
 
 def vocab_size_of(config) -> int:
-    """Lines of the configured vocab, else BERT's uncased 30522 (the paper's)."""
+    """Size of the configured vocabulary (vocab.txt, SentencePiece model or
+    tokenizer.json), else the paper's: BERT's uncased 30522, ModernBERT's 50368."""
     from bert_jax.data.prepared import open_prepared
+    from bert_jax.data.tokenizer import load_tokenizer
     path = config.data.get("vocab") or ""
     if not path and config.data.get("prepared_dir"):
         path = str(open_prepared(config.data.prepared_dir).vocab_path)
     if not path:
-        return 30522
-    with open(path, encoding="utf-8") as f:
-        return sum(1 for _ in f)
+        modern = config.get("model", {}).get("architecture", "bert") == "modernbert"
+        return 50368 if modern else 30522
+    if str(path).endswith(".txt"):
+        with open(path, encoding="utf-8") as f:
+            return sum(1 for _ in f)
+    return load_tokenizer(path).vocab_size
 
 
 def pretrain_program(config, mesh, num_hosts: int) -> Program:
@@ -224,7 +229,8 @@ def pretrain_program(config, mesh, num_hosts: int) -> Program:
     rows, nbytes = _host_input(spec, num_hosts)
     return Program(built.step_fn, (built.spec.abstract, _abstract_batch(spec, mesh),
                                        _rng(config, mesh)),
-                   G, T, formula, rows, nbytes, f"bert_{config.model.size}",
+                   G, T, formula, rows, nbytes,
+                   f"{'modernbert' if built.cfg.modern else 'bert'}_{config.model.size}",
                    built.cfg.num_hidden_layers)
 
 

@@ -209,6 +209,17 @@ def test_recipe_config(size, phase, shape):
         validate_config(c)
 
 
+def test_aot_vocab_size_for_modernbert(bpe_data):
+    """aot sizes the embedding by the run's tokenizer.json, else by ModernBERT's
+    50,368 tokens (BERT configs keep 30,522)."""
+    from bert_jax.aot import vocab_size_of
+    from configs.pretrain import bert, modernbert
+    c = modernbert.get_config("size=base")
+    assert vocab_size_of(c) == 50368 and vocab_size_of(bert.get_config("size=base")) == 30522
+    c.data.prepared_dir = str(bpe_data["train"])
+    assert vocab_size_of(c) == 1000
+
+
 # Runs the real CLI; SIGTERM (a preemption) after the metrics of step term_at.
 HOOK = textwrap.dedent("""
     import json, os, signal, sys
@@ -293,6 +304,33 @@ def test_cli_trains_modernbert_tiny_and_resumes_exactly(cli, straight, bpe_data,
     assert_bitwise_equal(checkpointing.load_state_on_host(resumed, 8),
                          checkpointing.load_state_on_host(straight, 8))
     assert_same_metrics(resumed, straight, steps=range(1, 9))
+
+
+def test_phase2_context_extension_from_phase1(straight, bpe_data, tmp_path):
+    """phase=2 from the phase-1 workdir (init_from): twice the sequence length,
+    the global layers' rope theta raised to 160,000, the local ones kept."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+               XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               JAX_DISABLE_MOST_OPTIMIZATIONS="true")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bert_jax.pretrain",
+         "--config=configs/pretrain/modernbert.py:size=tiny,phase=2,runlocal",
+         f"--workdir={tmp_path / 'p2'}", f"--config.data.prepared_dir={bpe_data['train']}",
+         f"--config.init_from={straight}", "--config.data.max_seq_length=128",
+         "--config.model.hidden_size=32", "--config.model.num_heads=2",
+         "--config.model.intermediate_size=48", "--config.model.local_attention=16",
+         "--config.global_batch_size=4", "--config.num_train_steps=2",
+         "--config.optim.warmup_steps=1",
+         "--config.checkpoint.every=2"], env=env, cwd=REPO, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"initialized weights from {straight}" in proc.stdout
+    p1 = json.loads((straight / "bert_jax.json").read_text())["config"]
+    p2 = json.loads((tmp_path / "p2" / "bert_jax.json").read_text())["config"]
+    assert (p1["global_rope_theta"], p2["global_rope_theta"]) == (10_000, 160_000)
+    assert p1["local_rope_theta"] == p2["local_rope_theta"] == 10_000
+    assert json.loads((tmp_path / "p2" / "config.json").read_text())["data"][
+        "max_seq_length"] == 128
 
 
 # Longer than the 16-token window, so local layers see only part of each text.
