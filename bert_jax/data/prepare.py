@@ -198,8 +198,10 @@ def _vocab_copy_name(tok) -> str:
 
 def _prepared_entry(name: str) -> bool:
     """A name `prepare_corpus` writes into its output directory."""
-    return (name in (prepared.MANIFEST, "vocab.txt") or name.endswith((".model", ".vocab"))
-            or name.startswith(("shard-", ".shard-", ".vocab.txt.tmp-", f".{prepared.MANIFEST}.")))
+    return (name in (prepared.MANIFEST, "vocab.txt", "tokenizer.json")
+            or name.endswith((".model", ".vocab"))
+            or name.startswith(("shard-", ".shard-", ".vocab.txt.tmp-", ".tokenizer.json.tmp-",
+                                f".{prepared.MANIFEST}.")))
 
 
 def _clean_stale(out: pathlib.Path, n_units: int) -> None:
