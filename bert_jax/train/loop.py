@@ -71,11 +71,15 @@ class Job(Protocol):
 
 
 def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
-        init_state: Callable[[], Any], rng, peak_flops: float | None) -> tuple[dict, Any]:
+        init_state: Callable[[], Any], rng, peak_flops: float | None,
+        started: Callable[[int], None] | None = None) -> tuple[dict, Any]:
     """Train `job` from the newest checkpoint in workdir (or `init_state()`) to
     `job.num_steps`. Reads config.log_every and config.checkpoint.*. Call under
-    the mesh. Returns (summary, final state); summary has 'preempted_at' when a
-    signal stopped the run (after saving)."""
+    the mesh. `started(start_step)` runs once the checkpoint restored and its
+    data position checked, before the loop writes anything (a run refused at
+    restore leaves the workdir's files as they were). Returns (summary, final
+    state); summary has 'preempted_at' when a signal stopped the run (after
+    saving)."""
     import jax
     from tqdm import tqdm
 
@@ -95,6 +99,8 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
             print(f"resumed from {workdir} at step {start_step}", flush=True)
     else:
         start_step, state, loop_state = 0, init_state(), {}
+    if started is not None:
+        started(start_step)
     best = loop_state.get("best")          # {'step', 'score', 'label'} or None
     history = list(loop_state.get("history", []))
 
