@@ -505,3 +505,176 @@ def test_convert_refuses_then_overwrites(ws):
     for k in ours:
         np.testing.assert_array_equal(back[k], ours[k], err_msg=k)
     assert run().returncode == 0  # its own earlier output
+
+
+# ---------------------------------------------------------------- reruns
+
+def snapshot(root) -> dict[str, bytes]:
+    """Every file under root (relative path -> bytes): a refused rerun must
+    leave it equal."""
+    root = pathlib.Path(root)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def _sha16(path) -> str:
+    import hashlib
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
+
+
+# Runs that train: LLVM at -O0 and a compilation cache shared by them (the
+# resumed run compiles what the first one did).
+TRAIN_ENV = {"XLA_FLAGS": "--xla_backend_optimization_level=0",
+             "JAX_COMPILATION_CACHE_DIR": "{root}/jax_cache",
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+@pytest.fixture(scope="module")
+def reruns(ws):
+    """A 2-step pretraining run (checkpoints 1 and 2) and a one-epoch SST-2
+    fine-tuning run whose export is undone (as by a crash after its last
+    checkpoint), plus what the reruns change: a corpus prepared with the cased
+    vocabulary, one of other text, a wider model, SST-2 with other training rows."""
+    from bert_jax.data.prepare import prepare_corpus
+    root = ws["root"]
+    novels = [f"raw:{root}/novel{i}.txt" for i in range(2)]
+    prepare_corpus(",".join(novels), ws["cased_vocab"], root / "prepared_cased",
+                   num_workers=1, progress=False)
+    halves = []
+    for i in range(2):  # other text: the first half of each novel's lines
+        halves.append(root / f"half{i}.txt")
+        halves[-1].write_text("\n".join(ws_lines(root / f"novel{i}.txt")[:150]))
+    prepare_corpus(",".join(f"raw:{p}" for p in halves), ws["vocab"], root / "prepared_other",
+                   num_workers=1, progress=False)
+    save_tiny_model(root / "tiny_wide", hidden_size=64)
+    sst = data_path("glue", "SST-2", "train.tsv").read_text().splitlines()
+    (root / "glue_other" / "SST-2").mkdir(parents=True)
+    (root / "glue_other" / "SST-2" / "train.tsv").write_text("\n".join(sst[:1] + sst[41:81])
+                                                            + "\n")
+    shutil.copyfile(root / "glue" / "SST-2" / "dev.tsv", root / "glue_other" / "SST-2" / "dev.tsv")
+    for module, args in (
+            ("bert_jax.pretrain", [*PRETRAIN, "--workdir={root}/pre_run",
+                                   "--config.num_train_steps=2", "--config.checkpoint.every=1",
+                                   "--config.log_every=1"]),
+            ("bert_jax.finetune", [*GLUE, "--workdir={root}/ft_run", "--config.num_epochs=1",
+                                   "--config.checkpoint.every=1"])):
+        proc = _run(dict(module=module, args=args, env=TRAIN_ENV), ws)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.rmtree(root / "ft_run" / "model")
+    (root / "ft_run" / "summary.json").unlink()
+    return ws
+
+
+RERUNS = [
+    # (name, module, args, workdir, culprits): every culprit is in the error line.
+    ("pretrain_size_mini", "bert_jax.pretrain",
+     ["--config=configs/pretrain/bert.py:size=mini,runlocal", *PRETRAIN[1:4],
+      "--config.global_batch_size=16"], "pre_run",
+     ["model.hidden_size 32 -> 256", "model.num_hidden_layers 1 -> 4",
+      "model.intermediate_size 64 -> 1024", "new --workdir"]),
+    ("pretrain_more_layers", "bert_jax.pretrain", [*PRETRAIN, "--config.model.num_layers=2"],
+     "pre_run", ["model.num_hidden_layers 1 -> 2"]),
+    ("pretrain_other_vocab", "bert_jax.pretrain",
+     [*PRETRAIN, "--config.data.prepared_dir={root}/prepared_cased"], "pre_run",
+     ["model.vocab_size {vocab_size} -> {cased_vocab_size}", "vocab ", "({root}/prepared/vocab.txt) -> ",
+      "({root}/prepared_cased/vocab.txt)"]),
+    ("pretrain_other_data", "bert_jax.pretrain",
+     [*PRETRAIN, "--config.data.prepared_dir={root}/prepared_other"], "pre_run",
+     ["data ", "({root}/prepared) -> ", "({root}/prepared_other)"]),
+    ("pretrain_task_finetune", "bert_jax.finetune", GLUE, "pre_run", [NOT_EMPTY]),
+    ("finetune_wider_model", "bert_jax.finetune",
+     [*GLUE, "--config.init_checkpoint={root}/tiny_wide"], "ft_run",
+     ["model.hidden_size 32 -> 64"]),
+    ("finetune_other_vocab", "bert_jax.finetune",
+     [*GLUE, "--config.init_checkpoint={tiny_shuffled}"], "ft_run",
+     ["vocab ", "({tiny}/vocab.txt) -> ", "({tiny_shuffled}/vocab.txt)"]),
+    ("finetune_other_data", "bert_jax.finetune", [*GLUE, "--config.data_dir={root}/glue_other"],
+     "ft_run", ["data.train_file sha256 {glue_sha}, {glue_size} bytes "
+                "({root}/glue/SST-2/train.tsv) -> sha256 {other_sha}, {other_size} bytes "
+                "({root}/glue_other/SST-2/train.tsv)"]),
+    ("finetune_other_task", "bert_jax.finetune", CONLL, "ft_run",
+     ["task glue:sst2 -> conll:conll2003", "model.head classification -> tagging"]),
+]
+
+
+@pytest.fixture(scope="module")
+def rerun_results(reruns):
+    """{name: (CompletedProcess, snapshot before, snapshot after)} of every
+    rerun, each on its own copy of the run's workdir (so that they can run
+    concurrently without meeting each other's lock)."""
+    from concurrent.futures import ThreadPoolExecutor
+    w, root = reruns, reruns["root"]
+    specs, before = [], {}
+    for name, module, args, workdir, _ in RERUNS:
+        shutil.copytree(root / workdir, root / f"rerun_{name}", symlinks=True)
+        before[name] = snapshot(root / f"rerun_{name}")
+        specs.append(dict(module=module, args=[*args, f"--workdir={{root}}/rerun_{name}"],
+                          env={}))
+    with ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 1)) as pool:
+        procs = list(pool.map(lambda spec: _run(spec, w), specs))
+    return {name: (proc, before[name], snapshot(root / f"rerun_{name}"))
+            for (name, *_), proc in zip(RERUNS, procs)}
+
+
+@pytest.mark.parametrize("name,module,args,workdir,culprits", RERUNS,
+                         ids=[r[0] for r in RERUNS])
+def test_rerun_with_changed_config_is_refused(reruns, rerun_results, name, module, args,
+                                              workdir, culprits):
+    """One line naming what changed (old -> new) and the way out, exit 1, and
+    every file of the workdir as it was (names and bytes)."""
+    proc, before, after = rerun_results[name]
+    root = reruns["root"]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), proc.stderr[-2000:]
+    sizes = {"vocab_size": len(ws_lines(reruns["vocab"])),
+             "cased_vocab_size": len(ws_lines(reruns["cased_vocab"])),
+             "glue_sha": _sha16(root / "glue" / "SST-2" / "train.tsv"),
+             "glue_size": (root / "glue" / "SST-2" / "train.tsv").stat().st_size,
+             "other_sha": _sha16(root / "glue_other" / "SST-2" / "train.tsv"),
+             "other_size": (root / "glue_other" / "SST-2" / "train.tsv").stat().st_size}
+    for culprit in culprits:
+        assert _fmt(culprit, {**reruns, **sizes}) in last, last
+    assert "resumed" not in proc.stdout
+    assert after.keys() == before.keys()
+    assert after == before
+    assert not (root / f"rerun_{name}" / "checkpoints_unreadable").exists()
+
+
+def ws_lines(path) -> list[str]:
+    return pathlib.Path(path).read_text(encoding="utf-8").splitlines()
+
+
+def test_older_workdir_resumes_and_checkpoint_not_fitting_is_refused(reruns):
+    """A workdir from before the identity record (no run_identity.json): with
+    its config it resumes (and records it). With the bert_jax.json gone too
+    (nothing recorded at all), a deeper model meets the checkpoint at restore:
+    one line naming the parameter and both shapes, exit 1, nothing moved."""
+    root = reruns["root"]
+    old = root / "pre_old"
+    shutil.copytree(root / "pre_run", old)
+    (old / "run_identity.json").unlink()
+    (old / "bert_jax.json").unlink()
+    before = snapshot(old)
+    proc = _run(dict(module="bert_jax.pretrain", env={}, args=[
+        *PRETRAIN, "--config.model.num_layers=2", "--config.num_train_steps=3",
+        "--workdir={root}/pre_old"]), reruns)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {old}: checkpoint step 2 does not fit this model: it has "
+                           "no params/bert/encoder/layers/1/"), last
+    assert "new --workdir" in last
+    assert snapshot(old) == before
+    assert not (old / "checkpoints_unreadable").exists()
+
+    # Its own config: resumes at step 2, runs step 3, records what it is.
+    proc = _run(dict(module="bert_jax.pretrain", env=TRAIN_ENV, args=[
+        *PRETRAIN, "--config.num_train_steps=3", "--workdir={root}/pre_old"]), reruns)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from {old} at step 2" in proc.stdout
+    assert sorted(int(p.name) for p in (old / "checkpoints").iterdir()) == [1, 2, 3]
+    assert (json.loads((old / "run_identity.json").read_text())
+            == json.loads((root / "pre_run" / "run_identity.json").read_text()))
+    steps = [json.loads(x)["step"] for x in (old / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]

@@ -65,7 +65,7 @@ def main(argv):
 
 
 # What a run that failed before its first step leaves behind (besides the lock).
-_EMPTY_RUN = (workdir_lock.LOCK_NAME, "checkpoints", "tb", "metrics.jsonl")
+_EMPTY_RUN = (workdir_lock.LOCK_NAME, "checkpoints", "tb", "metrics.jsonl", "run_identity.json")
 
 
 def _nothing_written(workdir) -> bool:
