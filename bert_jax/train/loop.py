@@ -90,17 +90,21 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
     c = config.checkpoint
     ckpt = checkpointing.Checkpointer(workdir, c.every, c.keep, c.get("keep_every") or None,
                                       c.get("async_save", True))
-    restored = ckpt.restore_latest(spec.abstract)
-    if restored is not None:
-        start_step, state, saved = restored
-        loop_state = saved.pop(LOOP_KEY, {})
-        job.check_data_state(saved)
-        if is_main:
-            print(f"resumed from {workdir} at step {start_step}", flush=True)
-    else:
-        start_step, state, loop_state = 0, init_state(), {}
-    if started is not None:
-        started(start_step)
+    try:
+        restored = ckpt.restore_latest(spec.abstract)
+        if restored is not None:
+            start_step, state, saved = restored
+            loop_state = saved.pop(LOOP_KEY, {})
+            job.check_data_state(saved)
+            if is_main:
+                print(f"resumed from {workdir} at step {start_step}", flush=True)
+        else:
+            start_step, state, loop_state = 0, init_state(), {}
+        if started is not None:
+            started(start_step)
+    except BaseException:
+        ckpt.close()  # nothing was saved: this only stops orbax's threads
+        raise
     best = loop_state.get("best")          # {'step', 'score', 'label'} or None
     history = list(loop_state.get("history", []))
 
