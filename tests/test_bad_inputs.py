@@ -678,3 +678,101 @@ def test_older_workdir_resumes_and_checkpoint_not_fitting_is_refused(reruns):
             == json.loads((root / "pre_run" / "run_identity.json").read_text()))
     steps = [json.loads(x)["step"] for x in (old / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- disk full
+
+DISK_FULL = r"""
+set -u
+kib() { du -sk "$1" | cut -f1; }
+mount -t tmpfs -o size=$(( $(kib "$ROOT/pre_run") + $(kib "$ROOT/ft_run") + 1024 ))k tmpfs \
+    "$MNT" || exit 99
+cp -a "$ROOT/pre_run" "$MNT/pre" && cp -a "$ROOT/ft_run" "$MNT/ft" || exit 97
+# About 1 MiB free: a checkpoint (11 MiB), the model (4 MiB), two whole novels
+# prepared (several MiB) do not fit.
+run() { name=$1; shift; "$PY" -m "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"; echo $? > "$OUT/$name.rc"; }
+run ckpt bert_jax.pretrain $PRETRAIN_ARGS --workdir="$MNT/pre"
+run export bert_jax.finetune $GLUE_ARGS --workdir="$MNT/ft"
+run prepare bert_jax.data.prepare --corpus="$CORPUS" \
+    --vocab="$VOCAB" --out="$MNT/corpus" --num_workers=1
+cp -a "$MNT" "$OUT/full"
+mount -o remount,size=256m "$MNT" || exit 98
+run ckpt_again bert_jax.pretrain $PRETRAIN_ARGS --workdir="$MNT/pre"
+run export_again bert_jax.finetune $GLUE_ARGS --workdir="$MNT/ft"
+cp -a "$MNT" "$OUT/space"
+"""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_disk_full(reruns, tmp_path):
+    """A tmpfs with 1 MiB free, in a private mount namespace: a checkpoint save,
+    a model export and `data.prepare` each stop with one line naming the path
+    and "no space left on device"; the earlier checkpoints are intact, nothing
+    half-written is left; with space, the same commands continue from the last
+    checkpoint (step 2 -> 3) and write the model."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) here")
+    root = reruns["root"]
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    mnt.mkdir()
+    out.mkdir()
+    fmt = lambda args: " ".join(_fmt(a, reruns) for a in args)  # noqa: E731
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+               TOKENIZERS_PARALLELISM="false", TF_CPP_MIN_LOG_LEVEL="3",
+               **{k: _fmt(v, reruns) for k, v in TRAIN_ENV.items()},
+               CORPUS=",".join(f"raw:{p}" for p in sorted(
+                   data_path("corpus", "eltec-eng").glob("*.txt"))[:2]), MNT=str(mnt), OUT=str(out), ROOT=str(root),
+               PY=sys.executable, VOCAB=str(reruns["vocab"]),
+               PRETRAIN_ARGS=fmt([*PRETRAIN, "--config.num_train_steps=3",
+                                  "--config.checkpoint.every=1", "--config.log_every=1"]),
+               GLUE_ARGS=fmt([*GLUE, "--config.num_epochs=1", "--config.checkpoint.every=1",
+                              "--config.export=last"]))
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", DISK_FULL],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode == 99 or "unshare failed" in proc.stderr:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here: "
+                    f"{proc.stderr.strip()[-300:]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = {n: ((out / f"{n}.rc").read_text().strip(), (out / f"{n}.out").read_text(),
+               (out / f"{n}.err").read_text())
+           for n in ("ckpt", "export", "prepare", "ckpt_again", "export_again")}
+
+    def last_line(name):
+        rc, _, err = res[name]
+        assert rc == "1", err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        return err.strip().splitlines()[-1]
+
+    full, space = out / "full", out / "space"
+    # The checkpoint of step 3: one line; steps 1 and 2 as they were.
+    assert last_line("ckpt") == (
+        f"error: {mnt}/pre/checkpoints: saving checkpoint step 3 failed: no space left on "
+        "device; checkpoints kept: [1, 2]; free space and rerun the same command to continue "
+        "from step 2")
+    ckpts = lambda d: sorted(p.name for p in (d / "pre" / "checkpoints").iterdir()  # noqa: E731
+                             if p.name.isdigit())
+    assert ckpts(full) == ["1", "2"]
+    assert snapshot(full / "pre" / "checkpoints" / "2") == snapshot(
+        root / "pre_run" / "checkpoints" / "2")
+    # The model: one line; no model/ and no temp dir beside it; checkpoints kept.
+    assert last_line("export").startswith(
+        f"error: {mnt}/ft/model: writing the model of step ")
+    assert "failed: no space left on device; the run's checkpoints are kept" in \
+        last_line("export")
+    assert not [p for p in (full / "ft").iterdir() if "model" in p.name]
+    assert snapshot(full / "ft" / "checkpoints") == snapshot(root / "ft_run" / "checkpoints")
+    # The corpus: one line, nothing left.
+    assert last_line("prepare") == (f"error: {mnt}/corpus: writing the prepared corpus failed: "
+                                    "no space left on device; free space and rerun")
+    assert not (full / "corpus").exists()
+    # With space: the same commands continue.
+    rc, stdout, err = res["ckpt_again"]
+    assert rc == "0", err[-3000:]
+    assert f"resumed from {mnt}/pre at step 2" in stdout
+    assert ckpts(space)[-1] == "3"
+    steps = [json.loads(x)["step"] for x in (space / "pre" / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert steps == [1, 2, 3]
+    rc, stdout, err = res["export_again"]
+    assert rc == "0", err[-3000:]
+    assert (space / "ft" / "model" / "bert_jax.json").is_file()

@@ -382,9 +382,19 @@ def finetune(config, workdir) -> dict:
     def save(path, params, step):
         flat = _host_params(params, spec.scanned)  # every process: may gather
         if is_main:
-            model_dir.save_model_dir(path, export_cfg, flat, head, num_labels,
-                                     list(task.label_names), {**task_meta, "step": int(step)},
-                                     vocab, tokenizer.lowercase)
+            try:
+                model_dir.save_model_dir(path, export_cfg, flat, head, num_labels,
+                                         list(task.label_names), {**task_meta, "step": int(step)},
+                                         vocab, tokenizer.lowercase)
+            except Exception as e:
+                from bert_jax.train import checkpointing
+                if not checkpointing.is_disk_full(e):
+                    raise
+                # The model dir is written beside its place and swapped in
+                # whole: nothing half-written is left, the checkpoints stay.
+                raise OSError(f"{path}: writing the model of step {step} failed: no space "
+                              "left on device; the run's checkpoints are kept: free space and "
+                              "rerun the same command to write it") from None
 
     peak = flops.device_peak_flops()  # before set_mesh: on CPU it runs a one-device matmul
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):

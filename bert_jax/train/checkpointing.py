@@ -20,6 +20,8 @@ Restoring tells three failures apart (`restore_latest`):
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import sys
 import time
@@ -77,6 +79,54 @@ def is_transient(e: BaseException) -> bool:
     return False
 
 
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC anywhere in the chain, as Python or tensorstore reports it."""
+    for x in _chain(e):
+        if isinstance(x, OSError) and x.errno == errno.ENOSPC:
+            return True
+        text = str(x)
+        if "No space left on device" in text or "os_error_code='28'" in text:
+            return True
+    return False
+
+
+class _BackgroundFailureFilter(logging.Filter):
+    """Orbax logs a failed background save with its traceback (from each thread
+    it passes through), then raises the same error to the caller, who reports
+    it in one line (`_writing`): drop those tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.exc_info
+                    and f"{os.sep}orbax{os.sep}checkpoint{os.sep}" in record.pathname)
+
+
+def _quiet_background_failures() -> None:
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _BackgroundFailureFilter) for f in logger.filters):
+        logger.addFilter(_BackgroundFailureFilter())
+    if not getattr(sys.excepthook, "_bert_jax_closed_loop", False):
+        previous = sys.excepthook
+
+        def hook(kind, value, tb):
+            # After a failed save, tensorstore completes the write futures it
+            # still holds on orbax's event loop, closed by then, and prints
+            # each RuntimeError: noise after the error was reported.
+            if kind is RuntimeError and str(value) == "Event loop is closed":
+                return
+            previous(kind, value, tb)
+        hook._bert_jax_closed_loop = True
+        sys.excepthook = hook
+    if not getattr(sys.unraisablehook, "_bert_jax_closed_loop", False):
+        previous_unraisable = sys.unraisablehook
+
+        def unraisable(u):
+            if u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed":
+                return
+            previous_unraisable(u)
+        unraisable._bert_jax_closed_loop = True
+        sys.unraisablehook = unraisable
+
+
 def _normal(path) -> tuple[str, ...]:
     """A tree path as strings: dict keys, sequence indices and attribute names
     alike (orbax's metadata has dicts and lists where the state has optax's
@@ -108,6 +158,7 @@ class Checkpointer:
     def __init__(self, workdir, save_every: int, keep: int = 3, keep_every: int | None = None,
                  async_save: bool = True):
         self.every = max(int(save_every), 1)
+        _quiet_background_failures()
         if jax.process_count() == 1:
             # Replica-parallel saving cuts every replicated array into one slice
             # per device so that several hosts share the writing; with a single
@@ -123,7 +174,8 @@ class Checkpointer:
             save_interval_steps=self.every, enable_async_checkpointing=async_save,
             create=True, cleanup_tmp_directories=True)
         self.directory = _dir(workdir)
-        self._in_flight: int | None = None
+        self._in_flight: int | None = None   # the last step handed to orbax
+        self._starting: int | None = None    # the step being handed over
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "data"))
 
@@ -131,6 +183,7 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
+        self._starting = step
         with self._writing():
             saved = self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
@@ -149,12 +202,30 @@ class Checkpointer:
         except storage.StorageError:
             raise
         except Exception as e:
+            step = f"step {self._in_flight}" if self._in_flight is not None else "a step"
+            if is_disk_full(e):
+                # Orbax finalizes a step by a rename, so the failed one is
+                # never listed (its temp dir goes at the next start).
+                kept = self._finalized()
+                failed = [s for s in (self._in_flight, self._starting)
+                          if s is not None and s not in kept]
+                step = f"step {max(failed)}" if failed else "a step"
+                raise OSError(f"{self.directory}: saving checkpoint {step} failed: no space "
+                              f"left on device; checkpoints kept: {kept or 'none'}; free "
+                              "space and rerun the same command to continue"
+                              + (f" from step {kept[-1]}" if kept else "")) from None
             if not storage.is_url(self.directory):
                 raise
             first = (str(e).splitlines() or [""])[0][:200]
-            step = f"step {self._in_flight}" if self._in_flight is not None else "a step"
             raise storage.StorageError(f"{self.directory}: saving checkpoint {step} failed "
                                        f"({type(e).__name__}: {first})") from None
+
+    def _finalized(self) -> list[int]:
+        try:
+            self.manager.reload()
+            return sorted(self.manager.all_steps())
+        except Exception:  # noqa: BLE001 - only for the message
+            return []
 
     def should_save(self, step: int) -> bool:
         """Every `save_every` steps. (Orbax's own policy would also save the first
