@@ -290,13 +290,15 @@ def test_restore_error_stops_and_damaged_checkpoint_falls_back(init, straight, t
                                                                monkeypatch, capsys):
     """A run crashed after its step-6 checkpoint. A restore error that may pass
     (the storage unreachable): one line, the run stops, every file as it was.
-    Then step 6's b-tree file cut in half (real damage): the rerun warns,
+    The b-tree files of both steps cut in half: one line, every file as it
+    was. Then step 6's alone (real damage): the rerun warns,
     sets step 6 aside, resumes from step 4 and ends equal to the uninterrupted
     run (as pretraining does)."""
     import orbax.checkpoint as ocp
 
     from bert_jax import storage
     from bert_jax.finetune import trainer
+    from bert_jax.train import checkpointing
     reference, _ = straight
     workdir = tmp_path / "run"
     _crash_after_step_6(monkeypatch)
@@ -321,8 +323,24 @@ def test_restore_error_stops_and_damaged_checkpoint_falls_back(init, straight, t
     assert _files(workdir) == before
     assert "unreadable" not in capsys.readouterr().err
 
-    [victim] = (workdir / "checkpoints" / "6").glob("state/d/*")
-    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    # Both steps damaged: nothing to fall back to; one line, nothing moved.
+    victims = {}
+    for step in (4, 6):
+        [victims[step]] = (workdir / "checkpoints" / str(step)).glob("state/d/*")
+    intact = victims[4].read_bytes()
+    for victim in victims.values():
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    before = _files(workdir)
+    with pytest.raises(checkpointing.NoReadableCheckpoint) as e:
+        trainer.finetune(rte_config(init), workdir)
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{workdir}/checkpoints: no checkpoint restores (steps "
+                                   "[4, 6]; newest: ")
+    assert _files(workdir) == before
+    capsys.readouterr()
+
+    # Step 4 mended, step 6 still cut: the fallback.
+    victims[4].write_bytes(intact)
     summary = trainer.finetune(rte_config(init), workdir)
     captured = capsys.readouterr()
     assert "warning: checkpoint step 6 is unreadable" in captured.err

@@ -14,7 +14,8 @@ Restoring tells three failures apart (`restore_latest`):
   moved, the rerun tries again;
 - real damage (a file of the step truncated, missing or corrupt): a warning,
   the step is set aside in checkpoints_unreadable/ and the previous one is
-  restored.
+  restored; when no step restores, a one-line `NoReadableCheckpoint` and
+  nothing moved (starting over is the user's call: a new workdir).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def _dir(workdir):
 
 class CheckpointMismatch(ValueError):
     """A checkpoint whose tree or shapes are not the model's: a config error."""
+
+
+class NoReadableCheckpoint(ValueError):
+    """Every checkpoint of the workdir is damaged."""
 
 
 # Words of errors that may pass (tensorstore status codes, HTTP statuses, the
@@ -243,8 +248,9 @@ class Checkpointer:
         Raises:
           CheckpointMismatch: a step's tree or shapes are not `abstract_state`'s.
           storage.StorageError: reading failed in a way that may pass.
+          NoReadableCheckpoint: every step is damaged (nothing moved).
         """
-        unreadable = []
+        unreadable, first_error = [], None
         found = None
         for step in reversed(self.steps()):
             try:
@@ -263,6 +269,15 @@ class Checkpointer:
                         "to try again") from None
                 _warn_unreadable(step, e)
                 unreadable.append(step)
+                first_error = first_error or f"{type(e).__name__}: {_first_line(e)}"
+        if unreadable and found is None:
+            # Starting over would drop the run's history (metrics.jsonl) for
+            # files that may yet be read (another orbax, a disk remounted):
+            # the user decides.
+            raise NoReadableCheckpoint(
+                f"{self.directory}: no checkpoint restores (steps {sorted(unreadable)}; newest: "
+                f"{first_error}); nothing was moved: rerun once they are readable, or start a "
+                "new run with a new --workdir")
         if unreadable:
             self._set_aside(unreadable)
         return found
