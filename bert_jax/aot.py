@@ -152,9 +152,9 @@ def topology_devices(name: str) -> tuple[str, list]:
             devices = topologies.get_topology_desc(platform="tpu", **kw).devices
     except Exception as e:  # libtpu absent, or a shape it rejects
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        import importlib.util
-        if importlib.util.find_spec("libtpu") is None:
-            msg += ' (the TPU compiler is not installed: pip install -e ".[tpu]")'
+        from bert_jax.cli import optional
+        if not optional.installed("libtpu"):
+            msg += f" (the TPU compiler is not installed: {optional.EXTRAS['libtpu']})"
         raise ValueError(f"--topology={name}: {msg}") from None
     return gen, list(devices)
 
@@ -619,6 +619,20 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+# What an aot --out report records about itself (storage/outputs.py).
+AOT_RECORD = {"command": "aot", "kind": "compile report"}
+
+
+def _is_aot_report(path) -> bool:
+    """An --out file an earlier `aot` wrote (rewriting it loses nothing)."""
+    from bert_jax.storage import json_input
+    try:
+        obj = json_input.read(path)
+    except (ValueError, OSError):
+        return False
+    return isinstance(obj, dict) and obj.get("written_by") == AOT_RECORD
+
+
 def main(argv=None) -> int:
     from absl import flags
     from ml_collections import config_flags
@@ -632,11 +646,20 @@ def main(argv=None) -> int:
     flags.DEFINE_string("out", "", "Write the report as JSON here.", flag_values=fl)
     flags.DEFINE_string("model_size", "base", "Fine-tuning configs without "
                         "init_checkpoint: the architecture (tiny ... large).", flag_values=fl)
+    flags.DEFINE_bool("overwrite", False, "Replace an --out file that is not an earlier aot "
+                      "report.", flag_values=fl)
     argv = sys.argv if argv is None else argv
+    from bert_jax import cli
+    cli.maybe_help(argv, fl)
+    cli.configs_importable()
     try:
         fl(argv)
         if fl.config is None or not fl.topology:
             raise ValueError("--config and --topology are required")
+        if fl.out:  # before the compile: a path we must not write stops it now
+            from bert_jax.storage import outputs
+            outputs.check_destination(fl.out, kind="file", overwrite=fl.overwrite,
+                                      is_own=_is_aot_report, what="--out file")
         config = fl.config
         if fl.find_batch:
             best, info = find_batch(config, fl.topology, fl.model_size)
@@ -651,12 +674,14 @@ def main(argv=None) -> int:
         r = report(config, fl.topology, fl.model_size)
         if fl.find_batch:
             r["find_batch"] = info
-    except (ValueError, FileNotFoundError, flags.Error) as e:
+    except (ValueError, OSError, flags.Error) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if fl.out:  # before printing: the report survives a closed stdout
-        with open(fl.out, "w") as f:
-            json.dump(r, f, indent=2, default=float)
+        from bert_jax.storage import outputs
+        rec = {outputs.RECORD_KEY: AOT_RECORD, **r}
+        outputs.write_file_atomic(fl.out, lambda tmp: tmp.write_text(
+            json.dumps(rec, indent=2, default=float) + "\n"))
     print(format_report(r), flush=True)
     return 0
 

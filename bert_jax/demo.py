@@ -21,7 +21,7 @@ import pathlib
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 # pretrain defines --workdir (and --config); the demo reuses its --workdir.
 from bert_jax import fill_mask, plot, pretrain
@@ -166,4 +166,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from bert_jax import cli
+    cli.run(main)

@@ -82,8 +82,11 @@ def plot_curves(records: list[dict], out: str | os.PathLike, title: str = "") ->
         for key in keys:
             x, y = series(records, key)
             if x:
-                held_out = key.startswith("eval_")
-                ax.plot(x, y, "o-" if held_out else "-", label=key, markersize=3)
+                # Markers for held-out points and for short series: a line
+                # through one point draws nothing, a short run's few steps
+                # should show where they are.
+                marked = key.startswith("eval_") or len(x) <= 50
+                ax.plot(x, y, "o-" if marked else "-", label=key, markersize=3)
                 drawn[panel].append(key)
         ax.set_title(panel)
         ax.set_xlabel("step")

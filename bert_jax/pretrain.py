@@ -1,7 +1,8 @@
 """BERT pretraining (MLM + NSP): `python -m bert_jax.pretrain --config=... --workdir=...`.
 
-The command: config validation, the workdir (what may be written into, its
-lock), the inputs checked before anything is built, then one call to
+The command: config validation, the workdir (what may be written into), the
+inputs checked before anything is built, then the workdir created and locked
+(`storage.run_dir`, the lifecycle fine-tuning shares) around one call to
 `bert_jax.train.pretraining.run` (the job the one training loop runs). JAX,
 Flax and orbax are imported inside functions, so that a bad config or workdir
 is reported in a fraction of a second, before those imports (and long before
@@ -17,7 +18,7 @@ from ml_collections import config_flags
 from bert_jax import cli, storage
 from bert_jax.convert import model_dir
 from bert_jax.model.config import RNG_IMPLS, BertConfig
-from bert_jax.storage import outputs, workdir_lock
+from bert_jax.storage import outputs, run_dir, workdir_lock
 from bert_jax.train import loop, train_config
 
 # What a pretraining workdir holds: a workdir with anything else (a fine-tuning
@@ -83,8 +84,11 @@ def validate_config(config) -> None:
 
 def check_workdir(workdir) -> None:
     """A new or empty dir, or this command's earlier workdir (it resumes)."""
+    # Its record (bert_jax.json's written_by) keeps out another command's
+    # output; an unrecorded workdir of older runs resumes (resume=True).
     outputs.check_destination(workdir, sources=(), what="workdir", flag="a new --workdir",
-                              is_own=_is_pretraining_workdir)
+                              is_own=_is_pretraining_workdir, resume=True,
+                              record=outputs.record("pretrain", "pretraining workdir"))
 
 
 def check_init_from(config, cfg: BertConfig, tokenizer) -> dict[str, np.ndarray]:
@@ -120,45 +124,17 @@ def check_same_vocab(checkpoint, ckpt_vocab, tokenizer, allowed: bool, how: str)
                          f"{tokenizer.vocab_size} tokens); set {how} to use it anyway")
 
 
-def train(config, workdir: str) -> dict:
-    """Validate everything, take the workdir (lock), then `_train`. A run that
-    fails before its first step removes the workdir it created."""
-    workdir = str(workdir)
+def check(config, workdir) -> None:
+    """Everything about the command line that is known before JAX starts."""
     validate_config(config)
     check_workdir(workdir)
-    created = not storage.exists(workdir)
-    import jax
-    try:
-        return _train(config, workdir)
-    except BaseException:
-        if created and jax.process_index() == 0 and not loop.has_progress(workdir):
-            try:
-                storage.remove(workdir)
-            except OSError:
-                pass  # e.g. the storage server that made the run fail
-        raise
 
 
-def _take_lock(workdir: str) -> workdir_lock.WorkdirLock | None:
-    """Process 0 locks the workdir; with several processes its answer is
-    broadcast so that all stop together when the workdir is taken."""
-    import jax
-    lock, err = None, None
-    if jax.process_index() == 0:
-        lock = workdir_lock.WorkdirLock(workdir)
-        try:
-            lock.acquire()
-        except workdir_lock.WorkdirLocked as e:
-            lock, err = None, e
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        taken = int(multihost_utils.broadcast_one_to_all(np.int32(err is not None)))
-        if taken and err is None:
-            raise workdir_lock.WorkdirLocked(f"{workdir}: in use by another run (see "
-                                             "process 0's error)")
-    if err is not None:
-        raise err
-    return lock
+def train(config, workdir: str) -> dict:
+    """`check`, then `_train`: for callers other than the command (which
+    checks before the processes join)."""
+    check(config, workdir)
+    return _train(config, str(workdir))
 
 
 def _train(config, workdir: str) -> dict:
@@ -184,13 +160,8 @@ def _train(config, workdir: str) -> dict:
     pretraining.check_rerun(config, workdir, pipe)  # another model, vocab or data: refused
 
     # ---- Workdir: created and locked only now that the inputs are known good ----------
-    storage.makedirs(workdir)
-    lock = _take_lock(workdir)
-    try:
+    with run_dir.claim(workdir, has_progress=loop.has_progress):
         return pretraining.run(config, workdir, pipe, eval_pipe, init_params)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 FLAGS = flags.FLAGS
@@ -206,16 +177,11 @@ def main(argv):
         # orbax logs every checkpoint step at INFO; the progress bar says enough.
         logging.set_verbosity(logging.WARNING)
     # Before JAX is imported and the processes join: seconds earlier.
-    validate_config(FLAGS.config)
-    check_workdir(FLAGS.workdir)
+    check(FLAGS.config, FLAGS.workdir)
     from bert_jax.train import distributed
     d = FLAGS.config.distributed
     distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
-    try:
-        summary = train(FLAGS.config, FLAGS.workdir)
-    except (ValueError, OSError, FloatingPointError) as e:
-        cli.error(str(e))
-        return cli.EXIT_ERROR
+    summary = _train(FLAGS.config, FLAGS.workdir)
     return cli.EXIT_PREEMPTED if "preempted_at" in summary else cli.EXIT_OK
 
 

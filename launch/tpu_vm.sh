@@ -38,7 +38,8 @@ Options (before JOB):
   --dry-run                print the commands and run nothing
   -h, --help               show this help
 
-Every worker gets the code in ~/bert_jax and a Python 3.12 venv (made by uv,
+Every worker gets the code in ~/bert_jax (updated in place on a reused VM:
+files you keep there, e.g. a relative --workdir, stay) and a Python 3.12 venv (made by uv,
 since TPU images ship Python 3.10) in ~/bert_jax_venv with the project and
 jax[tpu]; the job runs from ~/bert_jax.
 
@@ -113,14 +114,27 @@ repo_kind() {
 }
 
 # Ships the code when it is a local tarball or checkout, and sets fetch_shell
-# to the worker-side shell that puts it in ~/bert_jax.
+# to the worker-side shell that puts it in ~/bert_jax. ~/bert_jax is where the
+# job runs, so it may hold the user's data (a relative --workdir): it is
+# updated in place, never removed. A git checkout is fetched and checked out
+# (untracked files stay; local edits stop the checkout with git's message); a
+# tarball is unpacked over the old code after deleting only the files the
+# previous tarball shipped (listed in ~/bert_jax/.bert_jax_files) that the
+# new one lacks.
 ship_code() {
-  local repo=$1 kind=$2 tarball=$1
+  local repo=$1 kind=$2 tarball=$1 url
   if [[ $kind == git ]]; then
-    fetch_shell="rm -rf ~/bert_jax && git clone -q $(quote_word "$repo") ~/bert_jax"
+    url=$(quote_word "$repo")
+    local ref=${OPT_ref:+ $(quote_word "$OPT_ref")}
+    fetch_shell="if [ -d ~/bert_jax/.git ]; then git -C ~/bert_jax fetch -q $url$ref"
+    fetch_shell+=" && git -C ~/bert_jax checkout -q --detach FETCH_HEAD;"
+    fetch_shell+=" elif [ -e ~/bert_jax ]; then echo \"${LAUNCHER}: ~/bert_jax exists and is"
+    fetch_shell+=" not a git checkout; move it aside or pass --repo a .tar.gz\" >&2; false;"
+    fetch_shell+=" else git clone -q $url ~/bert_jax"
     if [[ -n ${OPT_ref:-} ]]; then
-      fetch_shell+=" && git -C ~/bert_jax checkout -q $(quote_word "$OPT_ref")"
+      fetch_shell+=" && git -C ~/bert_jax checkout -q$ref"
     fi
+    fetch_shell+="; fi"
     return
   fi
   if [[ $kind == dir ]]; then
@@ -131,7 +145,11 @@ ship_code() {
     run_cmd git -C "$repo" archive --format=tar.gz "--output=$tarball" HEAD
   fi
   run_cmd "${tpu[@]}" scp "$tarball" "$name:bert_jax.tar.gz" --worker=all "${where[@]}"
-  fetch_shell="rm -rf ~/bert_jax && mkdir -p ~/bert_jax && tar -xzf ~/bert_jax.tar.gz -C ~/bert_jax"
+  fetch_shell="(mkdir -p ~/bert_jax && cd ~/bert_jax"
+  fetch_shell+=" && tar -tzf ~/bert_jax.tar.gz | grep -v '/\$' | sort > .bert_jax_files.new"
+  fetch_shell+=" && if [ -f .bert_jax_files ]; then comm -23 .bert_jax_files .bert_jax_files.new"
+  fetch_shell+=" | xargs -r -d '\\n' rm -f --; fi"
+  fetch_shell+=" && tar -xzf ~/bert_jax.tar.gz && mv .bert_jax_files.new .bert_jax_files)"
 }
 
 # Code, then a venv with the project and the jax[tpu] matching this jax, on

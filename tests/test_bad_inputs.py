@@ -134,7 +134,59 @@ def ws(tmp_path_factory):
     (root / "good_run" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
     (root / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\nsomeone's photo")
     (root / "a_file").write_text("a file, not a directory\n")
+    _outputs_of_other_commands(w)
     return w
+
+
+def _snapshot(path: pathlib.Path) -> dict[str, bytes]:
+    """{relative path: bytes} of every file under `path` (what must stay)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+def _outputs_of_other_commands(w) -> None:
+    """Directories other commands wrote (through the same code paths), a
+    project folder, untrusted HF dirs and files; their contents are
+    snapshotted so the cases can check that nothing changed."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from bert_jax import convert
+    from bert_jax.convert import model_dir
+    root = w["root"]
+    # A fine-tuned classifier (the trainer's save path: save_model_dir with a task).
+    save_tiny_model(root / "ft_model", head="classification", num_labels=2,
+                    label_names=["0", "1"], task={"kind": "glue", "step": 3})
+    # A pretraining workdir: bert_jax.json as train/pretraining.py writes it.
+    pt = root / "pt_workdir"
+    (pt / "checkpoints" / "5").mkdir(parents=True)
+    cfg, _, _ = model_dir.load_flat(w["tiny"])
+    model_dir.write_meta(pt, cfg, "pretraining", task={"kind": "pretraining"},
+                         do_lower_case=True)
+    (pt / "metrics.jsonl").write_text('{"step": 5, "loss": 9.0}\n')
+    (pt / "checkpoints" / "5" / "state").write_bytes(b"weeks of TPU time")
+    convert.convert(w["tiny"], root / "conv", "hf")  # a conversion
+    proj = root / "proj"  # someone's project folder (`--out=.` run from it)
+    (proj / "src").mkdir(parents=True)
+    (proj / "README.md").write_text("my project\n")
+    (proj / "src" / "main.py").write_text("print('hi')\n")
+    # Untrusted HF dirs: sizes out of range; BERT-large sizes over a
+    # checkpoint of one number; a config.json nested 100000 deep.
+    for name in ("huge_hf", "big_hf", "deep_hf"):
+        shutil.copytree(w["encoder_hf"], root / name)
+    hf_cfg = json.loads((w["encoder_hf"] / "config.json").read_text())
+    (root / "huge_hf" / "config.json").write_text(json.dumps(dict(hf_cfg, hidden_size=10**7)))
+    (root / "big_hf" / "config.json").write_text(json.dumps(dict(
+        hf_cfg, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+        intermediate_size=4096)))
+    save_file({"x": np.zeros(1, np.float32)}, str(root / "big_hf" / "model.safetensors"))
+    (root / "deep_hf" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    (root / "squad_deep.json").write_text('{"data": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    # A GCS emulator --root whose data/ holds a file the emulator did not write.
+    (root / "gcsroot" / "data" / "bkt").mkdir(parents=True)
+    (root / "gcsroot" / "data" / "bkt" / "my.txt").write_text("mine\n")
+    w["snap"] = {name: _snapshot(root / name) for name in (
+        "ft_model", "pt_workdir", "conv", "proj", "gcsroot")}
 
 
 PRETRAIN = ["--config=configs/pretrain/bert_tiny.py:runlocal",
@@ -178,6 +230,11 @@ def foreign_dir(rel):
     return make
 
 
+def unchanged(rel):
+    """Every file under `rel` as it was when the workspace was built."""
+    return lambda w: _snapshot(w["root"] / rel) == w["snap"][rel]
+
+
 def file_at(rel, content=b"mine\n"):
     return lambda w: (w["root"] / rel).write_bytes(content)
 
@@ -208,6 +265,10 @@ CASES = [
     case("vocab_out_is_dir", "bert_jax.data.vocab",
          ["--corpus=raw:{root}/novel0.txt", "--out={root}/good_run"], 1,
          "good_run: the --out file is a directory"),
+    case("vocab_empty_corpus", "bert_jax.data.vocab",
+         ["--corpus=raw:{root}/blank.txt", "--out={root}/v5.txt"], 1,
+         "--corpus=raw:{root}/blank.txt: yields no text", absent("v5.txt"),
+         before=file_at("blank.txt", b"\n \n\n")),
     case("vocab_unknown_flag", "bert_jax.data.vocab",
          ["--corpus=raw:{root}/novel0.txt", "--out={root}/v4.txt", "--vocab_sise=100"], 2,
          "vocab_sise", absent("v4.txt")),
@@ -231,6 +292,14 @@ CASES = [
     case("prepare_out_holds_corpus", "bert_jax.data.prepare",
          ["--corpus=raw:{root}/novel0.txt", "--vocab={vocab}", "--out={root}"], 1,
          "contains the source"),
+    case("prepare_empty_corpus", "bert_jax.data.prepare",
+         ["--corpus=raw:{root}/empty.txt", "--vocab={vocab}", "--out={root}/p6"], 1,
+         "--corpus=raw:{root}/empty.txt: yields no documents", absent("p6"),
+         before=file_at("empty.txt", b"")),
+    case("prepare_blank_bert_corpus", "bert_jax.data.prepare",
+         ["--corpus=bert:{root}/blank2.txt", "--vocab={vocab}", "--out={root}/p7"], 1,
+         "--corpus=bert:{root}/blank2.txt: yields no documents", absent("p7"),
+         before=file_at("blank2.txt", b"\n\n   \n")),
     case("prepare_bad_policy", "bert_jax.data.prepare",
          ["--corpus=raw:{root}/novel0.txt", "--vocab={vocab}", "--out={root}/p5",
           "--encoding_errors=ignore"], 2, "encoding_errors", absent("p5")),
@@ -421,6 +490,89 @@ CASES = [
     case("plot_out_foreign", "bert_jax.plot", ["{root}/good_run", "--out={root}/photo.png"], 1,
          "photo.png: the --out file exists",
          intact("photo.png", b"\x89PNG\r\n\x1a\nsomeone's photo")),
+    # ---- outputs of other commands (issue 29): never replaced, --overwrite or not
+    *[case(f"convert_into_finetuned_model{tag}", "bert_jax.convert",
+           ["{tiny}", "{root}/ft_model", "--to=bert_jax", *extra], 1,
+           "ft_model: the destination holds a fine-tuned model written by `finetune`",
+           unchanged("ft_model")) for tag, extra in (("", []), ("_overwrite", ["--overwrite"]))],
+    *[case(f"convert_into_pretraining_workdir{tag}", "bert_jax.convert",
+           ["{tiny}", "{root}/pt_workdir", "--to=hf", *extra], 1,
+           "pt_workdir: the destination holds a pretraining workdir written by `pretrain`",
+           unchanged("pt_workdir")) for tag, extra in (("", []), ("_overwrite", ["--overwrite"]))],
+    case("convert_overwrite_foreign_dir", "bert_jax.convert",
+         ["{tiny}", "{root}/x6", "--to=hf", "--overwrite"], 1,
+         "x6: the destination is not empty and holds files this command did not write "
+         "(notes.txt); --overwrite replaces only an earlier output of this command",
+         holds_only("x6", ["notes.txt"]), before=foreign_dir("x6")),
+    case("prepare_overwrite_project_dir", "bert_jax.data.prepare",
+         ["--corpus=raw:{root}/novel0.txt", "--vocab={vocab}", "--out={root}/proj",
+          "--overwrite"], 1,
+         "proj: the --out directory is not empty and holds files this command did not write",
+         unchanged("proj")),
+    case("prepare_into_conversion", "bert_jax.data.prepare",
+         ["--corpus=raw:{root}/novel0.txt", "--vocab={vocab}", "--out={root}/conv",
+          "--overwrite"], 1, "conv: the --out directory holds a conversion written by `convert`",
+         unchanged("conv")),
+    case("pretrain_into_conversion", "bert_jax.pretrain", [*PRETRAIN, "--workdir={root}/conv"],
+         1, "conv: the workdir holds a conversion written by `convert`", unchanged("conv")),
+    case("pretrain_into_finetuned_model", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/ft_model"], 1,
+         "ft_model: the workdir holds a fine-tuned model written by `finetune`",
+         unchanged("ft_model")),
+    case("finetune_into_pretraining_workdir", "bert_jax.finetune",
+         [*CONLL, "--workdir={root}/pt_workdir"], 1,
+         "pt_workdir: the workdir holds a pretraining workdir written by `pretrain`",
+         unchanged("pt_workdir")),
+    case("finetune_into_its_model_dir", "bert_jax.finetune",
+         [*GLUE, "--workdir={root}/ft_model"], 1,
+         "ft_model: the workdir holds a fine-tuned model written by `finetune`; `finetune` "
+         "replaces only its own fine-tuning workdir", unchanged("ft_model")),
+    case("aot_out_foreign", "bert_jax.aot",
+         ["--config=configs/pretrain/bert_tiny.py", "--topology=v5e:2x2", "--out={root}/a_file"],
+         2, "a_file: the --out file exists", intact("a_file", b"a file, not a directory\n")),
+    case("gcs_emulator_root_foreign_file", "bert_jax.gcs_emulator",
+         ["--root={root}/gcsroot", "--bucket=bkt"], 1,
+         "gcsroot/data/bkt/my.txt: not an object this emulator wrote", unchanged("gcsroot")),
+    # ---- untrusted sizes and JSON
+    case("convert_config_out_of_range", "bert_jax.convert", ["{root}/huge_hf", "{root}/x7"], 1,
+         "huge_hf/config.json: hidden_size=10000000 is out of range; expected 1..65536",
+         absent("x7")),
+    case("convert_config_beyond_weights", "bert_jax.convert", ["{root}/big_hf", "{root}/x8"],
+         1, "big_hf: the config implies ", absent("x8"),
+         out="parameters but the checkpoint holds 1; refusing to allocate"),
+    case("convert_deep_json", "bert_jax.convert", ["{root}/deep_hf", "{root}/x9"], 1,
+         "deep_hf/config.json: JSON nested too deeply", absent("x9")),
+    case("squad_deep_json", "bert_jax.finetune",
+         [*SQUAD, "--workdir={root}/s4", "--config.dev_file={root}/squad_deep.json"], 1,
+         "squad_deep.json: JSON nested too deeply", absent("s4")),
+    # ---- every file a config names is read or refused
+    *[case(f"{task}_{field}_missing", "bert_jax.finetune",
+           [*args, f"--workdir={{root}}/f_{task}_{field}",
+            f"--config.{field}={{root}}/nope_{field}"], 1,
+           f"config.{field}={{root}}/nope_{field}: no such file", absent(f"f_{task}_{field}"))
+      for task, args in (("conll", CONLL), ("squad", SQUAD))
+      for field in ("train_file", "dev_file", "test_file")],
+    case("squad_train_file_unread_with_article_split", "bert_jax.finetune",
+         ["--config=configs/finetune/squad.py:runlocal", "--config.init_checkpoint={tiny}",
+          "--config.train_file={root}/squad_good.json", "--workdir={root}/s5"], 1,
+         "config.train_file='{root}/squad_good.json' is not read with config.article_split",
+         absent("s5")),
+    case("conll_test_file_unread_with_tfds", "bert_jax.finetune",
+         [*CONLL, "--workdir={root}/c5", "--config.tfds=True",
+          "--config.test_file={root}/conll_train.txt"], 1,
+         "config.test_file='{root}/conll_train.txt' is not read with config.tfds", absent("c5")),
+    case("conll_tfds_data_dir_unread", "bert_jax.finetune",
+         [*CONLL, "--workdir={root}/c6", "--config.tfds_data_dir={root}"], 1,
+         "config.tfds_data_dir='{root}' is read only with config.tfds=True", absent("c6")),
+    case("pretrain_missing_init_from", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w20", "--config.init_from={root}/nope_init"], 1,
+         "config.init_from={root}/nope_init: no such checkpoint", absent("w20")),
+    case("pretrain_missing_eval_data", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w21", "--config.eval_data.prepared_dir={root}/nope_eval"],
+         1, "nope_eval", absent("w21")),
+    case("pretrain_missing_vocab", "bert_jax.pretrain",
+         [*PRETRAIN, "--workdir={root}/w22", "--config.data.vocab={root}/nope_vocab.txt"],
+         1, "nope_vocab.txt", absent("w22")),
     case("plot_out_under_file", "bert_jax.plot",
          ["{root}/good_run", "--out={root}/a_file/c.png"], 1,
          "a_file is a file, not a directory"),
@@ -474,37 +626,98 @@ def test_matrix_size():
     assert len(CASES) >= 40
 
 
-def test_convert_refuses_then_overwrites(ws):
-    """A directory holding someone's file as DST: refused with the file intact;
-    with --overwrite it is replaced by the conversion (which reads back equal
-    to the source); a rerun into its own output needs no --overwrite."""
+def test_convert_refuses_then_replaces_only_its_own(ws):
+    """A directory holding someone's file as DST: refused with the file intact,
+    with --overwrite too. A new DST gets a conversion (which reads back equal
+    to the source and records that `convert` wrote it); a rerun into its own
+    output needs no --overwrite, and a conversion into another format replaces
+    it (a conversion replaces a conversion)."""
     import numpy as np
 
     from bert_jax import convert
+    from bert_jax.storage import outputs
     dst = ws["root"] / "convert_target"
     dst.mkdir()
     (dst / "thesis.tex").write_text("years of work\n")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    run = lambda *extra: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "bert_jax.convert", str(ws["tiny"]), str(dst), "--to=hf", *extra],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    proc = run()
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {dst}: the destination is "
-                                                           "not empty")
-    assert sorted(p.name for p in dst.iterdir()) == ["thesis.tex"]
-    assert (dst / "thesis.tex").read_text() == "years of work\n"
-    proc = run("--overwrite")
+    run = lambda *extra, to="hf", out=dst: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "bert_jax.convert", str(ws["tiny"]), str(out), f"--to={to}",
+         *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    for extra in ((), ("--overwrite",)):
+        proc = run(*extra)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith(
+            f"error: {dst}: the destination is not empty"), proc.stderr[-2000:]
+        assert sorted(p.name for p in dst.iterdir()) == ["thesis.tex"]
+        assert (dst / "thesis.tex").read_text() == "years of work\n"
+    new = ws["root"] / "convert_new"
+    proc = run(out=new)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert sorted(p.name for p in dst.iterdir()) == [
-        "config.json", "model.safetensors", "special_tokens_map.json", "tokenizer_config.json",
-        "vocab.txt"]
-    assert not [p for p in ws["root"].iterdir() if p.name.startswith(".convert_target")]
+    assert sorted(p.name for p in new.iterdir()) == [
+        "bert_jax_output.json", "config.json", "model.safetensors", "special_tokens_map.json",
+        "tokenizer_config.json", "vocab.txt"]
+    assert outputs.written_by(new) == {"command": "convert", "kind": "conversion"}
+    assert not [p for p in ws["root"].iterdir() if p.name.startswith(".convert_new")]
     _, _, ours = convert.read_any(ws["tiny"])
-    _, _, back = convert.read_any(dst)
+    _, _, back = convert.read_any(new)
     for k in ours:
         np.testing.assert_array_equal(back[k], ours[k], err_msg=k)
-    assert run().returncode == 0  # its own earlier output
+    assert run(out=new).returncode == 0  # its own earlier output
+    proc = run(to="bert_jax", out=new)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in new.iterdir()) == ["bert_jax.json", "params", "vocab.txt"]
+    assert json.loads((new / "bert_jax.json").read_text())["written_by"] == {
+        "command": "convert", "kind": "conversion"}
+
+
+def test_gz_corpus_is_streamed(tmp_path):
+    """A .gz corpus is read one line at a time: documents come out before the
+    reader meets a damaged end (read whole, nothing would; the damage is one
+    line naming the file and line), and nothing asks to read the whole file."""
+    import gzip
+
+    from bert_jax.data import corpora
+    docs = "".join(f"Sentence one of doc {i}.\nSentence two of doc {i}.\n\n"
+                   for i in range(2000))
+    data = gzip.compress(docs.encode())
+    path = tmp_path / "corpus.txt.gz"
+    path.write_bytes(data[: len(data) * 3 // 4])  # cut: the end cannot be decompressed
+    sizes = []
+    real_read = gzip.GzipFile.read
+
+    def read(self, size=-1):
+        sizes.append(size)
+        return real_read(self, size)
+    gen, _ = corpora.read_unit(corpora.Unit("bert", str(path)))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gzip.GzipFile, "read", read)
+        got = []
+        with pytest.raises(corpora.CorpusError, match=f"{path}:[0-9]+: damaged gzip data"):
+            for doc in gen:
+                got.append(doc)
+    assert len(got) > 1000
+    assert got[0].sentences == ["Sentence one of doc 0.", "Sentence two of doc 0."]
+    assert got[1000].source == f"{path}:{1000 * 3 + 1}"
+    assert -1 not in sizes and None not in sizes  # never "read everything"
+
+
+def test_bucket_root_is_never_a_destination(gcs, ws):
+    """convert / prepare into gs://BUCKET or gs://BUCKET/ (no prefix): one line,
+    with --overwrite too, and the bucket's objects stay."""
+    from bert_jax import storage
+    keep = storage.join(gcs.bucket, "someones", "object.txt")
+    storage.write_text(keep, "keep me")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    for args in (["bert_jax.convert", str(ws["tiny"]), gcs.bucket, "--to=hf", "--overwrite"],
+                 ["bert_jax.convert", str(ws["tiny"]), gcs.bucket + "/"],
+                 ["bert_jax.data.prepare", f"--corpus=raw:{ws['root']}/novel0.txt",
+                  f"--vocab={ws['vocab']}", f"--out={gcs.bucket}", "--overwrite"]):
+        proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 1 and "is a bucket root, which is never replaced" in last, \
+            proc.stderr[-2000:]
+        assert storage.read_text(keep) == "keep me"
 
 
 # ---------------------------------------------------------------- reruns
@@ -581,7 +794,8 @@ RERUNS = [
     ("pretrain_other_data", "bert_jax.pretrain",
      [*PRETRAIN, "--config.data.prepared_dir={root}/prepared_other"], "pre_run",
      ["data ", "({root}/prepared) -> ", "({root}/prepared_other)"]),
-    ("pretrain_task_finetune", "bert_jax.finetune", GLUE, "pre_run", [NOT_EMPTY]),
+    ("pretrain_task_finetune", "bert_jax.finetune", GLUE, "pre_run",
+     ["the workdir holds a pretraining workdir written by `pretrain`"]),
     ("finetune_wider_model", "bert_jax.finetune",
      [*GLUE, "--config.init_checkpoint={root}/tiny_wide"], "ft_run",
      ["model.hidden_size 32 -> 64"]),

@@ -57,6 +57,10 @@ def iob1_to_iob2(tags: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_init, env):
     workdir = tmp_path_factory.mktemp("conll") / "run"
+    # A labelled test file (the last sentences of eng.testa, documents whole).
+    test_file = workdir.parent / "test.conll"
+    text = data_path("conll2003", "eng.testa").read_text()
+    test_file.write_text(text[text.rindex("-DOCSTART-", 0, len(text) - 20000):])
     r = run_module("bert_jax.finetune", "--config=configs/finetune/conll2003.py:runlocal",
                    f"--workdir={workdir}", f"--config.init_checkpoint={tiny_init}",
                    f"--config.train_file={data_path('conll2003', 'eng.train')}",
@@ -64,9 +68,28 @@ def run(tmp_path_factory, tiny_init, env):
                    "--config.max_train_sentences=1000", "--config.num_epochs=1",
                    "--config.global_batch_size=16", "--config.eval_batch_size=64",
                    "--config.optim.lr=5e-3", "--config.max_seq_length=64",
-                   "--config.window_stride=32", "--config.length_buckets=(64,)", env=env)
+                   "--config.window_stride=32", "--config.length_buckets=(64,)",
+                   f"--config.test_file={test_file}", env=env)
     check_ok(r)
     return workdir
+
+
+def test_conll_test_file_evaluated_and_predicted_like_dev(run):
+    """config.test_file gets its own eval/<label>/test/ with conlleval metrics
+    that seqeval reproduces from the file's own words and gold tags."""
+    out = run / "eval" / "epoch_1" / "test"
+    res = json.loads((out / "eval_results.json").read_text())
+    gold_sents = read_column_file(run.parent / "test.conll")
+    assert res["split"] == "test" and res["num_sentences"] == len(gold_sents) > 10
+    blocks = [b for b in (out / "predictions.txt").read_text().split("\n\n") if b.strip()]
+    rows = [[line.split(" ") for line in b.strip("\n").split("\n")] for b in blocks]
+    assert [[r[0] for r in b] for b in rows] == [[w for w, _ in s] for s in gold_sents]
+    gold = [[r[1] for r in b] for b in rows]
+    assert gold == [iob1_to_iob2([t for _, t in s]) for s in gold_sents]
+    pred = [[r[2] for r in b] for b in rows]
+    assert res["f1"] == pytest.approx(100 * seqeval.metrics.f1_score(gold, pred), abs=1e-9)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["main_metric"].startswith("dev/")  # the best model is picked on dev
 
 
 def test_conll_outputs(run):

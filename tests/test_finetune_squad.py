@@ -66,12 +66,12 @@ def dev(dev_file):
     return data, out
 
 
-def finetune(version: str, workdir, tiny_init, dev_file, env):
+def finetune(version: str, workdir, tiny_init, dev_file, env, *extra):
     r = run_module("bert_jax.finetune",
                    f"--config=configs/finetune/squad.py:version={version},runlocal",
                    f"--workdir={workdir}", f"--config.init_checkpoint={tiny_init}",
                    f"--config.dev_file={dev_file}", "--config.length_buckets=(128,)",
-                   "--config.optim.lr=1e-3", env=env)
+                   "--config.optim.lr=1e-3", *extra, env=env)
     check_ok(r)
     return workdir / "eval" / "epoch_1" / "dev"
 
@@ -79,7 +79,28 @@ def finetune(version: str, workdir, tiny_init, dev_file, env):
 @pytest.fixture(scope="module")
 def v1(tmp_path_factory, tiny_init, dev_file, env):
     workdir = tmp_path_factory.mktemp("squad_v1") / "run"
-    return workdir, finetune("1.1", workdir, tiny_init, dev_file, env)
+    # A test file: the first paragraph of the first article (a SQuAD JSON).
+    data = json.loads(dev_file.read_text())["data"]
+    first = dict(data[0], paragraphs=data[0]["paragraphs"][:1])
+    test_file = workdir.parent / "test.json"
+    test_file.write_text(json.dumps({"version": "1.1", "data": [first]}))
+    return workdir, finetune("1.1", workdir, tiny_init, dev_file, env,
+                             f"--config.test_file={test_file}")
+
+
+def test_squad_test_file_evaluated_and_predicted_like_dev(v1, dev):
+    """config.test_file gets its own eval/<label>/test/: a prediction for each
+    of its questions, scored by the official EM / F1 (recomputed here)."""
+    _, gold = dev
+    workdir, _ = v1
+    out = workdir / "eval" / "epoch_1" / "test"
+    test = json.loads((workdir.parent / "test.json").read_text())["data"][0]
+    qids = [qa["id"] for qa in test["paragraphs"][0]["qas"]]
+    preds = json.loads((out / "predictions.json").read_text())
+    res = json.loads((out / "eval_results.json").read_text())
+    assert sorted(preds) == sorted(qids) and len(qids) > 3
+    f1 = sum(max(f1_score(preds[q], g) for g in gold[q][1]) for q in qids)
+    assert res["f1"] == pytest.approx(100 * f1 / len(qids))
 
 
 def check_nbest(preds: dict, nbest: dict, contexts: dict[str, str]) -> None:

@@ -213,8 +213,11 @@ def test_tpu_vm_pod_dry_run(tmp_path):
         " --version=tpu-ubuntu2204-base --spot",
         f"gcloud compute tpus tpu-vm scp {tarball} bert:bert_jax.tar.gz --worker=all"
         " --zone=us-central2-b --project=p",
-        f"{ssh} '--command=rm -rf ~/bert_jax && mkdir -p ~/bert_jax"
-        f" && tar -xzf ~/bert_jax.tar.gz -C ~/bert_jax{install}'",
+        f"{ssh} '--command=(mkdir -p ~/bert_jax && cd ~/bert_jax"
+        " && tar -tzf ~/bert_jax.tar.gz | grep -v '\\''/$'\\'' | sort > .bert_jax_files.new"
+        " && if [ -f .bert_jax_files ]; then comm -23 .bert_jax_files .bert_jax_files.new"
+        " | xargs -r -d '\\''\\n'\\'' rm -f --; fi && tar -xzf ~/bert_jax.tar.gz"
+        f" && mv .bert_jax_files.new .bert_jax_files){install}'",
         f"{ssh} '--command=cd ~/bert_jax && PYTHONUNBUFFERED=1 ~/bert_jax_venv/bin/python"
         " -m bert_jax.pretrain --config=configs/pretrain/bert.py"
         " '\\''--workdir=gs://bucket/runs/a b'\\'''",
@@ -236,9 +239,56 @@ def test_tpu_vm_git_checkout_and_url(tmp_path):
                      "--repo=https://example.org/bert_jax.git", "--ref=v1.0", "finetune")
     assert len(lines) == 3
     assert lines[1].startswith("gcloud compute tpus tpu-vm ssh t1 --zone=z --worker=all"
-                               " '--command=rm -rf ~/bert_jax && git clone -q"
-                               " https://example.org/bert_jax.git ~/bert_jax"
-                               " && git -C ~/bert_jax checkout -q v1.0 && ")
+                               " '--command=if [ -d ~/bert_jax/.git ]; then git -C ~/bert_jax"
+                               " fetch -q https://example.org/bert_jax.git v1.0"
+                               " && git -C ~/bert_jax checkout -q --detach FETCH_HEAD; elif")
+    assert ("else git clone -q https://example.org/bert_jax.git ~/bert_jax"
+            " && git -C ~/bert_jax checkout -q v1.0; fi && ") in lines[1]
+    assert not any("rm -rf" in line for line in lines)
+
+
+def _fetch_shell(*args: str) -> str:
+    """The worker-side shell tpu_vm.sh runs to put the code in ~/bert_jax."""
+    import shlex
+    [line] = [x for x in _dry_run("tpu_vm.sh", "--name=t", "--zone=z",
+                                  "--accelerator-type=v4-8", *args, "pretrain")
+              if "--command=" in x and "pip install" in x]
+    [cmd] = [a for a in shlex.split(line) if a.startswith("--command=")]
+    return cmd.removeprefix("--command=").split(" && python3 -m pip install")[0]
+
+
+def _tarball(path, files: dict[str, str]):
+    import io
+    import tarfile
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_tpu_vm_reused_vm_keeps_user_files(tmp_path):
+    """The worker-side shell, run for real (HOME=tmp) twice as on a reused VM:
+    the new code replaces the old, a file the old tarball shipped and the new
+    one lacks goes, and a relative --workdir the user left in ~/bert_jax stays."""
+    home = tmp_path / "home"
+    home.mkdir()
+    tarball = tmp_path / "code.tgz"
+    tarball.write_bytes(b"")
+    shell = _fetch_shell(f"--repo={tarball}")
+    env = dict(os.environ, HOME=str(home))
+    _tarball(home / "bert_jax.tar.gz", {"bert_jax/a.py": "v1", "bert_jax/old.py": "old"})
+    subprocess.run(["bash", "-c", shell], env=env, check=True)
+    code = home / "bert_jax"
+    (code / "runs" / "mine").mkdir(parents=True)
+    (code / "runs" / "mine" / "metrics.jsonl").write_text("{}\n")
+    _tarball(home / "bert_jax.tar.gz", {"bert_jax/a.py": "v2", "bert_jax/new.py": "new"})
+    subprocess.run(["bash", "-c", shell], env=env, check=True)
+    assert (code / "bert_jax" / "a.py").read_text() == "v2"
+    assert (code / "bert_jax" / "new.py").read_text() == "new"
+    assert not (code / "bert_jax" / "old.py").exists()
+    assert (code / "runs" / "mine" / "metrics.jsonl").read_text() == "{}\n"
 
 
 def test_tpu_vm_reuse_without_install_and_delete_only():

@@ -17,10 +17,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -54,7 +56,8 @@ HOOK = textwrap.dedent("""
 
     def hooked_save(self, step, *args, **kwargs):
         out = save(self, step, *args, **kwargs)
-        if step == hook.get("kill_in_save"):
+        rank = int(os.environ.get("BERT_JAX_PROCESS_ID", "0"))
+        if step == hook.get("kill_in_save") and rank == hook.get("kill_rank", rank):
             os.kill(os.getpid(), signal.SIGKILL)
         return out
 
@@ -481,6 +484,36 @@ def test_two_processes_match_one(cli, straight, tmp_path):
     assert got.keys() == ref.keys()
     for k in got:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_dead_peer_stops_the_other_with_one_line_and_both_resume(cli, straight, tmp_path):
+    """kill -9 of process 1 in the middle of a run (right after it started saving
+    step 10): process 0 stops by itself within the heartbeat timeout with one
+    `error:` line (it hung in the checkpoint barrier, or was aborted with a page
+    of C++ output), and rerunning both processes resumes and ends as one
+    uninterrupted run does."""
+    reference, _ = straight
+    t = time.monotonic()
+    results = run_two_processes(cli, tmp_path, "--config.eval_data.prepared_dir=",
+                                hook={"kill_in_save": 10, "kill_rank": 1},
+                                BERT_JAX_HEARTBEAT_TIMEOUT_S="10")
+    (rc0, _, err0), (rc1, _, _) = results
+    assert rc1 == -signal.SIGKILL
+    assert rc0 == 1, err0[-3000:]
+    errors = [line.strip() for line in re.split(r"[\r\n]", err0)
+              if "error" in line.lower() and not line.startswith("[Gloo]")]
+    assert errors == ["error: process 1 of 2 stopped (no heartbeat for 10 s); process 0 "
+                      "stops too: rerun all 2 processes to resume from the newest checkpoint"]
+    assert time.monotonic() - t < 400
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and max(saved) <= 10
+    results = run_two_processes(cli, tmp_path, "--config.eval_data.prepared_dir=")
+    for rc, _, err in results:
+        assert rc == 0, err[-4000:]
+    got, ref = train_records(tmp_path), train_records(reference)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # each step once
+    for a, b in zip(got, ref):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), a["step"]
 
 
 # ---------------------------------------------------------------- plot and fill-mask

@@ -126,9 +126,10 @@ def test_bucket_lock_one_holder_takeover_of_a_dead_one(gcs, capsys):
 
 def test_gs_destinations_are_checked_and_written_whole(gcs, tmp_path):
     """outputs on gs://: a prefix holding another command's object is refused
-    (and kept), an earlier output of the command is replaced, --overwrite
-    replaces anything; a directory is written from a local staging dir, so a
-    writer that fails leaves the bucket untouched."""
+    (and kept), with --overwrite too; an earlier output of the command is
+    replaced; a bucket root is never a destination; a directory is written
+    from a local staging dir, so a writer that fails leaves the bucket
+    untouched, and a rewrite deletes only the old objects it does not replace."""
     from bert_jax.storage import outputs
     dst = storage.join(gcs.bucket, "unit-out", "model")
     own = outputs.only_entries(lambda n: n in ("a.txt", "sub"))
@@ -151,9 +152,21 @@ def test_gs_destinations_are_checked_and_written_whole(gcs, tmp_path):
         (tmp / "sub").mkdir()
         (tmp / "sub" / "b.txt").write_text("b")
         (tmp / "a.txt").write_text("a")
+    with pytest.raises(outputs.OutputError, match="holds files this command did not write "
+                       r"\(notes.txt\)"):
+        outputs.check_destination(dst, is_own=own, overwrite=True)
+    assert storage.read_text(storage.join(dst, "notes.txt")) == "keep me"
+    for root in (gcs.bucket, gcs.bucket + "/"):
+        with pytest.raises(outputs.OutputError, match="is a bucket root"):
+            outputs.check_destination(root, is_own=own, overwrite=True)
+    storage.remove(storage.join(dst, "notes.txt"))  # the user moves their file away
+    storage.write_text(storage.join(dst, "a.txt"), "old a")
+    storage.write_text(storage.join(dst, "sub", "old.txt"), "old")
     outputs.check_destination(dst, is_own=own, overwrite=True)
     outputs.write_dir_atomic(dst, write)
     assert storage.listdir(dst) == ["a.txt", "sub"]
+    assert storage.listdir(storage.join(dst, "sub")) == ["b.txt"]
+    assert storage.read_text(storage.join(dst, "a.txt")) == "a"
     assert storage.read_text(storage.join(dst, "sub", "b.txt")) == "b"
     outputs.check_destination(dst, is_own=own)  # its own output now: no flag needed
     f = storage.join(gcs.bucket, "unit-out", "x.npz")

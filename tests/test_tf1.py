@@ -128,10 +128,11 @@ def test_cli_writes_google_layout(tf1_dir):
     out, stdout = tf1_dir
     assert "initialized fresh: seq_relationship/kernel" in stdout
     # Google's layout, plus the casing of the (uncased) vocabulary, which
-    # Google's dirs leave to a flag.
+    # Google's dirs leave to a flag, and the record that `convert` wrote it.
     assert sorted(p.name for p in out.iterdir()) == [
-        "bert_config.json", "bert_model.ckpt.data-00000-of-00001", "bert_model.ckpt.index",
-        "special_tokens_map.json", "tokenizer_config.json", "vocab.txt"]
+        "bert_config.json", "bert_jax_output.json", "bert_model.ckpt.data-00000-of-00001",
+        "bert_model.ckpt.index", "special_tokens_map.json", "tokenizer_config.json",
+        "vocab.txt"]
     assert json.loads((out / "tokenizer_config.json").read_text())["do_lower_case"] is True
     shapes = dict(tf.train.list_variables(str(out / "bert_model.ckpt")))
     assert set(shapes) == google_names(6)

@@ -91,9 +91,56 @@ def _config_field_error(argv: list[str]) -> str | None:
     return None
 
 
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def _is_ours(module: str) -> bool:
+    """A flag-defining module of this package (or the script run as __main__)."""
+    return "bert_jax" in module or module in (sys.argv[0], "__main__")
+
+
+def help_text(flag_values=None) -> str:
+    """The command's usage (its __main__ docstring) and its own flags; absl's
+    generic flags (logging) only with --helpfull."""
+    from absl import flags
+    fv = flag_values if flag_values is not None else flags.FLAGS
+    doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+    full = "--helpfull" in sys.argv
+    parts = [doc] if doc else []
+    for module in sorted(fv.flags_by_module_dict()):
+        if full or _is_ours(module):
+            parts.append(fv.module_help(module).strip())
+    if not full:
+        parts.append("(--helpfull also lists absl's logging flags)")
+    return "\n\n".join(parts) + "\n"
+
+
+def maybe_help(argv: list[str], flag_values=None) -> None:
+    """`--help` (and -h, --helpfull): print the usage and exit 0, as a command
+    should (absl exits 1 and lists only its own module's flags)."""
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        sys.stdout.write(help_text(flag_values))
+        sys.stdout.flush()
+        sys.exit(EXIT_OK)
+
+
+def configs_importable() -> None:
+    """Config files import each other as `configs.pretrain.bert`; that package
+    sits beside `bert_jax/` in the checkout, which is on sys.path only when
+    the command runs from the repository root. Append the checkout (after the
+    user's own paths) so commands run from any directory, with any config path,
+    including a user's own config file that builds on ours."""
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.isfile(os.path.join(root, "configs", "__init__.py")) and root not in sys.path:
+        sys.path.append(root)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with one-line errors (exit 2)."""
     from absl import flags
+    maybe_help(argv)
+    configs_importable()
     try:
         rest = flags.FLAGS(argv)
         for name, flag in flags.FLAGS._flags().items():
@@ -132,7 +179,11 @@ def run(main) -> None:
 
     def wrapped(argv):
         try:
-            return main(argv)
+            rc = main(argv)
+            if rc in (None, EXIT_OK, EXIT_PREEMPTED) and "bert_jax.train.distributed" in \
+                    sys.modules:
+                sys.modules["bert_jax.train.distributed"].finished()
+            return rc
         except app.UsageError as e:
             error(str(e))
             return EXIT_USAGE

@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from bert_jax import storage
-from bert_jax.convert import hf_format, model_dir
+from bert_jax.convert import bounds, hf_format, model_dir
 from bert_jax.model.config import BertConfig
 from bert_jax.storage import outputs
 
@@ -68,7 +68,8 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
     p = path if storage.is_url(path) and model_dir.is_model_dir(path) else \
         storage.local_copy(path)
     if model_dir.is_model_dir(p):
-        cfg, meta, flat = model_dir.load_flat(p)
+        cfg, meta, flat = model_dir.load_flat(p)  # checks the sizes before reading params
+        have = sum(int(np.size(v)) for v in flat.values())
         if head is None or head == meta.get("head"):
             return cfg, meta, flat
         # Another head than the one trained: keep the encoder (and the pretraining
@@ -80,6 +81,8 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
         meta = {**meta, "head": head, "num_labels": num_labels, "label_names": []}
     elif hf_format.is_hf_dir(p):
         cfg, tensors, raw_cfg = hf_format.read_hf_dir(p)
+        bounds.check_fields(cfg, p / "config.json")
+        have = sum(int(np.size(v)) for v in tensors.values())
         arch = (raw_cfg.get("architectures") or ["BertModel"])[0]
         src_head = {v: k for k, v in hf_format.ARCHITECTURES.items() if k != "regression"}.get(
             arch, "encoder")
@@ -94,6 +97,7 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
     elif is_tf1_dir(p):
         from bert_jax.convert import tf1_format
         cfg, flat, unexpected = tf1_format.read_tf1_dir(p)
+        have = sum(int(np.size(v)) for v in flat.values())
         src_head = tf1_format.source_head(flat)
         head = head or src_head
         num_labels = flat["classifier/kernel"].shape[-1] if "classifier/kernel" in flat else 0
@@ -111,6 +115,8 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
             raise ValueError(f"{p}: parameter {k} has shape {tuple(flat[k].shape)}, the "
                              f"config implies {shape}")
     missing = sorted(set(target) - set(flat))
+    # Fresh values are built at the config's sizes: bounded by what the source holds.
+    bounds.check_total(target, have, p, "the checkpoint")
     if fill_missing:
         flat.update(_fresh_values(cfg, head, meta["num_labels"], seed, missing))
     if report is not None:
@@ -125,12 +131,18 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
     return cfg, meta, flat
 
 
+# What a conversion records about itself (storage/outputs.py): a conversion
+# replaces an earlier conversion (any format) without --overwrite, never the
+# output of another command (a fine-tuned model, a pretraining workdir).
+RECORD = outputs.record("convert", "conversion")
+
+
 # Names of the entries each output format holds: a destination holding only
 # such entries is an earlier conversion, which a rerun may replace.
 def _own_entry(to: str) -> Callable[[str], bool]:
     def allowed(name: str) -> bool:
-        if name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json") or \
-                name.endswith(".model"):
+        if name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+                    outputs.RECORD_FILE) or name.endswith(".model"):
             return True
         if to == "bert_jax":
             return name in (model_dir.META_FILE, "params")
@@ -145,14 +157,19 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
             seed: int = 0, overwrite: bool = False) -> list[str]:
     """Convert `src` into format `to` at `dst`; returns the report lines.
 
-    `dst` must be new, empty or an earlier conversion into the same format;
-    anything else is replaced only with `overwrite` (never the source itself)."""
+    `dst` must be new, empty or an earlier conversion (its record says so).
+    `overwrite` also replaces a dir holding only the files a conversion into
+    `to` writes (one written before records existed, or interrupted); never
+    another command's output, a dir holding anything else, or the source."""
     if to not in ("bert_jax", "hf", "tf1"):
         raise ValueError(f"--to={to!r}; expected bert_jax, hf or tf1")
     if not storage.exists(src):
         raise FileNotFoundError(f"{src}: no such checkpoint")
+    if to == "tf1":  # before reading the source: the write would fail at the end
+        from bert_jax.cli import optional
+        optional.require("tensorflow", "--to=tf1 (writing a TF1 checkpoint)")
     outputs.check_destination(dst, overwrite=overwrite, sources=[src], what="destination",
-                              is_own=outputs.only_entries(_own_entry(to)))
+                              is_own=outputs.only_entries(_own_entry(to)), record=RECORD)
     report: list[str] = []
     cfg, meta, flat = read_any(src, head=head, seed=seed, report=report)
     head = meta["head"]
@@ -173,11 +190,12 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
 
     if to == "bert_jax":
         model_dir.save_model_dir(dst, cfg, flat, head, meta.get("num_labels", 0), labels,
-                                 meta.get("task"), vocab, lowercase)
+                                 meta.get("task"), vocab, lowercase, written_by=RECORD)
     elif to == "hf":
         def write(tmp):
             hf_format.write_hf_dir(tmp, cfg, flat, head, labels)
             add_vocab(tmp)
+            outputs.write_record(tmp, RECORD)
         outputs.write_dir_atomic(dst, write)
     elif to == "tf1":
         from bert_jax.convert import tf1_format
@@ -185,6 +203,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
         def write(tmp):
             tf1_format.write_tf1_dir(tmp, cfg, flat)
             add_vocab(tmp)
+            outputs.write_record(tmp, RECORD)
         outputs.write_dir_atomic(dst, write)
     return report
 
@@ -197,8 +216,9 @@ flags.DEFINE_enum("head", None, ["pretraining", "encoder", "classification", "re
                   "encoders).")
 flags.DEFINE_integer("seed", 0, "Seed for parameters the source lacks.")
 if "overwrite" not in FLAGS:  # embed (which imports us) has its own --overwrite
-    flags.DEFINE_bool("overwrite", False, "Replace a DST that is not empty and not an earlier "
-                      "conversion (never the source).")
+    flags.DEFINE_bool("overwrite", False, "Also replace a DST holding only what a conversion "
+                      "writes but no record of one (older or interrupted); never another "
+                      "command's output, other files, a bucket root or the source.")
 
 
 def load_model(path: str | os.PathLike, head: str | None = None, num_labels: int | None = None,

@@ -128,7 +128,10 @@ def is_hf_dir(path: pathlib.Path) -> bool:
 def read_hf_dir(path: pathlib.Path) -> tuple[BertConfig, dict[str, np.ndarray], dict]:
     """config + tensors from a HF BERT directory. pytorch_model.bin is read only
     with `torch.load(weights_only=True)` (no general unpickling)."""
-    raw_cfg = json.loads((path / "config.json").read_text())
+    from bert_jax.storage import json_input
+    raw_cfg = json_input.read(path / "config.json")
+    if not isinstance(raw_cfg, dict):
+        raise ValueError(f"{path / 'config.json'}: expected a JSON object")
     if raw_cfg.get("model_type", "bert") != "bert":
         raise ValueError(f"{path / 'config.json'}: model_type {raw_cfg.get('model_type')!r} is "
                          "not bert")
@@ -197,8 +200,7 @@ def read_casing(path: pathlib.Path) -> bool | None:
     f = path / "tokenizer_config.json"
     if not f.exists():
         return None
-    try:
-        value = json.loads(f.read_text()).get("do_lower_case")
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{f}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    from bert_jax.storage import json_input
+    obj = json_input.read(f)
+    value = obj.get("do_lower_case") if isinstance(obj, dict) else None
     return value if isinstance(value, bool) else None

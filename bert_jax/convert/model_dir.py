@@ -28,23 +28,30 @@ META_FILE = "bert_jax.json"
 
 def write_meta(path: str | os.PathLike, cfg: BertConfig, head: str, num_labels: int = 0,
                label_names: list[str] | None = None, task: dict | None = None,
-               do_lower_case: bool | None = None) -> None:
+               do_lower_case: bool | None = None, written_by: dict | None = None) -> None:
     """`do_lower_case`: the casing the vocabulary was used with (None: unknown,
-    readers then infer it from the vocabulary)."""
+    readers then infer it from the vocabulary). `written_by`: the command and
+    kind of output (storage/outputs.py); by default what `task` implies (a
+    pretraining workdir, a fine-tuned model)."""
+    from bert_jax.storage import outputs
     meta = {"format": "bert_jax", "config": cfg.to_google_dict(), "head": head,
             "num_labels": num_labels, "label_names": list(label_names or []),
             "task": task or {}}
+    rec = written_by or outputs.record_of_task(task)
+    if rec is not None:
+        meta[outputs.RECORD_KEY] = rec
     if do_lower_case is not None:
         meta["do_lower_case"] = bool(do_lower_case)
     storage.write_text(storage.join(path, META_FILE), json.dumps(meta, indent=2))
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    from bert_jax.storage import json_input
     f = storage.join(path, META_FILE)
-    try:
-        return json.loads(storage.read_text(f))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{f}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    meta = json_input.read(f)
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{f}: not a bert_jax model description (no \"config\" object)")
+    return meta
 
 
 def save_params(path: str | os.PathLike, flat: dict[str, np.ndarray]) -> None:
@@ -81,25 +88,19 @@ def copy_vocab(src: str | os.PathLike | None, dst_dir: str | os.PathLike) -> Non
 def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.ndarray],
                    head: str, num_labels: int = 0, label_names: list[str] | None = None,
                    task: dict | None = None, vocab: str | os.PathLike | None = None,
-                   do_lower_case: bool | None = None) -> None:
+                   do_lower_case: bool | None = None, written_by: dict | None = None) -> None:
     """Write a complete model dir to a temp dir beside `out`, then rename, so a
     crash never leaves a half-written model behind. In a bucket (no rename)
-    the old dir is deleted, then params (orbax's commit protocol), vocab and
-    bert_jax.json last: a dir is a model dir only once that marker exists.
+    the dir is written locally first, then uploaded over the old one with
+    bert_jax.json last (`outputs.upload_dir`): a dir is a model dir only once
+    that marker exists, and only the old objects are deleted.
     The caller has checked the destination (`outputs.check_destination`)."""
-    if storage.is_url(out):
-        storage.remove(storage.join(out, META_FILE))
-        storage.remove(out)
-        save_params(storage.join(out, "params"), flat)
-        copy_vocab(vocab, out)
-        write_meta(out, cfg, head, num_labels, label_names, task, do_lower_case)
-        return
     from bert_jax.storage import outputs
 
     def write(tmp):
         save_params(tmp / "params", flat)
         copy_vocab(vocab, tmp)
-        write_meta(tmp, cfg, head, num_labels, label_names, task, do_lower_case)
+        write_meta(tmp, cfg, head, num_labels, label_names, task, do_lower_case, written_by)
     outputs.write_dir_atomic(out, write)
 
 
@@ -141,6 +142,8 @@ def load_flat(path: str | os.PathLike) -> tuple[BertConfig, dict[str, Any], dict
         raise FileNotFoundError(f"{path}: not a bert_jax model dir (no {META_FILE})")
     meta = read_meta(path)
     cfg = BertConfig.from_dict(meta["config"], source=storage.join(path, META_FILE))
+    from bert_jax.convert import bounds
+    bounds.check_fields(cfg, storage.join(path, META_FILE))
     if storage.exists(storage.join(path, "params")):
         return cfg, meta, load_params(storage.join(path, "params"))
     from bert_jax.train import checkpointing

@@ -71,10 +71,9 @@ _OPTIMIZER = re.compile(r"(^|/)(adam_m|adam_v|global_step)$")
 def _tf():
     """TensorFlow, or a one-line exit saying how to get it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise SystemExit("TF1 checkpoints need TensorFlow: pip install bert_jax[tf]") from None
+    from bert_jax.cli import optional
+    optional.require("tensorflow", "reading or writing a TF1 checkpoint")
+    import tensorflow as tf
     return tf
 
 
@@ -178,6 +177,8 @@ def read_tf1_dir(path: str | os.PathLike) -> tuple[BertConfig, dict[str, np.ndar
     naming the checkpoint and the variable."""
     path = pathlib.Path(path)
     cfg = BertConfig.from_json_file(path / CONFIG_NAME)
+    from bert_jax.convert import bounds
+    bounds.check_fields(cfg, path / CONFIG_NAME)
     prefix = checkpoint_prefix(path)
     tf = _tf()
     try:

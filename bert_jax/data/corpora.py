@@ -17,7 +17,7 @@ A corpus spec is a comma-separated list of items:
   (every 10th module is held out) for evaluation on unseen documents.
 
 PATH may be a file, a directory (all files below it, sorted) or a glob; files
-ending in ``.gz`` are decompressed.
+ending in ``.gz`` are decompressed as they are read, one line at a time.
 
 A corpus resolves to `Unit`s, small picklable descriptions of work that one
 worker process reads on its own (a file, a byte range of a large BERT-format
@@ -42,6 +42,7 @@ import os
 import pathlib
 import re
 import sysconfig
+import zlib
 from collections.abc import Callable, Iterator
 
 from bert_jax import storage
@@ -250,40 +251,53 @@ def _counted(gen: Iterator[Document], stats: ReadStats) -> Iterator[Document]:
         yield doc
 
 
-def _decode(data: bytes, path: str, first_line: int, errors: str, stats: ReadStats) -> str:
-    """UTF-8 text of `data`; on a bad byte, stop naming the file and line (or
-    replace and count the lines when errors='replace')."""
+def _decode_line(raw: bytes, path: str, line: int, errors: str, stats: ReadStats) -> str:
+    """UTF-8 text of one line; on a bad byte, stop naming the file and line (or
+    replace and count the line when errors='replace')."""
     try:
-        return data.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         if errors != "replace":
-            line = first_line + data.count(b"\n", 0, e.start)
-            col = e.start - (data.rfind(b"\n", 0, e.start) + 1)
             raise CorpusError(
-                f"{path}:{line}: invalid UTF-8 byte 0x{data[e.start]:02x} at column {col + 1} "
-                "(policy: stop; convert the file to UTF-8 or use encoding_errors='replace')"
-            ) from None
-    text = data.decode("utf-8", errors="replace")
-    stats.replaced_lines += sum(1 for ln in text.split("\n") if "\ufffd" in ln)
-    return text
+                f"{path}:{line}: invalid UTF-8 byte 0x{raw[e.start]:02x} at column "
+                f"{e.start + 1} (policy: stop; convert the file to UTF-8 or use "
+                "encoding_errors='replace')") from None
+    stats.replaced_lines += 1
+    return raw.decode("utf-8", errors="replace")
 
 
-def _read_region(unit: Unit, stats: ReadStats) -> tuple[bytes, int]:
-    """The unit's bytes and the 1-based line number they start at."""
-    with _open_binary(unit.path) as f:
-        if unit.start or unit.stop >= 0:
-            f.seek(unit.start)
-            data = f.read(unit.stop - unit.start if unit.stop >= 0 else -1)
-        else:
-            data = f.read()
+def _lines(unit: Unit, stats: ReadStats, errors: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of the unit's byte range, read one line
+    at a time: a .gz corpus is decompressed as it streams, never whole into
+    memory (nor is a large plain file's range)."""
     first_line = 1
     if unit.start:
         with open(unit.path, "rb") as f:
             first_line += _count_newlines(f, unit.start)
-    stats.bytes += len(data)
-    if not data.strip() and unit.start == 0:
+    blank = True
+    i = first_line
+    with _open_binary(unit.path) as f:
+        if unit.start:
+            f.seek(unit.start)
+        pos = unit.start
+        it = iter(f)
+        while True:
+            try:
+                raw = next(it)
+            except StopIteration:
+                break
+            except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a damaged or cut .gz
+                raise CorpusError(f"{unit.path}:{i}: damaged gzip data ({e})") from None
+            if 0 <= unit.stop <= pos:
+                break  # ranges are cut at line starts (see _blank_line_cuts)
+            pos += len(raw)
+            stats.bytes += len(raw)
+            if blank and raw.strip():
+                blank = False
+            yield i, _decode_line(raw.rstrip(b"\n"), unit.path, i, errors, stats)
+            i += 1
+    if blank and unit.start == 0:
         stats.empty_files += 1
-    return data, first_line
 
 
 def _count_newlines(f, upto: int) -> int:
@@ -298,11 +312,9 @@ def _count_newlines(f, upto: int) -> int:
 
 
 def _read_bert(unit: Unit, stats: ReadStats, errors: str) -> Iterator[Document]:
-    data, first_line = _read_region(unit, stats)
-    text = _decode(data, unit.path, first_line, errors, stats)
     sentences: list[str] = []
     lines: list[int] = []
-    for i, line in enumerate(text.split("\n"), first_line):
+    for i, line in _lines(unit, stats, errors):
         line = line.strip()
         if line:
             sentences.append(line)
@@ -316,11 +328,9 @@ def _read_bert(unit: Unit, stats: ReadStats, errors: str) -> Iterator[Document]:
 
 def _read_raw(unit: Unit, split: Callable[[str], list[str]], stats: ReadStats,
               errors: str) -> Iterator[Document]:
-    data, first_line = _read_region(unit, stats)
-    text = _decode(data, unit.path, first_line, errors, stats)
     sentences: list[str] = []
     lines: list[int] = []
-    for i, para in enumerate(text.split("\n"), 1):
+    for i, para in _lines(unit, stats, errors):
         if para.strip():
             parts = split(para)
             sentences += parts

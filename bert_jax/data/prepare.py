@@ -37,7 +37,7 @@ import numpy as np
 from bert_jax import storage
 from bert_jax.data import corpora, prepared
 from bert_jax.data.tokenizer import load_tokenizer
-from bert_jax.storage import outputs
+from bert_jax.storage import json_input, outputs
 
 _ENCODE_BATCH = 4096  # sentences per tokenizer call
 _MAX_WARNINGS = 5
@@ -142,7 +142,7 @@ def build_shard(index: int, unit: corpora.Unit, vocab: str, out_dir: str,
     header = _shard_header(unit, tok.fingerprint, opts)
     meta_path = final / prepared.SHARD_META
     if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
+        meta = json_input.read(meta_path)
         if {k: meta.get(k) for k in header} == header:
             return dict(meta, reused=True)
     t0 = time.perf_counter()
@@ -188,6 +188,10 @@ def _build_shard_star(args) -> dict:
 
 
 # ----------------------------------------------------------------------------- driver
+
+
+# What a prepared dir's manifest says wrote it (storage/outputs.py).
+RECORD = outputs.record("prepare", "prepared corpus")
 
 
 def _vocab_copy_name(tok) -> str:
@@ -242,6 +246,10 @@ def _run_workers(jobs: list[tuple], num_workers: int, progress: bool) -> list[di
     return [metas[i] for i in sorted(metas)]
 
 
+class EmptyCorpusError(ValueError):
+    """The corpus was read and holds no document (empty or blank files)."""
+
+
 def prepare_corpus(corpus: str, vocab: str | os.PathLike, out_dir: str | os.PathLike,
                    num_workers: int = 2, segmenter: str = "sentencex",
                    encoding_errors: str = "strict", max_sentence_tokens: int = 256,
@@ -282,17 +290,20 @@ def prepare_corpus(corpus: str, vocab: str | os.PathLike, out_dir: str | os.Path
     opts = PrepareOptions(segmenter, encoding_errors, max_sentence_tokens)
     out = pathlib.Path(out_dir)
     sources = [tok.vocab_file] + [u.path for u in units if u.kind in ("bert", "raw")]
+    # A prepared dir (or an interrupted one, with --overwrite) is resumed or
+    # rebuilt in place; a dir holding anything else is refused, --overwrite or
+    # not: nothing is deleted that prepare did not write.
     outputs.check_destination(out, overwrite=overwrite, is_own=outputs.only_entries(
-        _prepared_entry), sources=sources, what="--out directory")
-    if overwrite and out.is_dir() and not outputs.only_entries(_prepared_entry)(out):
-        shutil.rmtree(out)  # asked for: what was there is not a prepared directory
+        _prepared_entry), sources=sources, what="--out directory", record=RECORD,
+        resume=True)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
         return _prepare(out, corpus, tok, units, opts, num_workers, progress)
-    except BaseException:
-        # A run that finished no shard leaves no directory it created behind.
-        if created and not any(out.glob("shard-*")):
+    except BaseException as e:
+        # A run that finished no shard, or found nothing to prepare, leaves no
+        # directory it created behind.
+        if created and (isinstance(e, EmptyCorpusError) or not any(out.glob("shard-*"))):
             shutil.rmtree(out, ignore_errors=True)
         raise
 
@@ -304,8 +315,8 @@ def _prepare(out: pathlib.Path, corpus: str, tok, units, opts, num_workers: int,
               "units": [u.describe() for u in units], "options": dataclasses.asdict(opts)}
     if mpath.exists():
         try:
-            old = json.loads(mpath.read_text())
-        except json.JSONDecodeError:
+            old = json_input.read(mpath)
+        except ValueError:
             old = {}  # a damaged manifest: rebuild
         if {k: old.get(k) for k in header} == header:
             return old
@@ -319,6 +330,10 @@ def _prepare(out: pathlib.Path, corpus: str, tok, units, opts, num_workers: int,
     t0 = time.perf_counter()
     metas = _run_workers(jobs, num_workers, progress)
     manifest = _manifest(header, corpus, tok, vocab_name, metas)
+    if manifest["totals"]["documents"] == 0:
+        # Prepared data with nothing in it would fail at training time, far
+        # from its cause: say it here, naming what was skipped.
+        raise EmptyCorpusError(f"--corpus={corpus}: yields no documents; {summary(manifest)}")
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
     prepared.write_json_atomic(mpath, manifest)
     return manifest
@@ -331,25 +346,18 @@ def _prepare_to_url(url: str, corpus: str, vocab, overwrite: bool = False, **kwa
     checked first, as a local --out is (and the bucket must exist)."""
     outputs.check_destination(url, overwrite=overwrite, sources=[vocab],
                               is_own=outputs.only_entries(_prepared_entry),
-                              what="--out directory")
+                              what="--out directory", record=RECORD, resume=True)
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     local = storage.cache_root() / "prepare" / digest
     # The staging dir is our own cache: whatever a crashed run left there may go.
     manifest = prepare_corpus(corpus, vocab, local, overwrite=True, **kwargs)
     mpath = storage.join(url, prepared.MANIFEST)
-    if storage.exists(mpath) and json.loads(storage.read_text(mpath)).get(
+    if storage.exists(mpath) and json_input.read(mpath).get(
             "data_fingerprint") == manifest["data_fingerprint"]:
         return manifest
-    storage.remove(mpath)  # first, so a reader never sees the old manifest over new shards
-    storage.remove(url)
-    for name in sorted(os.listdir(local)):
-        if name.startswith(".") or name == prepared.MANIFEST:
-            continue
-        if (local / name).is_dir():
-            storage.upload_tree(local / name, storage.join(url, name))
-        else:
-            storage.copy_file(local / name, storage.join(url, name))
-    storage.copy_file(local / prepared.MANIFEST, mpath)
+    # The old manifest goes first (a reader never sees it over new shards),
+    # manifest.json last; only then the old objects the new output lacks.
+    outputs.upload_dir(local, url, skip=lambda rel: rel.split("/")[-1].startswith("."))
     return manifest
 
 
@@ -365,7 +373,7 @@ def _manifest(header: dict, corpus: str, tok, vocab_name: str, metas: list[dict]
         h.update(s["sha"].encode())
     totals = {k: sum(s[k] for s in shards) for k in ("documents", "sentences", "tokens")}
     totals["bytes"] = stats.get("bytes", 0)
-    return dict(header, corpus=corpus, vocab_file=vocab_name, vocab_source=str(tok.vocab_file),
+    return dict(header, written_by=RECORD, corpus=corpus, vocab_file=vocab_name, vocab_source=str(tok.vocab_file),
                 shards=shards, totals=totals, stats=stats, data_fingerprint=h.hexdigest()[:16],
                 warnings=list(itertools.chain.from_iterable(m["warnings"] for m in metas)))
 

@@ -30,6 +30,7 @@ import pathlib
 import numpy as np
 
 from bert_jax import storage
+from bert_jax.storage import json_input
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -132,7 +133,7 @@ def open_prepared(path: str | os.PathLike) -> PreparedCorpus:
             raise PreparedError(
                 f"{url}: no {MANIFEST}; the directory is not a finished prepared corpus "
                 "(run `python -m bert_jax.data.prepare` to finish it)")
-        fingerprint = json.loads(storage.read_text(mpath)).get("data_fingerprint", "")
+        fingerprint = json_input.read(mpath).get("data_fingerprint", "")
         path = storage.local_copy(url, key=fingerprint)
     root = pathlib.Path(path)
     mpath = root / MANIFEST
@@ -140,7 +141,7 @@ def open_prepared(path: str | os.PathLike) -> PreparedCorpus:
         raise PreparedError(
             f"{root}: no {MANIFEST}; the directory is not a finished prepared corpus "
             "(run `python -m bert_jax.data.prepare` to finish it)")
-    manifest = json.loads(mpath.read_text())
+    manifest = json_input.read(mpath)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise PreparedError(f"{mpath}: format_version {manifest.get('format_version')} != "
                             f"{FORMAT_VERSION}; re-run prepare")

@@ -23,8 +23,16 @@ BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def _sentences(corpus: str, segmenter: str) -> Iterator[str]:
+    """The corpus's sentences; a corpus with none is an error (raised when the
+    trainer has drained the iterator, before any file is written)."""
+    n = 0
     for doc in corpora.iter_documents(corpus, segmenter):
-        yield from doc.sentences
+        for sentence in doc.sentences:
+            n += 1
+            yield sentence
+    if n == 0:
+        raise ValueError(f"--corpus={corpus}: yields no text (empty or blank files); a "
+                         "vocabulary needs sentences to learn from")
 
 
 def train_vocab(corpus: str, vocab_size: int, out: str | os.PathLike, kind: str = "wordpiece",

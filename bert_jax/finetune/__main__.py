@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from bert_jax import cli, storage
 from bert_jax.finetune import checks
-from bert_jax.storage import outputs, workdir_lock
+from bert_jax.storage import outputs, run_dir
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.", lock_config=True)
@@ -33,48 +33,26 @@ def main(argv):
     checks.check_config(FLAGS.config)
     workdir = FLAGS.workdir
     outputs.check_destination(workdir, what="workdir", flag="a new --workdir",
-                              is_own=checks.is_finetune_workdir,
+                              is_own=checks.is_finetune_workdir, resume=True,
+                              record=outputs.record("finetune", "fine-tuning workdir"),
                               sources=[FLAGS.config.get("init_checkpoint") or None])
-    import jax
-
     from bert_jax.train import distributed
     distributed.initialize()
-    created = not storage.exists(workdir)
-    lock = None
-    try:
-        if jax.process_index() == 0:
-            storage.makedirs(workdir)
-            lock = workdir_lock.WorkdirLock(workdir)
-            lock.acquire()
+    with run_dir.claim(workdir, has_progress=_has_progress):
         summary = _run()
-    except BaseException:
-        if lock is not None:
-            lock.release()
-            lock = None
-        # A run that stopped before writing anything leaves no directory behind.
-        if created and jax.process_index() == 0 and _nothing_written(workdir):
-            try:
-                storage.remove(workdir)
-            except OSError:
-                pass  # e.g. the storage server that made the run fail
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
     return cli.EXIT_PREEMPTED if "preempted_at" in summary else cli.EXIT_OK
 
 
-# What a run that failed before its first step leaves behind (besides the lock).
-_EMPTY_RUN = (workdir_lock.LOCK_NAME, "checkpoints", "tb", "metrics.jsonl", "run_identity.json")
-
-
-def _nothing_written(workdir) -> bool:
+def _has_progress(workdir) -> bool:
+    """A checkpoint or a logged step in the run, or in one run of a sweep."""
     from bert_jax.train import loop
+    if loop.has_progress(workdir):
+        return True
     try:
-        return storage.isdir(workdir) and not loop.has_progress(workdir) and all(
-            e in _EMPTY_RUN for e in storage.listdir(workdir))
+        return any(loop.has_progress(storage.join(workdir, e)) for e in storage.listdir(workdir)
+                   if e.startswith("lr") and "_seed" in e)
     except OSError:
-        return False
+        return True  # cannot tell: keep it
 
 
 def _run() -> dict:

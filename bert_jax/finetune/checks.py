@@ -12,8 +12,7 @@ summary.json.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from bert_jax.cli import optional
 
 # Fine-tuning workdir entries (workdir itself and a sweep's lr*_seed*/ runs).
 WORKDIR_ENTRIES = ("metrics.jsonl", "metrics.jsonl.tmp", "tb", "eval", "model", "best",
@@ -41,9 +40,50 @@ def _need(ok: bool, field: str, value, allowed: str) -> None:
         raise ValueError(f"config.{field}={value!r}: expected {allowed}")
 
 
+def _tfds_on(config) -> bool:
+    return config.get("tfds") not in (None, False, "", "false", "False", "0")
+
+
+def check_files(config) -> None:
+    """Every file a config names is read, or the config is refused: a path
+    that does not exist, or a field the chosen source never reads (TFDS has
+    its own splits; SQuAD's article_split trains on dev_file's articles) is
+    one line naming the field. (GLUE's data_dir and init_checkpoint are
+    checked where they are opened, before any compile, too.)"""
+    from bert_jax import storage
+    tfds = _tfds_on(config)
+    squad = config.get("task") == "squad"
+    if config.get("tfds_data_dir") and not tfds:
+        raise ValueError(f"config.tfds_data_dir={config.tfds_data_dir!r} is read only with "
+                         "config.tfds=True; set config.tfds=True or unset it")
+    unread = {}
+    if tfds:
+        unread["test_file"] = "with config.tfds (TFDS brings its own splits)"
+        if squad:
+            unread["train_file"] = "with config.tfds (TFDS brings its own splits)"
+    elif squad and config.get("article_split"):
+        unread["train_file"] = (f"with config.article_split={config.article_split!r} (the "
+                                "first articles of dev_file train); set "
+                                "config.article_split='' to train on it")
+    for field in ("train_file", "dev_file", "test_file"):
+        value = config.get(field)
+        if not value:
+            continue
+        if field in unread:
+            raise ValueError(f"config.{field}={value!r} is not read {unread[field]}")
+        if tfds:
+            continue  # conll's default train/dev files: TFDS is read instead
+        if not storage.exists(value):
+            raise FileNotFoundError(f"config.{field}={value}: no such file")
+        if storage.isdir(value):
+            raise ValueError(f"config.{field}={value}: a directory, not a file")
+
+
 def check_config(config) -> None:
-    """Ranges of the fields every task has, and TFDS where asked for."""
+    """Ranges of the fields every task has, the files it names, and TFDS
+    where asked for."""
     from bert_jax.train import train_config
+    check_files(config)
     train_config.check_renamed(config)
     train_config.check_optim(config.optim)
     _need(isinstance(config.num_epochs, int) and config.num_epochs >= 1, "num_epochs",
@@ -66,17 +106,11 @@ def check_config(config) -> None:
               f"a largest bucket >= max_seq_length={config.max_seq_length}")
     tfds = config.get("tfds")
     if tfds not in (None, False, "", "false", "False", "0"):
-        missing = [m for m in ("tensorflow", "tensorflow_datasets") if _not_installed(m)]
+        missing = [m for m in ("tensorflow", "tensorflow_datasets") if not optional.installed(m)]
         if missing:
             raise ValueError(f"config.tfds={tfds!r} reads TFDS, which needs "
                              f"{' and '.join(missing)} (not installed; pip install "
                              "'bert_jax[tf]'); or set config.tfds=False and read the files")
-
-
-def _not_installed(module: str) -> bool:
-    if module in sys.modules:  # None there means "import fails"
-        return sys.modules[module] is None
-    return importlib.util.find_spec(module) is None
 
 
 def check_model_fit(config, cfg) -> None:

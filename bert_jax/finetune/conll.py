@@ -415,7 +415,8 @@ class ConllTask:
                  max_seq_length: int = 128, window_stride: int = 64, doc_context: bool = False,
                  length_buckets: Sequence[int] = (32, 64, 128),
                  label_names: Sequence[str] | None = None, packing: int = 0,
-                 entity_types: Sequence[str] | None = None):
+                 entity_types: Sequence[str] | None = None,
+                 eval_splits: Sequence[str] = ("dev",)):
         if max_seq_length > max(length_buckets):
             raise ValueError(f"max_seq_length={max_seq_length} exceeds the largest of "
                              f"length_buckets={tuple(length_buckets)}")
@@ -423,6 +424,9 @@ class ConllTask:
         # attention); evaluation stays one window per row.
         self._packing = batching.examples_per_row(packing)
         self._load_split = load_split
+        # Evaluated (metrics + predictions.txt under eval/<label>/<split>/) at
+        # every evaluation; the best model is picked on the first (dev).
+        self.eval_splits = tuple(eval_splits)
         self._tokenizer = tokenizer
         self._kw = dict(max_seq_length=max_seq_length, window_stride=window_stride,
                         doc_context=doc_context)
@@ -545,11 +549,15 @@ def build_task(config, tokenizer, label_names: Sequence[str] | None = None) -> C
         sents = read(split)
         return sents[:limits[split]] if limits.get(split) else sents
 
+    # test_file (labelled, as eng.testb is) is evaluated and predicted like dev,
+    # into its own eval/<label>/test/ (checks.check_files refuses it with TFDS).
+    eval_splits = ("dev", "test") if not tfds_name and config.get("test_file") else ("dev",)
     return ConllTask(load, tokenizer, max_seq_length=config.max_seq_length,
                      window_stride=config.window_stride, doc_context=config.doc_context,
                      length_buckets=tuple(config.length_buckets), label_names=label_names,
                      packing=config.get("packing", 0),
-                     entity_types=tuple(config.get("entity_types") or ()))
+                     entity_types=tuple(config.get("entity_types") or ()),
+                     eval_splits=eval_splits)
 
 
 # ------------------------------------------------------------------ raw text

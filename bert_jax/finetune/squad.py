@@ -137,6 +137,8 @@ def load_squad_json(path: str | os.PathLike) -> dict:
                          f"{e.msg}") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
         raise ValueError(f"{path}: not a SQuAD file (expected an object with a 'data' list)")
     return obj
@@ -762,7 +764,7 @@ class SquadTask:
 
 
 def load_examples(config) -> tuple[list[SquadExample], dict[str, list[SquadExample]]]:
-    """(train examples, {'dev': eval examples}) as the config says:
+    """(train examples, {'dev': eval examples[, 'test': ...]}) as the config says:
     TFDS (`tfds`: True for squad/v<version>, or a name), the official JSON files, or the offline
     article split of one file (`article_split` 'N/M': its first N articles
     train, its last M evaluate), optionally turned into a v2.0-style set
@@ -791,7 +793,13 @@ def load_examples(config) -> tuple[list[SquadExample], dict[str, list[SquadExamp
         dev = read_squad_json(config.dev_file)
     train = subsample_examples(train, config.max_train_examples, config.seed)
     dev = subsample_examples(dev, config.max_eval_examples, config.seed)
-    return train, {"dev": dev}
+    evals = {"dev": dev}
+    if config.get("test_file"):
+        # Evaluated and predicted like dev, into eval/<label>/test/ (whole:
+        # max_eval_examples samples dev only). checks.check_files refuses it
+        # with TFDS.
+        evals["test"] = read_squad_json(config.test_file)
+    return train, evals
 
 
 def build_task(config, tokenizer) -> SquadTask:

@@ -8,9 +8,7 @@ dataclass at the boundary.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import pathlib
 from typing import Any
 
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
@@ -127,10 +125,10 @@ class BertConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> BertConfig:
-        try:
-            d = json.loads(pathlib.Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+        from bert_jax.storage import json_input
+        d = json_input.read(path)
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object")
         return cls.from_dict(d, source=str(path))
 
     @classmethod

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -343,3 +344,32 @@ def remove_generation(path, gen: str) -> bool:
         fs.invalidate_cache(p)
         return True
     return _remote("delete", path, rm)
+
+
+def write_if_generation(path, data: bytes, gen: str) -> str | None:
+    """Rewrite object `path` only if it is still generation `gen` (GCS
+    precondition ifGenerationMatch, checked by the server): its new generation,
+    or None when it was rewritten or deleted meanwhile. One upload (multipart,
+    as gcsfs writes objects, so that emulators check the precondition too), so
+    the object changes whole or not at all."""
+    from urllib.parse import quote
+
+    from fsspec.asyn import sync
+
+    def up(fs, p):
+        bucket, key = p.split("/", 1)
+        body = (b'--==0==\nContent-Type: application/json; charset=UTF-8\n\n'
+                + json.dumps({"name": key}).encode()
+                + b"\n--==0==\nContent-Type: application/octet-stream\n\n" + data
+                + b"\n--==0==--")
+        try:
+            j = sync(fs.loop, fs._call, "POST",
+                     f"{fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
+                     uploadType="multipart", ifGenerationMatch=gen,
+                     headers={"Content-Type": 'multipart/related; boundary="==0=="'},
+                     data=body, json_out=True)
+        except (FileNotFoundError, FileExistsError):  # 404 / 412: not ours any more
+            return None
+        fs.invalidate_cache(p)
+        return str(j.get("generation") or "") or None
+    return _remote("conditional write", path, up)

@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from bert_jax.storage import workdir_lock
+
 # The loop's own entry in a checkpoint's JSON data item (next to the job's).
 LOOP_KEY = "_loop"
 
@@ -188,11 +190,14 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
         eval_sec += dt
         window_t0 += dt  # throughput counts training only
 
+    multi = jax.process_count() > 1
     try:
         batches = job.batches(start_step) if start_step < n_steps else iter(())
         for step, (local, n) in enumerate(batches, start_step):
             if step >= n_steps:
                 break
+            if not multi:
+                workdir_lock.check_held(workdir)  # a lost workdir lock stops the run (one line)
             batch = global_batch(local, mesh)
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 state, metrics = step_fn(state, batch, rng)
@@ -214,6 +219,7 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
             if label:
                 evaluate(done, label)
             if must_save or stop:
+                _check_lock(workdir, multi, is_main)  # never save into a workdir no longer ours
                 ckpt.save(done, state, {**job.data_state(done), LOOP_KEY: {
                     "best": best, "history": history}}, force=True)
             if stop:
@@ -225,6 +231,7 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
                 break
         if pending is not None:
             consume(pending)
+        _check_lock(workdir, multi, is_main)  # what the caller writes next goes there too
     finally:
         bar.close()
         preempt.restore()
@@ -236,6 +243,25 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
                    processed={k: v for k, v in totals.items() if k != "flops"},
                    best=best, history=history)
     return summary, state
+
+
+def _check_lock(workdir, multi: bool, is_main: bool) -> None:
+    """Raise workdir_lock.LockLost when the workdir lock (held by process 0)
+    was lost; with several processes process 0's answer is broadcast, so that
+    all stop at the same step instead of the others waiting in a collective."""
+    if not multi:
+        workdir_lock.check_held(workdir)
+        return
+    import numpy as np
+    from jax.experimental import multihost_utils
+    why = None
+    if is_main:
+        try:
+            workdir_lock.check_held(workdir)
+        except workdir_lock.LockLost as e:
+            why = str(e)
+    if int(multihost_utils.broadcast_one_to_all(np.int32(why is not None))):
+        raise workdir_lock.LockLost(why or "process 0 lost the workdir lock (see its error)")
 
 
 def has_checkpoint(workdir) -> bool:

@@ -96,6 +96,11 @@ def finetune_fields(c: config_dict.ConfigDict, *, lr: float, num_epochs: int,
                     global_batch_size: int = 32, eval_batch_size: int = 64) -> None:
     """The fields every fine-tuning config has, named as in pretraining."""
     c.init_checkpoint = ""
+    # The vocabulary for a checkpoint that ships none (e.g. a HF dir without
+    # vocab.txt); one that contradicts the checkpoint's own is an error unless
+    # allow_vocab_mismatch (same rule as pretraining's init_from).
+    c.vocab = ""
+    c.allow_vocab_mismatch = False
     c.global_batch_size = global_batch_size   # examples (packed: rows) per step, all processes
     c.eval_batch_size = eval_batch_size
     c.num_epochs = num_epochs

@@ -38,7 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task = "conll2003"
     c.train_file = str(data / "eng.train")
     c.dev_file = str(data / "eng.testa")
-    c.test_file = ""  # eng.testb is held out; point here when you have it
+    # eng.testb is held out; point here when you have it: evaluated and
+    # predicted like dev at every evaluation, into eval/<label>/test/.
+    c.test_file = ""
     # False: the column files; True: TFDS conll2003; a string: that TFDS name.
     # TFDS drops the -DOCSTART- lines, so it cannot give doc_context.
     c.tfds = config_dict.FieldReference(False, field_type=object)

@@ -50,6 +50,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # Data.
     c.train_file = ""
     c.dev_file = str(shared_data_dir() / "squad" / "dev-v1.1.json")
+    c.test_file = ""  # a SQuAD JSON evaluated and predicted like dev (eval/<label>/test/)
     # False: JSON files; True: TFDS squad/v<version>; a string: that TFDS name.
     c.tfds = config_dict.FieldReference(args["source"] == "tfds", field_type=object)
     c.tfds_data_dir = ""
