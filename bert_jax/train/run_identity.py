@@ -3,9 +3,10 @@ task or data is refused instead of silently starting something else there.
 
 A workdir's `run_identity.json` holds a flat record:
   task              'pretraining', 'glue:sst2', 'squad:squad_v1.1', 'conll:conll2003'
-  model.<field>     every architecture field that changes parameter shapes or the
-                    math (sizes, layers, heads, vocab size, positions, activation,
-                    layer-norm epsilon), the head and its labels
+  model.<field>     every BertConfig field that changes parameter shapes or the
+                    math (all but RUNTIME_FIELDS: sizes, layers, heads, vocab size,
+                    positions, activation, layer-norm epsilon...), the head and
+                    its labels
   vocab             the vocabulary file's fingerprint
   data...           the training data: a prepared corpus's fingerprint, or a
                     fine-tuning train file's size and SHA-256, and the settings
@@ -31,12 +32,14 @@ from bert_jax import storage
 RECORD = "run_identity.json"
 FORMAT = "bert_jax.run_identity/1"
 
-# BertConfig fields that change parameter shapes or what the model computes.
-# Dropout rates and the initializer range are left out: the first may be set
-# per run (fine-tuning's runtime overrides), the second acts only at step 0.
-ARCH_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-               "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
-               "layer_norm_eps")
+# BertConfig fields that say how a run executes the model, not what it is:
+# every other field (sizes, layers, heads, vocab size, positions, activation,
+# layer-norm epsilon, and any architecture field added later) is compared.
+# Dropout rates may be set per run (fine-tuning's runtime overrides), the
+# initializer range acts only at step 0, and a change of scan_layers is
+# caught at restore (another parameter tree).
+RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "scan_layers", "remat_policy",
+                  "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range")
 
 
 class RerunMismatch(ValueError):
@@ -45,9 +48,12 @@ class RerunMismatch(ValueError):
 
 def model_identity(cfg, head: str, num_labels: int = 0,
                    label_names=()) -> dict:
-    """model.* entries of a BertConfig (or its google dict) and head."""
-    get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
-    out = {f"model.{k}": get(k) for k in ARCH_FIELDS}
+    """model.* entries of a BertConfig (or its dict in bert_jax.json) and head."""
+    import dataclasses
+    d = dict(cfg) if isinstance(cfg, dict) else dataclasses.asdict(cfg)
+    # Through JSON: tuples read back as lists, so a record compares equal to itself.
+    out = {f"model.{k}": json.loads(json.dumps(v)) for k, v in sorted(d.items())
+           if k not in RUNTIME_FIELDS}
     out.update({"model.head": head, "model.num_labels": int(num_labels),
                 "model.label_names": list(label_names or [])})
     return out
@@ -97,9 +103,9 @@ def _legacy(workdir) -> dict | None:
     kind = (meta.get("task") or {}).get("kind")
     if kind != "pretraining" or not isinstance(meta.get("config"), dict):
         return None
-    record = {"task": kind, **{k: v for k, v in model_identity(meta["config"], "pretraining")
-                               .items() if k.removeprefix("model.") in meta["config"]
-                               or k == "model.head"}}
+    model = model_identity(meta["config"], "pretraining")
+    record = {"task": kind, **{k: v for k, v in model.items()
+                               if k not in ("model.num_labels", "model.label_names")}}
     vocab = model_dir.vocab_path(workdir)
     if vocab is not None:
         from bert_jax.data.tokenizer import load_tokenizer
