@@ -222,6 +222,19 @@ def test_find_batch_finds_the_largest_fitting_multiple(monkeypatch):
     assert info["bracket"] == [384, 392] and 392 in compiles and not info["stopped"]
     assert info["line_limit"] == 384
     assert abs(info["memory_line"]["b_bytes_per_row"] - 37 * 2**20) < 1
+    text = aot.format_find_batch(best, info)
+    assert text.startswith("largest global batch that fits: 384 (multiples of 8; 5 compiles")
+    assert "bracket closed: 384 fits, 392 does not" in text
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--hbm_gib=0", "error: --hbm_gib=0.0: expected a positive number of GiB"),
+    ("--max_batch=0", "error: --max_batch=0: expected >= 1")])
+def test_find_batch_flags_are_checked_before_compiling(monkeypatch, capsys, flag, message):
+    monkeypatch.setattr(aot, "topology_devices", lambda name: pytest.fail("compiled"))
+    rc = aot.main(["aot", f"--config={REPO / 'configs/pretrain/bert_tiny.py'}", "--topology=v4-8",
+                   "--find_batch", flag])
+    assert rc == 2 and capsys.readouterr().err.splitlines() == [message]
 
 
 def test_find_batch_brackets_a_far_limit_without_overshooting(monkeypatch):
