@@ -40,6 +40,10 @@ os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 # libtpu takes /tmp/libtpu_lockfile so two processes never drive one TPU; with no
 # TPU attached that only stops two compiles at once (pytest -n 2, parallel plans).
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "true")
+# A persistent compilation cache (JAX_COMPILATION_CACHE_DIR, as the test suite
+# sets) would store each TPU program and then fail to load it: the compile-only
+# TPU client cannot deserialize executables (a warning, then a recompile).
+os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
@@ -584,9 +588,10 @@ def find_batch(config, topology: str, model_size: str = "base", hbm_bytes: int |
     the step jumps there (a little past it, so it brackets), at most 16x at
     once and never past `max_batch`. Then the bracket [largest fit, smallest
     non-fit] closes: each probe is the prediction of the secant through the
-    compiles nearest the limit, kept inside the bracket, or its midpoint after
-    two such probes that each left more than half of it (the line is a model,
-    the compiles decide). The line reported is the least-squares one through
+    compiles nearest the limit, kept inside the bracket, until two such probes
+    have each left more than half of it; from then on the midpoint (memory
+    that steps, as the compiler pads or changes a layout, bisects in log2
+    compiles; the line is a model, the compiles decide). The line reported is the least-squares one through
     all compiles. The answer is exact: answer
     fits and answer + unit does not (both compiled), unless `max_batch` or
     `max_compiles` stopped the search (`stopped` says which). `log(line)`
@@ -683,7 +688,7 @@ def find_batch(config, topology: str, model_size: str = "base", hbm_bytes: int |
             lo = cand
         else:
             hi = cand
-        stalls = stalls + 1 if use_line and hi - lo > width / 2 else 0
+        stalls += use_line and hi - lo > width / 2
     fitted = line()
     info = {"unit": unit, "hbm_bytes": hbm, "dtype": dtype[0], "compiles": len(order),
             "order": order, "tried": {str(k): known[k] for k in sorted(known)},
