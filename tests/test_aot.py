@@ -268,33 +268,25 @@ def test_find_batch_units_and_a_start_that_does_not_fit(monkeypatch):
 
 @needs_libtpu
 def test_find_batch_on_tpu_compiles_agrees_with_its_memory_line():
-    """A real search: a test-sized BERT compiled for v4-8 (4 megacore chips,
-    batch in steps of 4) under a 96 MiB per-chip limit (--hbm_gib), so the
-    answer is a few hundred rows and every compile takes seconds. The answer
-    fits, the next valid batch was compiled and does not, and a line fitted
-    here (scipy) through the compiles it made puts the limit at the answer."""
+    """A real search: bert_tiny (L2/H128, seq 128) compiled for v4-8 (4 megacore
+    chips, batch in steps of 4) under a 0.5 GiB per-chip limit (`hbm_bytes`, the
+    --hbm_gib flag), so the answer is a few hundred rows. The answer fits, the
+    next valid batch was compiled and does not, and a line fitted here (scipy)
+    through the compiles it made puts the limit within 5% of the answer."""
     from scipy import stats
     c = _tiny_pretrain_config()
     c.mesh.shape = (-1, 1, 1)
-    c.model.hidden_size, c.model.num_layers, c.model.num_heads = 32, 1, 2
-    c.model.intermediate_size = 64
-    c.data.max_seq_length, c.data.max_predictions_per_seq = 32, 5
-    # Logits at every position: memory per row is large from the first rows,
-    # so the line is straight (the TPU pads small gathered batches to one size).
-    c.model.mlm_head, c.data.dense_labels = "dense", True
-    c.global_batch_size = 16
-    limit = 96 * 2**20
+    limit = 2**29
     best, info = aot.find_batch(c, "v4-8", hbm_bytes=limit)
     tried = {int(b): m for b, m in info["tried"].items()}
-    assert info["unit"] == 4 and not info["stopped"] and info["compiles"] <= 10, info
+    assert info["unit"] == 4 and not info["stopped"] and info["compiles"] <= 8, info
     assert info["dtype"] == "compute float32, params float32"
     assert tried[best] <= limit
-    assert tried.get(best + 4) is None or tried[best + 4] > limit
-    assert str(best + 4) in info["tried"]
+    assert best + 4 in tried and (tried[best + 4] is None or tried[best + 4] > limit)
     pts = sorted((b, m) for b, m in tried.items() if m is not None)
     fit = stats.linregress([b for b, _ in pts], [m for _, m in pts])
     predicted = (limit - fit.intercept) / fit.slope
-    assert abs(best - predicted) <= 4, (best, predicted, pts)
+    assert abs(best - predicted) <= 0.05 * best, (best, predicted, pts)
 
 
 @needs_libtpu
