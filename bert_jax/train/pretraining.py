@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from bert_jax import storage
 from bert_jax.convert import model_dir
 from bert_jax.model.config import BertConfig
-from bert_jax.train import loop
+from bert_jax.train import loop, run_identity
 
 if TYPE_CHECKING:
     from bert_jax.train.step import Objective, StateSpec
@@ -99,6 +99,37 @@ def bert_config(config, vocab_size: int, special: dict[str, int] | None = None) 
         hidden_dropout_prob=m.hidden_dropout_prob,
         attention_probs_dropout_prob=m.attention_probs_dropout_prob,
         max_position_embeddings=m.max_position_embeddings, **modern)
+
+
+def identity(config, pipe) -> dict:
+    """What a pretraining workdir is (bert_jax.train.run_identity): the
+    architecture, the vocabulary and the prepared corpus."""
+    tok = pipe.tokenizer
+    cfg = bert_config(config, tok.vocab_size, special_token_ids(tok))
+    return run_identity.make(
+        "pretraining", run_identity.model_identity(cfg, "pretraining"),
+        (tok.fingerprint, tok.vocab_file), {"data": pipe.corpus.data_fingerprint},
+        where={"data": config.data.prepared_dir})
+
+
+def check_rerun(config, workdir, pipe) -> None:
+    """Refuse (one line) a rerun whose model, vocabulary or data is not the one
+    `workdir` was made with; before the workdir is locked or written."""
+    run_identity.check(workdir, identity(config, pipe))
+
+
+def _copy_bpe_tokenizer(tokenizer, workdir) -> None:
+    """A tokenizer.json travels with the special-token files beside it; where
+    it has none (a prepared dir holds only tokenizer.json) they are written,
+    so HF exports of the workdir load in transformers knowing [PAD] and [MASK]."""
+    from bert_jax.data.tokenizer import hf_special_token_files
+    beside = storage.parent(tokenizer.vocab_file)
+    model_dir.copy_tokenizer_files(
+        [storage.join(beside, n) for n in model_dir.TOKENIZER_FILES
+         if storage.exists(storage.join(beside, n))], workdir)
+    for name, text in hf_special_token_files(tokenizer).items():
+        if not storage.exists(storage.join(workdir, name)):
+            storage.write_text(storage.join(workdir, name), text)
 
 
 @dataclasses.dataclass
@@ -254,25 +285,19 @@ def run(config, workdir, pipe, eval_pipe, init_params) -> dict:
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
         built = build(config, tokenizer.vocab_size, mesh, special_token_ids(tokenizer))
         cfg, spec, gathered = built.cfg, built.spec, built.gathered
-        if is_main:
-            model_dir.write_meta(workdir, cfg, "pretraining", task={"kind": "pretraining"},
-                                 do_lower_case=tokenizer.lowercase)
-            model_dir.copy_vocab(tokenizer.vocab_file, workdir)
-            if tokenizer.kind == "bpe":
-                # A tokenizer.json travels with the special-token files beside it;
-                # where it has none (a prepared dir holds only tokenizer.json),
-                # they are written, so HF exports of this workdir load in
-                # transformers knowing [PAD] and [MASK].
-                from bert_jax.data.tokenizer import hf_special_token_files
-                beside = storage.parent(tokenizer.vocab_file)
-                model_dir.copy_tokenizer_files(
-                    [storage.join(beside, n) for n in model_dir.TOKENIZER_FILES
-                     if storage.exists(storage.join(beside, n))], workdir)
-                for name, text in hf_special_token_files(tokenizer).items():
-                    if not storage.exists(storage.join(workdir, name)):
-                        storage.write_text(storage.join(workdir, name), text)
-            storage.write_text(storage.join(workdir, "config.json"),
-                               config.to_json_best_effort(indent=2))
+
+        def started(step):
+            """The workdir's description, written once its checkpoint (if any)
+            restored: a rerun refused at restore leaves it as it was."""
+            run_identity.record(workdir, identity(config, pipe))
+            if is_main:
+                model_dir.write_meta(workdir, cfg, "pretraining", task={"kind": "pretraining"},
+                                     do_lower_case=tokenizer.lowercase)
+                model_dir.copy_vocab(tokenizer.vocab_file, workdir)
+                if tokenizer.kind == "bpe":
+                    _copy_bpe_tokenizer(tokenizer, workdir)
+                storage.write_text(storage.join(workdir, "config.json"),
+                                   config.to_json_best_effort(indent=2))
 
         def fresh_state():
             if init_params is not None and is_main:
@@ -286,7 +311,7 @@ def run(config, workdir, pipe, eval_pipe, init_params) -> dict:
         job = PretrainJob(config, pipe, eval_pipe, eval_fn, mesh, seq_flops)
         summary, _ = loop.run(job, config, workdir, mesh=mesh, spec=spec, step_fn=built.step_fn,
                               init_state=fresh_state, rng=dropout_key(config),
-                              peak_flops=peak)
+                              peak_flops=peak, started=started)
     if summary["history"]:
         summary["eval"] = summary["history"][-1]["metrics"]
     if "final_loss" in summary:
