@@ -298,13 +298,16 @@ def finetune(config, workdir) -> dict:
     task_meta = {"kind": task_cls.kind,
                  "config": json.loads(config.to_json_best_effort())}
     export_cfg = cfg.replace(scan_layers=False)
+    # A HF tokenizer.json (ModernBERT's BPE) travels with its config files.
+    tok_files = (model_dir.tokenizer_files(vocab.rsplit("/", 1)[0])
+                 if vocab.endswith("tokenizer.json") else [])
 
     def save(path, params, step):
         flat = _host_params(params, spec.scanned)  # every process: may gather
         if is_main:
             model_dir.save_model_dir(path, export_cfg, flat, head, num_labels,
                                      list(task.label_names), {**task_meta, "step": int(step)},
-                                     vocab, tokenizer.lowercase)
+                                     vocab, tokenizer.lowercase, tokenizer=tok_files)
 
     peak = flops.device_peak_flops()  # before set_mesh: on CPU it runs a one-device matmul
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
@@ -398,7 +401,7 @@ def _publish(kept, model) -> None:
     model_dir.save_model_dir(model, cfg, flat, meta["head"], meta.get("num_labels", 0),
                              meta.get("label_names"),
                              meta.get("task"), storage.join(kept, "vocab.txt"),
-                             meta.get("do_lower_case"))
+                             meta.get("do_lower_case"), tokenizer=model_dir.tokenizer_files(kept))
     storage.remove(kept)
 
 
