@@ -51,20 +51,13 @@ def check_files(config) -> None:
     one line naming the field. (GLUE's data_dir and init_checkpoint are
     checked where they are opened, before any compile, too.)"""
     from bert_jax import storage
+    from bert_jax.finetune import task
     tfds = _tfds_on(config)
-    squad = config.get("task") == "squad"
     if config.get("tfds_data_dir") and not tfds:
         raise ValueError(f"config.tfds_data_dir={config.tfds_data_dir!r} is read only with "
                          "config.tfds=True; set config.tfds=True or unset it")
-    unread = {}
-    if tfds:
-        unread["test_file"] = "with config.tfds (TFDS brings its own splits)"
-        if squad:
-            unread["train_file"] = "with config.tfds (TFDS brings its own splits)"
-    elif squad and config.get("article_split"):
-        unread["train_file"] = (f"with config.article_split={config.article_split!r} (the "
-                                "first articles of dev_file train); set "
-                                "config.article_split='' to train on it")
+    unread = {"test_file": "with config.tfds (TFDS brings its own splits)"} if tfds else {}
+    unread.update(task.get(config.get("task")).unread_files(config, tfds))
     for field in ("train_file", "dev_file", "test_file"):
         value = config.get(field)
         if not value:

@@ -677,6 +677,16 @@ class SquadTask(FinetuneTask):
         return build_task(config, tokenizer)
 
     @classmethod
+    def unread_files(cls, config, tfds: bool) -> dict[str, str]:
+        if tfds:
+            return {"train_file": "with config.tfds (TFDS brings its own splits)"}
+        if config.get("article_split"):
+            return {"train_file": f"with config.article_split={config.article_split!r} (the "
+                                  "first articles of dev_file train); set "
+                                  "config.article_split='' to train on it"}
+        return {}
+
+    @classmethod
     def predict(cls, predictor, request: PredictRequest) -> list[tuple[dict, str]]:
         """Answers to --question/--context, or to every question of a SQuAD JSON file."""
         if request.question is not None:

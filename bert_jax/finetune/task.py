@@ -94,6 +94,12 @@ class FinetuneTask:
         return cls.heads[0], cls.num_labels
 
     @classmethod
+    def unread_files(cls, config, tfds: bool) -> dict[str, str]:
+        """{config field: why} of the file fields this config would not read
+        (the input checks refuse a set one); `tfds`: config.tfds is on."""
+        return {}
+
+    @classmethod
     def predict(cls, predictor, request: PredictRequest) -> list[tuple[dict, str]]:
         """Raw-text prediction: (record, input line) per input. By default one
         sequence (or a tab-separated pair) per line, classified."""
