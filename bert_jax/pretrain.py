@@ -26,7 +26,7 @@ from bert_jax.train import loop, train_config
 WORKDIR_ENTRIES = ("bert_jax.json", "vocab.txt", "config.json", "checkpoints",
                    "checkpoints_unreadable", "metrics.jsonl", "metrics.jsonl.tmp", "tb",
                    "summary.json", "summary.json.tmp", "bert_jax.json.tmp", "curves.png",
-                   workdir_lock.LOCK_NAME)
+                   workdir_lock.LOCK_NAME, "run_identity.json")
 
 
 def _is_pretraining_workdir(path) -> bool:
@@ -156,6 +156,8 @@ def _train(config, workdir: str) -> dict:
     if config.init_from and not loop.has_checkpoint(workdir):
         cfg = pretraining.bert_config(config, tokenizer.vocab_size)
         init_params = check_init_from(config, cfg, tokenizer)
+
+    pretraining.check_rerun(config, workdir, pipe)  # another model, vocab or data: refused
 
     # ---- Workdir: created and locked only now that the inputs are known good ----------
     with run_dir.claim(workdir, has_progress=loop.has_progress):

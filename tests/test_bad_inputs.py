@@ -718,3 +718,275 @@ def test_bucket_root_is_never_a_destination(gcs, ws):
         assert proc.returncode == 1 and "is a bucket root, which is never replaced" in last, \
             proc.stderr[-2000:]
         assert storage.read_text(keep) == "keep me"
+
+
+# ---------------------------------------------------------------- reruns
+
+def snapshot(root) -> dict[str, bytes]:
+    """Every file under root (relative path -> bytes): a refused rerun must
+    leave it equal."""
+    root = pathlib.Path(root)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def _sha16(path) -> str:
+    import hashlib
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
+
+
+# Runs that train: LLVM at -O0 and a compilation cache shared by them (the
+# resumed run compiles what the first one did).
+TRAIN_ENV = {"XLA_FLAGS": "--xla_backend_optimization_level=0",
+             "JAX_COMPILATION_CACHE_DIR": "{root}/jax_cache",
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+@pytest.fixture(scope="module")
+def reruns(ws):
+    """A 2-step pretraining run (checkpoints 1 and 2) and a one-epoch SST-2
+    fine-tuning run whose export is undone (as by a crash after its last
+    checkpoint), plus what the reruns change: a corpus prepared with the cased
+    vocabulary, one of other text, a wider model, SST-2 with other training rows."""
+    from bert_jax.data.prepare import prepare_corpus
+    root = ws["root"]
+    novels = [f"raw:{root}/novel{i}.txt" for i in range(2)]
+    prepare_corpus(",".join(novels), ws["cased_vocab"], root / "prepared_cased",
+                   num_workers=1, progress=False)
+    halves = []
+    for i in range(2):  # other text: the first half of each novel's lines
+        halves.append(root / f"half{i}.txt")
+        halves[-1].write_text("\n".join(ws_lines(root / f"novel{i}.txt")[:150]))
+    prepare_corpus(",".join(f"raw:{p}" for p in halves), ws["vocab"], root / "prepared_other",
+                   num_workers=1, progress=False)
+    save_tiny_model(root / "tiny_wide", hidden_size=64)
+    sst = data_path("glue", "SST-2", "train.tsv").read_text().splitlines()
+    (root / "glue_other" / "SST-2").mkdir(parents=True)
+    (root / "glue_other" / "SST-2" / "train.tsv").write_text("\n".join(sst[:1] + sst[41:81])
+                                                            + "\n")
+    shutil.copyfile(root / "glue" / "SST-2" / "dev.tsv", root / "glue_other" / "SST-2" / "dev.tsv")
+    for module, args in (
+            ("bert_jax.pretrain", [*PRETRAIN, "--workdir={root}/pre_run",
+                                   "--config.num_train_steps=2", "--config.checkpoint.every=1",
+                                   "--config.log_every=1"]),
+            ("bert_jax.finetune", [*GLUE, "--workdir={root}/ft_run", "--config.num_epochs=1",
+                                   "--config.checkpoint.every=1"])):
+        proc = _run(dict(module=module, args=args, env=TRAIN_ENV), ws)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.rmtree(root / "ft_run" / "model")
+    (root / "ft_run" / "summary.json").unlink()
+    return ws
+
+
+RERUNS = [
+    # (name, module, args, workdir, culprits): every culprit is in the error line.
+    ("pretrain_size_mini", "bert_jax.pretrain",
+     ["--config=configs/pretrain/bert.py:size=mini,runlocal", *PRETRAIN[1:4],
+      "--config.global_batch_size=16"], "pre_run",
+     ["model.hidden_size 32 -> 256", "model.num_hidden_layers 1 -> 4",
+      "model.intermediate_size 64 -> 1024", "new --workdir"]),
+    ("pretrain_more_layers", "bert_jax.pretrain", [*PRETRAIN, "--config.model.num_layers=2"],
+     "pre_run", ["model.num_hidden_layers 1 -> 2"]),
+    ("pretrain_other_vocab", "bert_jax.pretrain",
+     [*PRETRAIN, "--config.data.prepared_dir={root}/prepared_cased"], "pre_run",
+     ["model.vocab_size {vocab_size} -> {cased_vocab_size}", "vocab ", "({root}/prepared/vocab.txt) -> ",
+      "({root}/prepared_cased/vocab.txt)"]),
+    ("pretrain_other_data", "bert_jax.pretrain",
+     [*PRETRAIN, "--config.data.prepared_dir={root}/prepared_other"], "pre_run",
+     ["data ", "({root}/prepared) -> ", "({root}/prepared_other)"]),
+    ("pretrain_task_finetune", "bert_jax.finetune", GLUE, "pre_run",
+     ["the workdir holds a pretraining workdir written by `pretrain`"]),
+    ("finetune_wider_model", "bert_jax.finetune",
+     [*GLUE, "--config.init_checkpoint={root}/tiny_wide"], "ft_run",
+     ["model.hidden_size 32 -> 64"]),
+    ("finetune_other_vocab", "bert_jax.finetune",
+     [*GLUE, "--config.init_checkpoint={tiny_shuffled}"], "ft_run",
+     ["vocab ", "({tiny}/vocab.txt) -> ", "({tiny_shuffled}/vocab.txt)"]),
+    ("finetune_other_data", "bert_jax.finetune", [*GLUE, "--config.data_dir={root}/glue_other"],
+     "ft_run", ["data.train_file sha256 {glue_sha}, {glue_size} bytes "
+                "({root}/glue/SST-2/train.tsv) -> sha256 {other_sha}, {other_size} bytes "
+                "({root}/glue_other/SST-2/train.tsv)"]),
+    ("finetune_other_task", "bert_jax.finetune", CONLL, "ft_run",
+     ["task glue:sst2 -> conll:conll2003", "model.head classification -> tagging"]),
+]
+
+
+@pytest.fixture(scope="module")
+def rerun_results(reruns):
+    """{name: (CompletedProcess, snapshot before, snapshot after)} of every
+    rerun, each on its own copy of the run's workdir (so that they can run
+    concurrently without meeting each other's lock)."""
+    from concurrent.futures import ThreadPoolExecutor
+    w, root = reruns, reruns["root"]
+    specs, before = [], {}
+    for name, module, args, workdir, _ in RERUNS:
+        shutil.copytree(root / workdir, root / f"rerun_{name}", symlinks=True)
+        before[name] = snapshot(root / f"rerun_{name}")
+        specs.append(dict(module=module, args=[*args, f"--workdir={{root}}/rerun_{name}"],
+                          env={}))
+    with ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 1)) as pool:
+        procs = list(pool.map(lambda spec: _run(spec, w), specs))
+    return {name: (proc, before[name], snapshot(root / f"rerun_{name}"))
+            for (name, *_), proc in zip(RERUNS, procs)}
+
+
+@pytest.mark.parametrize("name,module,args,workdir,culprits", RERUNS,
+                         ids=[r[0] for r in RERUNS])
+def test_rerun_with_changed_config_is_refused(reruns, rerun_results, name, module, args,
+                                              workdir, culprits):
+    """One line naming what changed (old -> new) and the way out, exit 1, and
+    every file of the workdir as it was (names and bytes)."""
+    proc, before, after = rerun_results[name]
+    root = reruns["root"]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), proc.stderr[-2000:]
+    sizes = {"vocab_size": len(ws_lines(reruns["vocab"])),
+             "cased_vocab_size": len(ws_lines(reruns["cased_vocab"])),
+             "glue_sha": _sha16(root / "glue" / "SST-2" / "train.tsv"),
+             "glue_size": (root / "glue" / "SST-2" / "train.tsv").stat().st_size,
+             "other_sha": _sha16(root / "glue_other" / "SST-2" / "train.tsv"),
+             "other_size": (root / "glue_other" / "SST-2" / "train.tsv").stat().st_size}
+    for culprit in culprits:
+        assert _fmt(culprit, {**reruns, **sizes}) in last, last
+    assert "resumed" not in proc.stdout
+    assert after.keys() == before.keys()
+    assert after == before
+    assert not (root / f"rerun_{name}" / "checkpoints_unreadable").exists()
+
+
+def ws_lines(path) -> list[str]:
+    return pathlib.Path(path).read_text(encoding="utf-8").splitlines()
+
+
+def test_older_workdir_resumes_and_checkpoint_not_fitting_is_refused(reruns):
+    """A workdir from before the identity record (no run_identity.json): with
+    its config it resumes (and records it). With the bert_jax.json gone too
+    (nothing recorded at all), a deeper model meets the checkpoint at restore:
+    one line naming the parameter and both shapes, exit 1, nothing moved."""
+    root = reruns["root"]
+    old = root / "pre_old"
+    shutil.copytree(root / "pre_run", old)
+    (old / "run_identity.json").unlink()
+    (old / "bert_jax.json").unlink()
+    before = snapshot(old)
+    proc = _run(dict(module="bert_jax.pretrain", env={}, args=[
+        *PRETRAIN, "--config.model.num_layers=2", "--config.num_train_steps=3",
+        "--workdir={root}/pre_old"]), reruns)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {old}: checkpoint step 2 does not fit this model: it has "
+                           "no params/bert/encoder/layers/1/"), last
+    assert "new --workdir" in last
+    assert snapshot(old) == before
+    assert not (old / "checkpoints_unreadable").exists()
+
+    # Its own config: resumes at step 2, runs step 3, records what it is.
+    proc = _run(dict(module="bert_jax.pretrain", env=TRAIN_ENV, args=[
+        *PRETRAIN, "--config.num_train_steps=3", "--workdir={root}/pre_old"]), reruns)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from {old} at step 2" in proc.stdout
+    assert sorted(int(p.name) for p in (old / "checkpoints").iterdir()) == [1, 2, 3]
+    assert (json.loads((old / "run_identity.json").read_text())
+            == json.loads((root / "pre_run" / "run_identity.json").read_text()))
+    steps = [json.loads(x)["step"] for x in (old / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- disk full
+
+DISK_FULL = r"""
+set -u
+kib() { du -sk "$1" | cut -f1; }
+mount -t tmpfs -o size=$(( $(kib "$ROOT/pre_run") + $(kib "$ROOT/ft_run") + 1024 ))k tmpfs \
+    "$MNT" || exit 99
+cp -a "$ROOT/pre_run" "$MNT/pre" && cp -a "$ROOT/ft_run" "$MNT/ft" || exit 97
+# About 1 MiB free: a checkpoint (11 MiB), the model (4 MiB), two whole novels
+# prepared (several MiB) do not fit.
+run() { name=$1; shift; "$PY" -m "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"; echo $? > "$OUT/$name.rc"; }
+run ckpt bert_jax.pretrain $PRETRAIN_ARGS --workdir="$MNT/pre"
+run export bert_jax.finetune $GLUE_ARGS --workdir="$MNT/ft"
+run prepare bert_jax.data.prepare --corpus="$CORPUS" \
+    --vocab="$VOCAB" --out="$MNT/corpus" --num_workers=1
+cp -a "$MNT" "$OUT/full"
+mount -o remount,size=256m "$MNT" || exit 98
+run ckpt_again bert_jax.pretrain $PRETRAIN_ARGS --workdir="$MNT/pre"
+run export_again bert_jax.finetune $GLUE_ARGS --workdir="$MNT/ft"
+cp -a "$MNT" "$OUT/space"
+"""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_disk_full(reruns, tmp_path):
+    """A tmpfs with 1 MiB free, in a private mount namespace: a checkpoint save,
+    a model export and `data.prepare` each stop with one line naming the path
+    and "no space left on device"; the earlier checkpoints are intact, nothing
+    half-written is left; with space, the same commands continue from the last
+    checkpoint (step 2 -> 3) and write the model."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) here")
+    root = reruns["root"]
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    mnt.mkdir()
+    out.mkdir()
+    fmt = lambda args: " ".join(_fmt(a, reruns) for a in args)  # noqa: E731
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+               TOKENIZERS_PARALLELISM="false", TF_CPP_MIN_LOG_LEVEL="3",
+               **{k: _fmt(v, reruns) for k, v in TRAIN_ENV.items()},
+               CORPUS=",".join(f"raw:{p}" for p in sorted(
+                   data_path("corpus", "eltec-eng").glob("*.txt"))[:2]), MNT=str(mnt), OUT=str(out), ROOT=str(root),
+               PY=sys.executable, VOCAB=str(reruns["vocab"]),
+               PRETRAIN_ARGS=fmt([*PRETRAIN, "--config.num_train_steps=3",
+                                  "--config.checkpoint.every=1", "--config.log_every=1"]),
+               GLUE_ARGS=fmt([*GLUE, "--config.num_epochs=1", "--config.checkpoint.every=1",
+                              "--config.export=last"]))
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", DISK_FULL],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode == 99 or "unshare failed" in proc.stderr:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here: "
+                    f"{proc.stderr.strip()[-300:]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = {n: ((out / f"{n}.rc").read_text().strip(), (out / f"{n}.out").read_text(),
+               (out / f"{n}.err").read_text())
+           for n in ("ckpt", "export", "prepare", "ckpt_again", "export_again")}
+
+    def last_line(name):
+        rc, _, err = res[name]
+        assert rc == "1", err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        return err.strip().splitlines()[-1]
+
+    full, space = out / "full", out / "space"
+    # The checkpoint of step 3: one line; steps 1 and 2 as they were.
+    assert last_line("ckpt") == (
+        f"error: {mnt}/pre/checkpoints: saving checkpoint step 3 failed: no space left on "
+        "device; checkpoints kept: [1, 2]; free space and rerun the same command to continue "
+        "from step 2")
+    ckpts = lambda d: sorted(p.name for p in (d / "pre" / "checkpoints").iterdir()  # noqa: E731
+                             if p.name.isdigit())
+    assert ckpts(full) == ["1", "2"]
+    assert snapshot(full / "pre" / "checkpoints" / "2") == snapshot(
+        root / "pre_run" / "checkpoints" / "2")
+    # The model: one line; no model/ and no temp dir beside it; checkpoints kept.
+    assert last_line("export").startswith(
+        f"error: {mnt}/ft/model: writing the model of step ")
+    assert "failed: no space left on device; the run's checkpoints are kept" in \
+        last_line("export")
+    assert not [p for p in (full / "ft").iterdir() if "model" in p.name]
+    assert snapshot(full / "ft" / "checkpoints") == snapshot(root / "ft_run" / "checkpoints")
+    # The corpus: one line, nothing left.
+    assert last_line("prepare") == (f"error: {mnt}/corpus: writing the prepared corpus failed: "
+                                    "no space left on device; free space and rerun")
+    assert not (full / "corpus").exists()
+    # With space: the same commands continue.
+    rc, stdout, err = res["ckpt_again"]
+    assert rc == "0", err[-3000:]
+    assert f"resumed from {mnt}/pre at step 2" in stdout
+    assert ckpts(space)[-1] == "3"
+    steps = [json.loads(x)["step"] for x in (space / "pre" / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert steps == [1, 2, 3]
+    rc, stdout, err = res["export_again"]
+    assert rc == "0", err[-3000:]
+    assert (space / "ft" / "model" / "bert_jax.json").is_file()

@@ -20,12 +20,14 @@ with FILE:LINE unless --encoding_errors=replace; a vocab without
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import itertools
 import json
 import multiprocessing
 import os
 import pathlib
+import re
 import shutil
 import sys
 import time
@@ -394,9 +396,18 @@ def main(argv) -> None:
 
     del argv
     f = flags.FLAGS
-    manifest = prepare_corpus(f.corpus, f.vocab, f.out, num_workers=f.num_workers,
-                              segmenter=f.segmenter, encoding_errors=f.encoding_errors,
-                              max_sentence_tokens=f.max_sentence_tokens, overwrite=f.overwrite)
+    try:
+        manifest = prepare_corpus(f.corpus, f.vocab, f.out, num_workers=f.num_workers,
+                                  segmenter=f.segmenter, encoding_errors=f.encoding_errors,
+                                  max_sentence_tokens=f.max_sentence_tokens,
+                                  overwrite=f.overwrite)
+    except OSError as e:
+        # ENOSPC, or numpy's short write ("N requested and M written"), names
+        # no file: say which output it was.
+        if e.errno != errno.ENOSPC and not re.search(r"\d+ requested and \d+ written", str(e)):
+            raise
+        raise OSError(f"{f.out}: writing the prepared corpus failed: no space left on "
+                      "device; free space and rerun") from None
     print(summary(manifest))
 
 

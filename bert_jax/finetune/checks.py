@@ -18,7 +18,7 @@ from bert_jax.cli import optional
 WORKDIR_ENTRIES = ("metrics.jsonl", "metrics.jsonl.tmp", "tb", "eval", "model", "best",
                    "checkpoints", "checkpoints_unreadable",
                    "summary.json", "summary.json.tmp", "test_predictions", "sweep_results.json",
-                   "sweep_results.json.tmp", "curves.png")
+                   "sweep_results.json.tmp", "curves.png", "run_identity.json")
 
 
 def is_finetune_workdir(path) -> bool:

@@ -402,6 +402,14 @@ class GlueTask(FinetuneTask):
         return build_task(config, tokenizer)
 
     @classmethod
+    def train_file(cls, config) -> str | None:
+        spec = task_spec(config.task)
+        root = str(config.data_dir).rstrip("/")
+        if storage.name(root) == spec.dir_name:
+            root = storage.parent(root)
+        return storage.join(root, spec.files["train"].path)
+
+    @classmethod
     def plan(cls, config) -> tuple[str, int]:
         spec = task_spec(config.task)
         return (("regression", 1) if spec.is_regression

@@ -677,6 +677,11 @@ class SquadTask(FinetuneTask):
         return build_task(config, tokenizer)
 
     @classmethod
+    def train_file(cls, config) -> str | None:
+        # article_split trains on the first articles of dev_file.
+        return config.dev_file if config.get("article_split") else config.get("train_file")
+
+    @classmethod
     def unread_files(cls, config, tfds: bool) -> dict[str, str]:
         if tfds:
             return {"train_file": "with config.tfds (TFDS brings its own splits)"}

@@ -94,6 +94,12 @@ class FinetuneTask:
         return cls.heads[0], cls.num_labels
 
     @classmethod
+    def train_file(cls, config) -> str | None:
+        """The file the training examples come from, as the task reads it (a
+        workdir remembers its hash: bert_jax.train.run_identity)."""
+        return config.get("train_file") or None
+
+    @classmethod
     def unread_files(cls, config, tfds: bool) -> dict[str, str]:
         """{config field: why} of the file fields this config would not read
         (the input checks refuse a set one); `tfds`: config.tfds is on."""

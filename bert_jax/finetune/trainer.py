@@ -29,6 +29,7 @@ from bert_jax.finetune import checks
 from bert_jax.finetune import task as tasks
 from bert_jax.model import sharding
 from bert_jax.model.heads import build_model, dropout_overrides, encoder_params, get_head
+from bert_jax.train import run_identity
 from bert_jax.train.optim import build_optimizer
 from bert_jax.train.step import (
     Objective,
@@ -127,6 +128,34 @@ def init_weights(config):
                 "drop --vocab, or pass --allow_vocab_mismatch",
                 "unset config.vocab, or set config.allow_vocab_mismatch=True")) from None
     return cfg, encoder_params(cfg, flat), str(vocab), meta.get("do_lower_case")
+
+
+def run_identity_of(config, cfg, task, tokenizer, vocab, task_cls) -> dict:
+    """What a fine-tuning workdir is (bert_jax.train.run_identity): the task, the
+    checkpoint's architecture with this task's head and labels, the
+    vocabulary, and the training data (its file's size and hash, or its TFDS
+    name, and the settings that select or cut its examples)."""
+    kind = task_cls.kind
+    model = run_identity.model_identity(cfg, task.head, task.num_labels, task.label_names)
+    data: dict = {"data.num_train_examples": task.num_train_examples()}
+    for field in ("max_seq_length", "max_train_examples", "version", "doc_stride",
+                  "max_query_length", "article_split", "synthesize_v2",
+                  "unanswerable_fraction", "entity_types"):
+        if field in config:
+            v = config[field]
+            data[f"data.{field}"] = list(v) if isinstance(v, (tuple, list)) else v
+    where = {}
+    tfds = config.get("tfds")
+    if tfds not in (None, False, "", "false", "False", "0"):
+        data["data.tfds"] = str(tfds)
+    else:
+        train = task_cls.train_file(config)
+        if train:
+            f = run_identity.file_identity(train)
+            data["data.train_file"] = f"sha256 {f['sha256']}, {f['size']} bytes"
+            where["data.train_file"] = train
+    return run_identity.make(f"{kind}:{task.name}", model, (tokenizer.fingerprint, vocab), data,
+                             where)
 
 
 def evaluate_task(task, predict, params, out_dir, eval_batch_size) -> dict[str, dict]:
@@ -285,6 +314,8 @@ def finetune(config, workdir) -> dict:
     input_report = checks.read_all_splits(task)
     if is_main and input_report:
         tqdm.write(checks.format_report(input_report))
+    identity = run_identity_of(config, cfg, task, tokenizer, vocab, task_cls)
+    run_identity.check(workdir, identity)  # another model, vocab, task or data: refused
     storage.makedirs(workdir)  # only now that the inputs are known good
 
     # ---- Model, optimizer -------------------------------------------------------------
@@ -305,9 +336,19 @@ def finetune(config, workdir) -> dict:
     def save(path, params, step):
         flat = _host_params(params, spec.scanned)  # every process: may gather
         if is_main:
-            model_dir.save_model_dir(path, export_cfg, flat, head, num_labels,
-                                     list(task.label_names), {**task_meta, "step": int(step)},
-                                     vocab, tokenizer.lowercase, tokenizer=tok_files)
+            try:
+                model_dir.save_model_dir(path, export_cfg, flat, head, num_labels,
+                                         list(task.label_names), {**task_meta, "step": int(step)},
+                                         vocab, tokenizer.lowercase, tokenizer=tok_files)
+            except Exception as e:
+                from bert_jax.train import checkpointing
+                if not checkpointing.is_disk_full(e):
+                    raise
+                # The model dir is written beside its place and swapped in
+                # whole: nothing half-written is left, the checkpoints stay.
+                raise OSError(f"{path}: writing the model of step {step} failed: no space "
+                              "left on device; the run's checkpoints are kept: free space and "
+                              "rerun the same command to write it") from None
 
     peak = flops.device_peak_flops()  # before set_mesh: on CPU it runs a one-device matmul
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
@@ -321,7 +362,8 @@ def finetune(config, workdir) -> dict:
             job, config, workdir, mesh=mesh, spec=spec, step_fn=step_fn,
             init_state=lambda: init_state(spec, model_fn, optimizer, config.seed,
                                                    init_params=encoder),
-            rng=dropout_key(config), peak_flops=peak)
+            rng=dropout_key(config), peak_flops=peak,
+            started=lambda step: run_identity.record(workdir, identity))
         summary = _finetune_summary(summary, task, input_report, job)
         if "preempted_at" not in summary:
             _write_test_predictions(task, predict, state["params"], workdir, config)

@@ -73,11 +73,15 @@ class Job(Protocol):
 
 
 def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
-        init_state: Callable[[], Any], rng, peak_flops: float | None) -> tuple[dict, Any]:
+        init_state: Callable[[], Any], rng, peak_flops: float | None,
+        started: Callable[[int], None] | None = None) -> tuple[dict, Any]:
     """Train `job` from the newest checkpoint in workdir (or `init_state()`) to
     `job.num_steps`. Reads config.log_every and config.checkpoint.*. Call under
-    the mesh. Returns (summary, final state); summary has 'preempted_at' when a
-    signal stopped the run (after saving)."""
+    the mesh. `started(start_step)` runs once the checkpoint restored and its
+    data position checked, before the loop writes anything (a run refused at
+    restore leaves the workdir's files as they were). Returns (summary, final
+    state); summary has 'preempted_at' when a signal stopped the run (after
+    saving)."""
     import jax
     from tqdm import tqdm
 
@@ -88,15 +92,21 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
     c = config.checkpoint
     ckpt = checkpointing.Checkpointer(workdir, c.every, c.keep, c.get("keep_every") or None,
                                       c.get("async_save", True))
-    restored = ckpt.restore_latest(spec.abstract)
-    if restored is not None:
-        start_step, state, saved = restored
-        loop_state = saved.pop(LOOP_KEY, {})
-        job.check_data_state(saved)
-        if is_main:
-            print(f"resumed from {workdir} at step {start_step}", flush=True)
-    else:
-        start_step, state, loop_state = 0, init_state(), {}
+    try:
+        restored = ckpt.restore_latest(spec.abstract)
+        if restored is not None:
+            start_step, state, saved = restored
+            loop_state = saved.pop(LOOP_KEY, {})
+            job.check_data_state(saved)
+            if is_main:
+                print(f"resumed from {workdir} at step {start_step}", flush=True)
+        else:
+            start_step, state, loop_state = 0, init_state(), {}
+        if started is not None:
+            started(start_step)
+    except BaseException:
+        ckpt.close()  # nothing was saved: this only stops orbax's threads
+        raise
     best = loop_state.get("best")          # {'step', 'score', 'label'} or None
     history = list(loop_state.get("history", []))
 

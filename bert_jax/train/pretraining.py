@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from bert_jax import storage
 from bert_jax.convert import model_dir
 from bert_jax.model.config import BertConfig
-from bert_jax.train import loop
+from bert_jax.train import loop, run_identity
 
 if TYPE_CHECKING:
     from bert_jax.train.step import Objective, StateSpec
@@ -77,6 +77,23 @@ def bert_config(config, vocab_size: int) -> BertConfig:
         hidden_dropout_prob=m.hidden_dropout_prob,
         attention_probs_dropout_prob=m.attention_probs_dropout_prob,
         max_position_embeddings=m.max_position_embeddings)
+
+
+def identity(config, pipe) -> dict:
+    """What a pretraining workdir is (bert_jax.train.run_identity): the
+    architecture, the vocabulary and the prepared corpus."""
+    tok = pipe.tokenizer
+    cfg = bert_config(config, tok.vocab_size)
+    return run_identity.make(
+        "pretraining", run_identity.model_identity(cfg, "pretraining"),
+        (tok.fingerprint, tok.vocab_file), {"data": pipe.corpus.data_fingerprint},
+        where={"data": config.data.prepared_dir})
+
+
+def check_rerun(config, workdir, pipe) -> None:
+    """Refuse (one line) a rerun whose model, vocabulary or data is not the one
+    `workdir` was made with; before the workdir is locked or written."""
+    run_identity.check(workdir, identity(config, pipe))
 
 
 @dataclasses.dataclass
@@ -228,12 +245,17 @@ def run(config, workdir, pipe, eval_pipe, init_params) -> dict:
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
         built = build(config, tokenizer.vocab_size, mesh)
         cfg, spec, gathered = built.cfg, built.spec, built.gathered
-        if is_main:
-            model_dir.write_meta(workdir, cfg, "pretraining", task={"kind": "pretraining"},
-                                 do_lower_case=tokenizer.lowercase)
-            model_dir.copy_vocab(tokenizer.vocab_file, workdir)
-            storage.write_text(storage.join(workdir, "config.json"),
-                               config.to_json_best_effort(indent=2))
+
+        def started(step):
+            """The workdir's description, written once its checkpoint (if any)
+            restored: a rerun refused at restore leaves it as it was."""
+            run_identity.record(workdir, identity(config, pipe))
+            if is_main:
+                model_dir.write_meta(workdir, cfg, "pretraining", task={"kind": "pretraining"},
+                                     do_lower_case=tokenizer.lowercase)
+                model_dir.copy_vocab(tokenizer.vocab_file, workdir)
+                storage.write_text(storage.join(workdir, "config.json"),
+                                   config.to_json_best_effort(indent=2))
 
         def fresh_state():
             if init_params is not None and is_main:
@@ -247,7 +269,7 @@ def run(config, workdir, pipe, eval_pipe, init_params) -> dict:
         job = PretrainJob(config, pipe, eval_pipe, eval_fn, mesh, seq_flops)
         summary, _ = loop.run(job, config, workdir, mesh=mesh, spec=spec, step_fn=built.step_fn,
                               init_state=fresh_state, rng=dropout_key(config),
-                              peak_flops=peak)
+                              peak_flops=peak, started=started)
     if summary["history"]:
         summary["eval"] = summary["history"][-1]["metrics"]
     if "final_loss" in summary:

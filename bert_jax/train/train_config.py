@@ -113,7 +113,9 @@ def finetune_fields(c: config_dict.ConfigDict, *, lr: float, num_epochs: int,
     # model/ at the end: "best" = the parameters of the best evaluation by the
     # task's main dev metric (GLUE: its score, SQuAD and CoNLL: F1); "last".
     c.export = "best"
-    c.checkpoint = checkpoint(every=1000, keep=1)
+    # keep=2: when the newest checkpoint is damaged the run falls back to the
+    # one before (with one it would start again from step 0).
+    c.checkpoint = checkpoint(every=1000, keep=2)
     c.mesh = mesh()
     # How the checkpoint's architecture runs (None: as it was saved), e.g.
     # --config.model.dtype=bfloat16 or a dropout rate.
