@@ -40,6 +40,10 @@ os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 # libtpu takes /tmp/libtpu_lockfile so two processes never drive one TPU; with no
 # TPU attached that only stops two compiles at once (pytest -n 2, parallel plans).
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "true")
+# A persistent compilation cache (JAX_COMPILATION_CACHE_DIR, as the test suite
+# sets) would store each TPU program and then fail to load it: the compile-only
+# TPU client cannot deserialize executables (a warning, then a recompile).
+os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
@@ -175,6 +179,7 @@ class Program:
     per_host_bytes: int
     model: str
     num_layers: int
+    dtype: str = ""           # "compute X, params Y": what the memory depends on
 
 
 def _abstract_batch(spec: dict[str, tuple[tuple[int, ...], np.dtype]], mesh) -> dict:
@@ -188,6 +193,10 @@ def _rng(config, mesh):
     key = jax.eval_shape(lambda: dropout_key(config))
     return jax.ShapeDtypeStruct(key.shape, key.dtype,
                                 sharding=NamedSharding(mesh, PartitionSpec()))
+
+
+def _dtypes(cfg) -> str:
+    return f"compute {cfg.dtype}, params {cfg.param_dtype}"
 
 
 def _host_input(spec, num_hosts: int) -> tuple[int, int]:
@@ -225,7 +234,7 @@ def pretrain_program(config, mesh, num_hosts: int) -> Program:
     return Program(built.step_fn, (built.spec.abstract, _abstract_batch(spec, mesh),
                                        _rng(config, mesh)),
                    G, T, formula, rows, nbytes, f"bert_{config.model.size}",
-                   built.cfg.num_hidden_layers)
+                   built.cfg.num_hidden_layers, _dtypes(built.cfg))
 
 
 def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
@@ -264,7 +273,7 @@ def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
     rows, nbytes = _host_input(bspec, num_hosts)
     return Program(step, (spec.abstract, _abstract_batch(bspec, mesh), _rng(config, mesh)), B, T,
                    enc * B, rows, nbytes, f"{task} head on {cfg.num_hidden_layers}L/H{cfg.hidden_size}",
-                   cfg.num_hidden_layers)
+                   cfg.num_hidden_layers, _dtypes(cfg))
 
 
 # ---- Reading the compiled program ---------------------------------------------------
@@ -462,9 +471,14 @@ def _cost_variant(config, layers: int):
     return c, accum
 
 
-def report(config, topology: str, model_size: str = "base") -> dict:
+def report(config, topology: str, model_size: str = "base",
+           hbm_bytes: int | None = None) -> dict:
+    """The compiled step's report; `hbm_bytes` replaces the chip's HBM per
+    device as the limit it must fit in (a smaller budget, or a what-if)."""
     gen, devices = topology_devices(topology)
     chip = CHIPS[gen]
+    if hbm_bytes:
+        chip = dataclasses.replace(chip, hbm_bytes=int(hbm_bytes))
     mesh = _mesh_for(config, devices)
     num_hosts = len({d.process_index for d in devices})
     prog = _program(config, mesh, num_hosts, model_size)
@@ -474,7 +488,7 @@ def report(config, topology: str, model_size: str = "base") -> dict:
         "topology": topology, "device_kind": devices[0].device_kind, "num_devices": n,
         "num_hosts": num_hosts, "devices_per_host": n // num_hosts,
         "mesh": dict(zip(mesh.axis_names, (int(s) for s in mesh.devices.shape))),
-        "model": prog.model, "seq_len": prog.seq_len, "global_batch_size": prog.global_batch,
+        "model": prog.model, "dtype": prog.dtype, "seq_len": prog.seq_len, "global_batch_size": prog.global_batch,
         "per_host_batch_rows": prog.per_host_rows, "per_host_batch_bytes": prog.per_host_bytes,
         "hbm_bytes_per_device": chip.hbm_bytes, "peak_flops_per_device": chip.peak_flops,
         "compile_seconds": res["compile_seconds"], "collectives_version": COLLECTIVES_VERSION,
@@ -527,57 +541,179 @@ def report(config, topology: str, model_size: str = "base") -> dict:
     return out
 
 
-def find_batch(config, topology: str, model_size: str = "base",
-               max_compiles: int = 6) -> tuple[int, dict]:
-    """Largest global batch that fits: memory is linear in the batch, so two
-    compiles fix the line, a third confirms the prediction, and bisection
-    between the largest fitting and smallest failing batch finishes it."""
-    gen, devices = topology_devices(topology)
-    mesh = _mesh_for(config, devices)
-    batch_ways = int(mesh.shape["data"] * mesh.shape["fsdp"])
-    num_hosts = len({d.process_index for d in devices})
+def memory_line(points: dict[int, int]) -> dict | None:
+    """Least-squares line peak bytes = a + b * batch through the compiles that
+    gave a memory analysis (None below two distinct batches). Peak memory is
+    the parameters, optimizer state and code (a) plus activations and input
+    per row (b); `max_residual_bytes` says how straight it is."""
+    if len(points) < 2:
+        return None
+    x = np.array(sorted(points), dtype=np.float64)
+    y = np.array([points[int(b)] for b in x], dtype=np.float64)
+    b, a = np.polyfit(x, y, 1)
+    return {"a_bytes": float(a), "b_bytes_per_row": float(b),
+            "max_residual_bytes": float(np.max(np.abs(a + b * x - y))),
+            "points": len(points)}
+
+
+def line_limit(line: dict | None, hbm: int, unit: int) -> int | None:
+    """The largest multiple of `unit` the line puts at or under `hbm`."""
+    if not line or line["b_bytes_per_row"] <= 0:
+        return None
+    return int((hbm - line["a_bytes"]) / line["b_bytes_per_row"]) // unit * unit
+
+
+def batch_unit(config, mesh, num_hosts: int) -> int:
+    """Valid global batches are the multiples of this: every micro-batch
+    (global / grad_accum_steps) splits over data x fsdp, and every host reads
+    the same number of rows."""
     accum = int(config.get("grad_accum_steps", 1))
-    unit = math.lcm(batch_ways, num_hosts, accum)
-    hbm = CHIPS[gen].hbm_bytes
+    return math.lcm(sharding.batch_shards(mesh) * accum, num_hosts)
+
+
+def find_batch(config, topology: str, model_size: str = "base", hbm_bytes: int | None = None,
+               max_compiles: int = 16, max_batch: int = 1 << 20,
+               log=None) -> tuple[int, dict]:
+    """Largest valid global batch whose compiled step fits in `hbm_bytes` per
+    device (the chip's HBM unless given).
+
+    From the config's batch (rounded to a valid one) the batch doubles until a
+    compile does not fit (an out-of-memory compile, or a peak over the limit);
+    where the memory line of the last two compiles predicts a limit further out,
+    the step jumps there (a little past it, so it brackets), at most 16x at
+    once and never past `max_batch`. Then the bracket [largest fit, smallest
+    non-fit] closes: each probe is the prediction of the secant through the
+    compiles nearest the limit, kept inside the bracket, until two such probes
+    have each left more than half of it; from then on the midpoint (memory
+    that steps, as the compiler pads or changes a layout, bisects in log2
+    compiles; the line is a model, the compiles decide). The line reported is the least-squares one through
+    all compiles. The answer is exact: answer
+    fits and answer + unit does not (both compiled), unless `max_batch` or
+    `max_compiles` stopped the search (`stopped` says which). `log(line)`
+    hears of each compile as it ends (they take minutes for a large model)."""
+    gen, devices = topology_devices(topology)
+    hbm = int(hbm_bytes) if hbm_bytes else CHIPS[gen].hbm_bytes
+    mesh = _mesh_for(config, devices)
+    num_hosts = len({d.process_index for d in devices})
+    unit = batch_unit(config, mesh, num_hosts)
+    cap = max_batch // unit * unit or unit
     known: dict[int, int | None] = {}   # batch -> peak bytes, None = out of memory
+    order: list[int] = []
+    dtype = [""]
 
     def measure(b):
         c = config.copy_and_resolve_references()
         with c.unlocked():
             c.global_batch_size = b
-        r = compile_program(_program(c, mesh, num_hosts, model_size), mesh)
+        prog = _program(c, mesh, num_hosts, model_size)
+        dtype[0] = prog.dtype
+        r = compile_program(prog, mesh)
         known[b] = None if r["oom"] else r["bytes_per_device"]["peak"]
-        return known[b]
+        order.append(b)
+        if log:
+            log(f"compile {len(order)}: batch {b}: "
+                + ("out of memory" if known[b] is None else
+                   f"peak {_gib(known[b])} -> {'fits' if fits(b) else 'does NOT fit'}")
+                + f" ({r['compile_seconds']:.1f} s)")
+        return fits(b)
 
     def fits(b):
         return known.get(b) is not None and known[b] <= hbm
 
-    lo, hi = unit, 4 * unit
-    measure(lo)
-    if not fits(lo):
-        return 0, {"tried": known, "unit": unit}
-    measure(hi)
-    for _ in range(max_compiles):
-        good = max(b for b in known if fits(b))
-        bad = min((b for b in known if not fits(b)), default=None)
-        if bad is not None and bad - good <= unit:
+    def line():
+        return memory_line({b: m for b, m in known.items() if m is not None})
+
+    def local_line():
+        """The secant through the compiled points nearest the limit: the largest
+        fit and the smallest compiled batch above it (else the fit below):
+        memory that bends or steps is linear enough locally."""
+        pts = sorted(b for b, m in known.items() if m is not None)
+        if lo not in pts:
+            return None
+        i = pts.index(lo)
+        near = pts[i:i + 2] if i + 1 < len(pts) else pts[max(i - 1, 0):i + 1]
+        return memory_line({b: known[b] for b in near})
+
+    def up(x):
+        return max(unit, -(-int(x) // unit) * unit)
+
+    def down(x):
+        return int(x) // unit * unit
+
+    stopped = None
+    lo, hi = 0, None                     # largest fit, smallest non-fit
+    b = min(up(config.global_batch_size), cap)
+    # Downwards from a start that does not fit: halve until one does.
+    while not measure(b):
+        hi = b
+        if b == unit:
             break
-        pts = sorted((b, m) for b, m in known.items() if m is not None)
-        if len(pts) >= 2 and pts[-1][1] > pts[0][1]:
-            (b0, m0), (b1, m1) = pts[0], pts[-1]
-            guess = int(b0 + (hbm - m0) * (b1 - b0) / (m1 - m0)) // unit * unit
+        b = up(b // 2) if up(b // 2) < b else b - unit
+    if fits(b):
+        lo = b
+    # Upwards: double (or jump by the line) until a compile does not fit.
+    while hi is None and lo:
+        if lo >= cap:
+            stopped = f"max_batch {max_batch}"
+            break
+        if len(known) >= max_compiles:
+            stopped = f"max_compiles {max_compiles}"
+            break
+        nxt = 2 * lo
+        pred = line_limit(local_line(), hbm, unit)
+        if pred is not None and pred > nxt:
+            nxt = min(max(up(pred * 1.05), pred + unit), 16 * lo)
+        nxt = min(nxt, cap)
+        if measure(nxt):
+            lo = nxt
         else:
-            guess = 2 * good
-        if bad is not None:
-            guess = min(guess, bad - unit) if guess < bad else (good + bad) // 2 // unit * unit
-        guess = max(guess, good + unit)
-        if guess in known:
-            guess = (good + (bad or 2 * guess)) // 2 // unit * unit
-            if guess in known or guess <= good:
-                break
-        measure(guess)
-    best = max(b for b in known if fits(b))
-    return best, {"tried": {str(b): m for b, m in sorted(known.items())}, "unit": unit}
+            hi = nxt
+    # Inside the bracket: the line's prediction, or the midpoint when it stalls.
+    stalls = 0
+    while lo and hi is not None and hi - lo > unit:
+        if len(known) >= max_compiles:
+            stopped = f"max_compiles {max_compiles}"
+            break
+        width = hi - lo
+        pred = line_limit(local_line(), hbm, unit)
+        use_line = stalls < 2 and pred is not None
+        cand = min(max(pred, lo + unit), hi - unit) if use_line else \
+            min(max(down(lo + width // 2), lo + unit), hi - unit)
+        if measure(cand):
+            lo = cand
+        else:
+            hi = cand
+        stalls += use_line and hi - lo > width / 2
+    fitted = line()
+    info = {"unit": unit, "hbm_bytes": hbm, "dtype": dtype[0], "compiles": len(order),
+            "order": order, "tried": {str(k): known[k] for k in sorted(known)},
+            "bracket": [lo, hi], "stopped": stopped, "memory_line": fitted,
+            "line_limit": line_limit(fitted, hbm, unit)}
+    return lo, info
+
+
+def format_find_batch(best: int, info: dict) -> str:
+    """What the search did, and the answer beside the line fitted from its compiles."""
+    def cell(b):
+        m = info["tried"][str(b)]
+        return f"{b}: {'OOM' if m is None else _gib(m)}"
+    lines = [f"largest global batch that fits: {best} (multiples of {info['unit']}; "
+             f"{info['compiles']} compiles; {info['dtype']}; limit "
+             f"{_gib(info['hbm_bytes'])} per device)",
+             "compiles in order: " + ", ".join(cell(b) for b in info["order"])]
+    line = info["memory_line"]
+    if line:
+        lines.append(f"memory line from {line['points']} compiles: peak = "
+                     f"{line['a_bytes'] / 2**20:.2f} MiB + {line['b_bytes_per_row'] / 2**20:.4f} "
+                     f"MiB x batch (max residual {line['max_residual_bytes'] / 2**20:.2f} MiB): "
+                     f"it puts the limit at batch {info['line_limit']}")
+    lo, hi = info["bracket"]
+    if info["stopped"]:
+        lines.append(f"stopped by {info['stopped']}: {lo} fits"
+                     + (f", {hi} does not" if hi else ", nothing larger was tried"))
+    elif hi is not None:
+        lines.append(f"bracket closed: {lo} fits, {hi} does not")
+    return "\n".join(lines)
 
 
 def _gib(x):
@@ -585,7 +721,7 @@ def _gib(x):
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{r['model']} seq {r['seq_len']}, global batch {r['global_batch_size']} on "
+    lines = [f"{r['model']} ({r['dtype']}) seq {r['seq_len']}, global batch {r['global_batch_size']} on "
              f"{r['topology']}: {r['num_devices']} x {r['device_kind']} on {r['num_hosts']} "
              f"host(s), mesh {r['mesh']}",
              f"per-host input batch: {r['per_host_batch_rows']} rows "
@@ -639,6 +775,10 @@ def main(argv=None) -> int:
     flags.DEFINE_bool("find_batch", False, "Find the largest global batch that fits.",
                       flag_values=fl)
     flags.DEFINE_string("out", "", "Write the report as JSON here.", flag_values=fl)
+    flags.DEFINE_float("hbm_gib", None, "Memory per device to fit in, GiB (default: the "
+                       "chip's HBM); e.g. to leave room for something else.", flag_values=fl)
+    flags.DEFINE_integer("max_batch", 1 << 20, "--find_batch: largest global batch to try.",
+                         flag_values=fl)
     flags.DEFINE_string("model_size", "base", "Fine-tuning configs without "
                         "init_checkpoint: the architecture (tiny ... large).", flag_values=fl)
     flags.DEFINE_bool("overwrite", False, "Replace an --out file that is not an earlier aot "
@@ -655,18 +795,24 @@ def main(argv=None) -> int:
             from bert_jax.storage import outputs
             outputs.check_destination(fl.out, kind="file", overwrite=fl.overwrite,
                                       is_own=_is_aot_report, what="--out file")
+        if fl.hbm_gib is not None and not fl.hbm_gib > 0:
+            raise ValueError(f"--hbm_gib={fl.hbm_gib}: expected a positive number of GiB")
+        if fl.max_batch < 1:
+            raise ValueError(f"--max_batch={fl.max_batch}: expected >= 1")
+        hbm = int(fl.hbm_gib * 2**30) if fl.hbm_gib else None
         config = fl.config
         if fl.find_batch:
-            best, info = find_batch(config, fl.topology, fl.model_size)
+            best, info = find_batch(config, fl.topology, fl.model_size, hbm_bytes=hbm,
+                                    max_batch=fl.max_batch,
+                                    log=lambda s: print(s, file=sys.stderr, flush=True))
+            print(format_find_batch(best, info), flush=True)
             if not best:
                 raise ValueError(f"not even the smallest batch ({info['unit']}) fits on "
                                  f"{fl.topology}: try remat, fsdp or a larger slice")
             config = config.copy_and_resolve_references()
             with config.unlocked():
                 config.global_batch_size = best
-            print(f"largest global batch that fits: {best} (steps of {info['unit']}; "
-                  f"{len(info['tried'])} compiles)", flush=True)
-        r = report(config, fl.topology, fl.model_size)
+        r = report(config, fl.topology, fl.model_size, hbm_bytes=hbm)
         if fl.find_batch:
             r["find_batch"] = info
     except (ValueError, OSError, flags.Error) as e:

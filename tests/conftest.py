@@ -1,6 +1,8 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported) and shared fixtures."""
+"""Test setup: 8 fake CPU devices and a persistent compilation cache (set before
+jax is imported), and shared fixtures."""
 
 import os
+import pathlib
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -11,6 +13,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # transformers 4.x would import TensorFlow for TF classes we never use in tests.
 os.environ.setdefault("USE_TF", "0")
+# One persistent XLA compilation cache for the suite: tests (and the CLI
+# subprocesses they start, which inherit these variables) compile the same
+# programs many times over: same tiny shapes, each resume, each xdist worker.
+# Every program is cached however fast it compiled. Under the repository and
+# gitignored, so a fresh clone starts cold and nothing leaves the checkout.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path(__file__).resolve().parents[1] / ".cache" / "jax"))
+JAX_CACHE_DIR = os.environ["JAX_COMPILATION_CACHE_DIR"]
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 

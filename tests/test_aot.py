@@ -188,26 +188,108 @@ def test_finetuning_step_with_splash_attention_compiles_for_tpu():
     assert r["mesh"] == {"data": 4, "fsdp": 2, "tensor": 2}
 
 
-def test_find_batch_finds_the_largest_fitting_multiple(monkeypatch):
-    """The search on a memory line with a known answer: peak = 2 GiB + 37 MiB per
-    row on 16 GiB chips, batch in steps of 8 (data x fsdp): the largest fitting
-    batch is 8 * floor((16 GiB - 2 GiB) / 37 MiB / 8) = 384, found in few compiles."""
+def _fake_search(monkeypatch, peak_of, oom_above=None, mesh=(2, 4, 1), **overrides):
+    """find_batch on 8 CPU devices with a made-up memory curve instead of compiles."""
     compiles = []
 
     def fake_compile(prog, mesh):
         compiles.append(prog.global_batch)
-        peak = 2 * 2**30 + prog.global_batch * 37 * 2**20
-        return {"oom": peak > 20 * 2**30, "bytes_per_device": {"peak": peak}}
+        peak = peak_of(prog.global_batch)
+        return {"oom": oom_above is not None and peak > oom_above,
+                "bytes_per_device": {"peak": peak}, "compile_seconds": 0.0}
 
     monkeypatch.setattr(aot, "topology_devices", lambda name: ("v5e", jax.devices()))
     monkeypatch.setattr(aot, "compile_program", fake_compile)
     monkeypatch.setattr(aot, "vocab_size_of", lambda config: 128)
     c = _tiny_pretrain_config()
-    c.mesh.shape = (2, 4, 1)
+    c.mesh.shape = mesh
+    for k, v in overrides.items():
+        setattr(c, k, v)
     best, info = aot.find_batch(c, "v5e-8")
+    return best, info, compiles
+
+
+def test_find_batch_finds_the_largest_fitting_multiple(monkeypatch):
+    """The search on a memory line with a known answer: peak = 2 GiB + 37 MiB per
+    row on 16 GiB chips, batch in steps of 8 (data x fsdp): the largest fitting
+    batch is 8 * floor((16 GiB - 2 GiB) / 37 MiB / 8) = 384, found in few compiles,
+    and both sides of it compiled (384 fits, 392 does not)."""
+    best, info, compiles = _fake_search(
+        monkeypatch, lambda b: 2 * 2**30 + b * 37 * 2**20, oom_above=20 * 2**30)
     want = 8 * ((14 * 2**30) // (37 * 2**20) // 8)
     assert (best, want) == (384, 384)
     assert info["unit"] == 8 and len(compiles) <= 6, compiles
+    assert info["bracket"] == [384, 392] and 392 in compiles and not info["stopped"]
+    assert info["line_limit"] == 384
+    assert abs(info["memory_line"]["b_bytes_per_row"] - 37 * 2**20) < 1
+    text = aot.format_find_batch(best, info)
+    assert text.startswith("largest global batch that fits: 384 (multiples of 8; 5 compiles")
+    assert "bracket closed: 384 fits, 392 does not" in text
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--hbm_gib=0", "error: --hbm_gib=0.0: expected a positive number of GiB"),
+    ("--max_batch=0", "error: --max_batch=0: expected >= 1")])
+def test_find_batch_flags_are_checked_before_compiling(monkeypatch, capsys, flag, message):
+    monkeypatch.setattr(aot, "topology_devices", lambda name: pytest.fail("compiled"))
+    rc = aot.main(["aot", f"--config={REPO / 'configs/pretrain/bert_tiny.py'}", "--topology=v4-8",
+                   "--find_batch", flag])
+    assert rc == 2 and capsys.readouterr().err.splitlines() == [message]
+
+
+def test_find_batch_brackets_a_far_limit_without_overshooting(monkeypatch):
+    """The tiny-model case: 0.06 GiB at batch 64 of a 16 GiB chip puts the limit
+    near 17,000 rows; the search grows (at most 16x a step) to a batch that does
+    not fit and closes the bracket, instead of stopping at a small fitting batch.
+    Memory that is not quite linear (a step at 8192 rows, as when the compiler
+    changes a layout) still ends at the exact largest fit."""
+    def peak(b):
+        return 2**30 // 32 + b * 2**20 + (2**28 if b >= 8192 else 0)
+    best, info, compiles = _fake_search(monkeypatch, peak)
+    want = (16 * 2**30 - 2**30 // 32 - 2**28) // 2**20 // 8 * 8
+    assert best == want and peak(best) <= 16 * 2**30 < peak(best + 8)
+    assert info["bracket"] == [best, best + 8] and len(compiles) <= 8, compiles
+    grown = sorted(compiles)
+    assert all(b2 <= 16 * b1 for b1, b2 in zip(grown, grown[1:]))
+
+
+def test_find_batch_units_and_a_start_that_does_not_fit(monkeypatch):
+    """With grad accumulation every micro-batch splits over data x fsdp: the
+    valid batches are multiples of 8 x 2 = 16. A start (64) that does not fit
+    halves until one does, then the bracket closes."""
+    best, info, compiles = _fake_search(
+        monkeypatch, lambda b: 2**30 + b * 2**28, oom_above=16 * 2**30, grad_accum_steps=2)
+    assert info["unit"] == 16 and compiles[0] == 64
+    assert best == (15 * 2**30) // 2**28 // 16 * 16 == 48
+    assert info["bracket"] == [48, 64]
+    best, info, compiles = _fake_search(monkeypatch, lambda b: 17 * 2**30)
+    assert best == 0 and info["bracket"] == [0, 8] and compiles == [64, 32, 16, 8]
+
+
+@needs_libtpu
+def test_find_batch_on_tpu_compiles_agrees_with_its_memory_line():
+    """A real search: bert_tiny (L2/H128, seq 128) compiled for v4-8 (4 megacore
+    chips, batch in steps of 4) under a 0.5 GiB per-chip limit (`hbm_bytes`, the
+    --hbm_gib flag), so the answer is a few hundred rows. The answer fits, the
+    next valid batch was compiled and does not, and a line fitted here (scipy)
+    through the compiles it made puts the limit within 5% of the answer."""
+    from scipy import stats
+    c = _tiny_pretrain_config()
+    c.mesh.shape = (-1, 1, 1)
+    limit = 2**29
+    best, info = aot.find_batch(c, "v4-8", hbm_bytes=limit)
+    tried = {int(b): m for b, m in info["tried"].items()}
+    # 9 compiles on the first run: 64, 128, the jump past the line, then the
+    # bracket closing (memory bends between 64 and 2048 rows).
+    assert info["unit"] == 4 and not info["stopped"], info
+    assert info["compiles"] <= 10, info["order"]
+    assert info["dtype"] == "compute float32, params float32"
+    assert tried[best] <= limit
+    assert best + 4 in tried and (tried[best + 4] is None or tried[best + 4] > limit)
+    pts = sorted((b, m) for b, m in tried.items() if m is not None)
+    fit = stats.linregress([b for b, _ in pts], [m for _, m in pts])
+    predicted = (limit - fit.intercept) / fit.slope
+    assert abs(best - predicted) <= 0.05 * best, (best, predicted, pts)
 
 
 @needs_libtpu

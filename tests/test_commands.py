@@ -226,7 +226,7 @@ def _without(modules: list[str], command: list[str], cwd=REPO):
     code = (f"import runpy, sys; {block}; sys.argv = {command!r}; "
             f"runpy.run_module({command[0]!r}, run_name='__main__', alter_sys=True)")
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=600)
 
 
 def test_missing_optional_dependencies_are_one_line_with_the_install_command(tmp_path):

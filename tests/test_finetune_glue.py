@@ -3,7 +3,7 @@ and --sweep), `python -m bert_jax.predict` on the result, and a learning test
 on real SST-2 text.
 
 All classification runs here share head, batch and sequence shapes, so with
-the module's compilation cache their model init and evaluation programs
+the suite's compilation cache their model init and evaluation programs
 compile once (see test_finetune_common.cli_env).
 """
 

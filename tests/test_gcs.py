@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import test_pretrain
+from conftest import JAX_CACHE_DIR
 from test_pretrain import REPO, STEPS, assert_bitwise_equal, numbers
 
 from bert_jax import storage
@@ -175,7 +176,7 @@ def test_finetune_from_bucket_into_bucket_then_convert_and_predict(gcs, tmp_path
     import test_finetune_common as common
     from conftest import data_path
     from test_finetune_glue import finetune_cli
-    env = dict(common.cli_env(tmp_path / "jax_cache"), STORAGE_EMULATOR_HOST=gcs.url,
+    env = dict(common.cli_env(JAX_CACHE_DIR), STORAGE_EMULATOR_HOST=gcs.url,
                BERT_JAX_CACHE=os.environ["BERT_JAX_CACHE"])
     glue = data_path("glue")
     local_init = common.save_tiny_model(tmp_path / "init")

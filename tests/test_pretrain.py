@@ -7,7 +7,8 @@ run whose batch turns NaN; workdirs whose newest checkpoint was damaged; two
 processes x 4 devices joined by jax.distributed; restoring onto another mesh;
 plots and fill-mask from the reference workdir. Crashes and signals come from
 a test hook (HOOK below) that wraps the real CLI at a chosen step, so each is
-deterministic. All runs share one persistent compilation cache: only the
+deterministic. All runs share the suite's persistent compilation cache
+(conftest.py; test_gcs runs the same programs): only the
 first run of each device layout compiles (with XLA's backend optimizations
 off, which halves compile time; the properties under test do not depend on
 codegen).
@@ -28,6 +29,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import JAX_CACHE_DIR
 
 from bert_jax.train import checkpointing
 
@@ -92,7 +94,7 @@ def cli(tmp_path_factory, tiny_pretrain_args, tiny_pretraining_data):
     # compared here is compiled the same way.
     base_env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
                     JAX_DISABLE_MOST_OPTIMIZATIONS="true",
-                    JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
+                    JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR,
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     args = [*tiny_pretrain_args,

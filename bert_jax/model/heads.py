@@ -18,12 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bert_jax.model.config import BertConfig
-from bert_jax.model.encoder import BertModel, Dense, LayerNorm, activation, dropout
-
-
-def gather_positions(x: jax.Array, positions: jax.Array) -> jax.Array:
-    """x [B,T,H], positions [B,P] -> [B,P,H] (Google's gather_indexes)."""
-    return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
+from bert_jax.model.encoder import BertModel
+from bert_jax.model.layers import Dense, LayerNorm, activation, dropout, gather_positions
 
 
 def _modern_head(cfg: BertConfig, rngs: nnx.Rngs):

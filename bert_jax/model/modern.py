@@ -22,7 +22,7 @@ from flax import nnx
 from bert_jax.model import sharding
 from bert_jax.model.attention import Mask, dot_product_attention
 from bert_jax.model.config import BertConfig
-from bert_jax.model.encoder import Dense, Embed, LayerNorm, activation, dropout
+from bert_jax.model.layers import Dense, Embed, LayerNorm, activation, dropout, gather_positions
 
 
 def segment_positions(segment_ids: jax.Array) -> jax.Array:
@@ -186,7 +186,6 @@ def pool(cfg: BertConfig, hidden: jax.Array, attention_mask: jax.Array,
     """classifier_pooling: 'cls' (the first token) or 'mean' (over real tokens).
     hidden [B,T,H] -> [B,H]; packed rows (cls_positions [B,K]) -> [B,K,H], the
     mean taken over each [CLS]'s own sequence."""
-    from bert_jax.model.heads import gather_positions
     if cfg.classifier_pooling == "cls":
         return hidden[:, 0] if cls_positions is None else gather_positions(hidden, cls_positions)
     real = attention_mask.astype(jnp.float32)
