@@ -20,18 +20,14 @@ transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def fast_compiles(tmp_path_factory):
-    """XLA at -O0 and a persistent compilation cache (the runs repeat shapes)."""
+def fast_compiles():
+    """XLA at -O0 (compiling is most of a tiny run; the suite's persistent
+    cache, conftest.py, keeps what the repeated runs compile)."""
     import jax
-    keys = ("jax_disable_most_optimizations", "jax_compilation_cache_dir",
-            "jax_persistent_cache_min_compile_time_secs")
-    before = {k: jax.config.values[k] for k in keys}
+    before = jax.config.values["jax_disable_most_optimizations"]
     jax.config.update("jax_disable_most_optimizations", True)
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     yield
-    for k, v in before.items():
-        jax.config.update(k, v)
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="module")
