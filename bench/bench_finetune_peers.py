@@ -303,11 +303,12 @@ def run_hf(config, workdir: pathlib.Path, threads: int = 2,
     import torch
 
     from bert_jax.data.tokenizer import load_tokenizer
+    from bert_jax.finetune import task as tasks
     from bert_jax.finetune import trainer
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     cfg, _, vocab, lowercase = trainer.init_weights(config)
-    task = trainer.task_module(config).build_task(config, load_tokenizer(vocab, lowercase=lowercase))
+    task = tasks.get(config.task).build(config, load_tokenizer(vocab, lowercase=lowercase))
     head = task.head
     overrides = {k: v for k, v in config.model.items() if v is not None}
     model = hf_model(head, task.num_labels, config.seed, **overrides)
@@ -419,6 +420,7 @@ def step_parity(task: str, scratch: pathlib.Path, steps: int = 6, batch_size: in
 
     from bert_jax.convert import hf_format
     from bert_jax.data.tokenizer import load_tokenizer
+    from bert_jax.finetune import task as tasks
     from bert_jax.finetune import trainer
     from bert_jax.model import sharding
     from bert_jax.model.heads import build_model
@@ -431,7 +433,7 @@ def step_parity(task: str, scratch: pathlib.Path, steps: int = 6, batch_size: in
     config.global_batch_size = batch_size
     cfg, encoder, vocab, lowercase = trainer.init_weights(config)
     cfg = cfg.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    data = trainer.task_module(config).build_task(config, load_tokenizer(vocab, lowercase=lowercase))
+    data = tasks.get(config.task).build(config, load_tokenizer(vocab, lowercase=lowercase))
     head, num_labels = data.head, data.num_labels
     batches = []
     for epoch in range(steps):

@@ -243,24 +243,21 @@ def pretrain_program(config, mesh, num_hosts: int) -> Program:
                    built.cfg.num_hidden_layers, _dtypes(built.cfg))
 
 
-_TASK_HEADS = {"squad": ("span", 2), "conll2003": ("tagging", 9), "conll": ("tagging", 9),
-               "stsb": ("regression", 1), "mnli": ("classification", 3)}
-
-
 def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
     """The fine-tuning step of `config.task` at max_seq_length (the largest bucket)."""
+    from bert_jax.finetune import task as tasks
     from bert_jax.finetune.trainer import objective_for, runtime_overrides
     from bert_jax.model.config import BertConfig
-    from bert_jax.model.heads import build_model
+    from bert_jax.model.heads import build_model, get_head
     from bert_jax.train.optim import build_optimizer
     task = str(config.task).lower()
-    head, num_labels = _TASK_HEADS.get(task, ("classification", 2))
+    head, num_labels = tasks.get(task).plan(config)
     if config.get("init_checkpoint"):
         from bert_jax import convert
         cfg = convert.read_any(config.init_checkpoint)[0]
     else:
         cfg = BertConfig.named(model_size)
-    runtime = runtime_overrides(config)
+    runtime = runtime_overrides(config, cfg)
     if "model" in config and config.model.get("num_layers"):
         runtime["num_hidden_layers"] = config.model.num_layers
     cfg = cfg.replace(**runtime)
@@ -276,10 +273,8 @@ def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
     i32, f32 = np.dtype(np.int32), np.dtype(np.float32)
     bspec = {"input_ids": ((B, T), i32), "token_type_ids": ((B, T), i32),
              "attention_mask": ((B, T), i32), "example_weights": ((B,), f32)}
-    bspec.update({"classification": {"labels": ((B,), i32)},
-                  "regression": {"labels": ((B,), f32)},
-                  "span": {"start_positions": ((B,), i32), "end_positions": ((B,), i32)},
-                  "tagging": {"label_ids": ((B, T), i32)}}[head])
+    bspec.update({k: (shape, np.dtype(dt))
+                  for k, (shape, dt) in get_head(head).label_spec(B, T).items()})
     enc = flops.finetune_flops_per_sequence(cfg, T, head, num_labels)
     rows, nbytes = _host_input(bspec, num_hosts)
     return Program(step, (spec.abstract, _abstract_batch(bspec, mesh), _rng(config, mesh)), B, T,

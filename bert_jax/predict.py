@@ -24,6 +24,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from bert_jax import storage
+from bert_jax.finetune.task import PredictRequest
 
 
 class Predictor:
@@ -32,7 +33,8 @@ class Predictor:
     def __init__(self, checkpoint: str | pathlib.Path):
         from bert_jax import convert
         from bert_jax.convert import model_dir
-        from bert_jax.model.heads import restore_model
+        from bert_jax.finetune import task as tasks
+        from bert_jax.model.heads import get_head, restore_model
 
         path = checkpoint if storage.is_url(checkpoint) else pathlib.Path(checkpoint)
         if model_dir.is_model_dir(storage.join(path, "model")):
@@ -40,9 +42,13 @@ class Predictor:
         cfg, meta, flat = convert.read_any(path)
         self.meta = meta
         self.head = meta["head"]
-        if self.head in ("pretraining", "encoder"):
+        self.head_obj = get_head(self.head)
+        if not self.head_obj.task:
             raise ValueError(f"{path}: a {self.head} checkpoint has no task head; fine-tune "
                              "it first (python -m bert_jax.finetune)")
+        # The task that trained it (HF / TF1 checkpoints: the first with its head)
+        # turns raw input into records.
+        self.task = tasks.of_kind(meta.get("task", {}).get("kind"), self.head)
         self.label_names = meta.get("label_names", [])
         self.task_config = ConfigDict(meta.get("task", {}).get("config", {}))
         self.tokenizer = model_dir.tokenizer_of(path, meta)
@@ -76,7 +82,7 @@ class Predictor:
                 batch["attention_mask"][i, :len(e)] = 1
             logits = self.predict_fn(batch)["logits"][:len(chunk)]
             for row in logits:
-                if self.head == "regression":
+                if not self.head_obj.named_labels:  # regression: the score itself
                     results.append({"label": None, "score": float(row[0])})
                 else:
                     z = np.exp(row - row.max())
@@ -149,51 +155,15 @@ def main(argv):
     try:
         _check_input(argv)
         pred = Predictor(FLAGS.checkpoint)
-        if pred.head != "span" and FLAGS.question is not None:
+        if not pred.task.accepts_question and FLAGS.question is not None:
             raise ValueError(f"--question/--context are for QA models; {FLAGS.checkpoint} is "
                              f"a {pred.head} model")
-        if pred.head == "span":
-            if FLAGS.question is not None:
-                items = [("q", FLAGS.question, FLAGS.context)]
-            elif FLAGS.input:
-                from bert_jax.finetune import squad
-                examples = squad.read_squad_json(storage.local_copy(FLAGS.input))
-                items = [(e.qas_id, e.question, e.context) for e in examples]
-            else:
-                raise ValueError("a QA model needs --question and --context, or --input=FILE "
-                                 "(SQuAD JSON)")
-            for qid, q, c in items:
-                r = pred.answer(q, c)
-                print(json.dumps({"id": qid, **r}) if FLAGS.json else
-                      f"{qid}\t{r['answer']}\t{r['score']:.3f}\t[{r['start']}, {r['end']})")
-            return 0
-        lines = _lines(argv)
-        if not lines:
+        lines = [] if pred.task.accepts_question else _lines(argv)
+        if not pred.task.accepts_question and not lines:
             raise ValueError("no input: the input has only empty lines")
-        if pred.head == "tagging":
-            for line in lines:
-                ents = pred.entities(line)
-                if FLAGS.json:
-                    print(json.dumps({"text": line, "entities": ents}))
-                else:
-                    print(line)
-                    for e in ents:
-                        print(f"  {e['entity_group']}\t{e['word']}\t{e['score']:.3f}\t"
-                              f"[{e['start']}, {e['end']})")
-            return 0
-        texts, pairs = [], []
-        for line in lines:
-            a, sep, b = line.partition("\t")
-            texts.append(a)
-            pairs.append(b if sep else None)
-        results = pred.classify(texts, pairs if any(p is not None for p in pairs) else None)
-        for line, r in zip(lines, results):
-            if FLAGS.json:
-                print(json.dumps({"text": line, **r}))
-            elif r["label"] is None:
-                print(f"{r['score']:.4f}\t{line}")
-            else:
-                print(f"{r['label']}\t{r['score']:.4f}\t{line}")
+        request = PredictRequest(lines, FLAGS.question, FLAGS.context, FLAGS.input)
+        for record, line in pred.task.predict(pred, request):
+            print(json.dumps(record) if FLAGS.json else pred.head_obj.format(record, line))
     except (ValueError, FileNotFoundError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

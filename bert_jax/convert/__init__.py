@@ -74,7 +74,9 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
             return cfg, meta, flat
         # Another head than the one trained: keep the encoder (and the pretraining
         # heads where asked for and present), start the rest fresh, as for HF.
-        num_labels = 1 if head == "regression" else 0
+        from bert_jax.model.heads import get_head  # JAX: imported only where a model is read
+        h = get_head(head)
+        num_labels = h.width(0) if h.sized else 0
         target = _target_shapes(cfg, head, num_labels)
         unexpected = sorted(k for k in flat if k not in target)
         flat = {k: v for k, v in flat.items() if k in target}
@@ -86,7 +88,9 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
         src_head = hf_format.source_head(raw_cfg, cfg.architecture)
         labels = [raw_cfg["id2label"][str(i)] for i in range(len(raw_cfg.get("id2label", {})))]
         head = head or ("pretraining" if src_head == "encoder" else src_head)
-        num_labels = 1 if head == "regression" else len(labels)
+        from bert_jax.model.heads import get_head  # JAX: imported only where a model is read
+        h = get_head(head)
+        num_labels = h.width(len(labels)) if h.sized else len(labels)
         target = _target_shapes(cfg, head, num_labels)
         flat, unexpected = hf_format.from_hf(tensors, target, str(p), cfg.architecture)
         meta = {"format": "hf", "head": head, "num_labels": num_labels, "label_names": labels}
@@ -208,6 +212,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("to", "bert_jax", ["bert_jax", "hf", "tf1"], "Output format.")
+# The names of bert_jax.model.heads.HEADS, spelled out: importing it (JAX, Flax)
+# here would slow every start of the command.
 flags.DEFINE_enum("head", None, ["pretraining", "encoder", "classification", "regression", "span",
                                  "tagging"],
                   "Head to keep/build (default: what the source has; pretraining for bare "

@@ -243,12 +243,14 @@ def hf_config_dict(cfg: BertConfig, head: str, label_names: list[str] | None = N
                          f"(vocab_size={cfg.vocab_size}): set it to the tokenizer's [PAD] id")
     d = cfg.to_hf_dict()
     d["architectures"] = [architectures(cfg.architecture)[head]]
-    if head in ("classification", "tagging") and label_names:
+    from bert_jax.model.heads import get_head  # JAX: not needed to read HF files
+    h = get_head(head)
+    if h.named_labels and label_names:
         d["id2label"] = {str(i): n for i, n in enumerate(label_names)}
         d["label2id"] = {n: i for i, n in enumerate(label_names)}
-    if head == "regression":
-        d["num_labels"] = 1
-        d["problem_type"] = "regression"
+    if h.problem_type is not None:
+        d["num_labels"] = h.num_labels
+        d["problem_type"] = h.problem_type
     return d
 
 

@@ -51,20 +51,13 @@ def check_files(config) -> None:
     one line naming the field. (GLUE's data_dir and init_checkpoint are
     checked where they are opened, before any compile, too.)"""
     from bert_jax import storage
+    from bert_jax.finetune import task
     tfds = _tfds_on(config)
-    squad = config.get("task") == "squad"
     if config.get("tfds_data_dir") and not tfds:
         raise ValueError(f"config.tfds_data_dir={config.tfds_data_dir!r} is read only with "
                          "config.tfds=True; set config.tfds=True or unset it")
-    unread = {}
-    if tfds:
-        unread["test_file"] = "with config.tfds (TFDS brings its own splits)"
-        if squad:
-            unread["train_file"] = "with config.tfds (TFDS brings its own splits)"
-    elif squad and config.get("article_split"):
-        unread["train_file"] = (f"with config.article_split={config.article_split!r} (the "
-                                "first articles of dev_file train); set "
-                                "config.article_split='' to train on it")
+    unread = {"test_file": "with config.tfds (TFDS brings its own splits)"} if tfds else {}
+    unread.update(task.get(config.get("task")).unread_files(config, tfds))
     for field in ("train_file", "dev_file", "test_file"):
         value = config.get(field)
         if not value:
@@ -80,9 +73,11 @@ def check_files(config) -> None:
 
 
 def check_config(config) -> None:
-    """Ranges of the fields every task has, the files it names, and TFDS
-    where asked for."""
+    """The task is registered; ranges of the fields every task has, the files
+    it names, and TFDS where asked for."""
+    from bert_jax.finetune import task
     from bert_jax.train import train_config
+    task.get(config.get("task"))
     check_files(config)
     train_config.check_renamed(config)
     train_config.check_optim(config.optim)
@@ -137,21 +132,19 @@ def check_batch_split(config, mesh) -> None:
 def read_all_splits(task) -> dict[str, dict]:
     """Read and featurize every split now; {split: {'examples', 'skipped',
     'reasons': {reason: count}}} of what the task left out or flagged."""
-    test_splits = tuple(getattr(task, "test_splits", ()))
-    splits = ["train", *getattr(task, "eval_splits", ("dev",)), *test_splits]
+    test_splits = tuple(task.test_splits)
+    splits = ["train", *task.eval_splits, *test_splits]
     report: dict[str, dict] = {}
     for split in dict.fromkeys(splits):
-        if hasattr(task, "features"):
-            try:
-                task.features(split)
-            except FileNotFoundError:
-                if split in test_splits:
-                    continue  # test files are optional (no predictions then)
-                raise
-        if hasattr(task, "input_report"):
-            rep = task.input_report(split)
-            if rep is not None:
-                report[split] = rep
+        try:
+            task.features(split)
+        except FileNotFoundError:
+            if split in test_splits:
+                continue  # test files are optional (no predictions then)
+            raise
+        rep = task.input_report(split)
+        if rep is not None:
+            report[split] = rep
     if task.num_train_examples() == 0:
         read = (" (" + format_report({"train": report["train"]}).removeprefix("input: ") + ")"
                 if "train" in report else "")

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from bert_jax import storage
 from bert_jax.finetune import batching, glue_metrics
-from bert_jax.finetune.task import Batch
+from bert_jax.finetune.task import Batch, FinetuneTask, register
 
 # ---------------------------------------------------------------- task table
 
@@ -364,10 +364,14 @@ def featurize(examples: Sequence[GlueExample], spec: TaskSpec, tokenizer,
 # ------------------------------------------------------------------- task
 
 
-class GlueTask:
+@register
+class GlueTask(FinetuneTask):
     """One GLUE task as a `FinetuneTask`. Splits are read and tokenized on
     first use and cached."""
 
+    kind = "glue"
+    names = tuple(TASKS)
+    heads = ("classification", "regression")
     main_metric = "score"  # the task's headline metric (the mean of two for MRPC, STS-B, QQP)
 
     def __init__(self, spec: TaskSpec, load_split: Callable[[str], SplitData], tokenizer,
@@ -392,6 +396,24 @@ class GlueTask:
         self._pad = {"input_ids": tokenizer.pad_id}
         self._data: dict[str, SplitData] = {}
         self._features: dict[str, list[dict[str, Any]]] = {}
+
+    @classmethod
+    def build(cls, config, tokenizer) -> GlueTask:
+        return build_task(config, tokenizer)
+
+    @classmethod
+    def train_file(cls, config) -> str | None:
+        spec = task_spec(config.task)
+        root = str(config.data_dir).rstrip("/")
+        if storage.name(root) == spec.dir_name:
+            root = storage.parent(root)
+        return storage.join(root, spec.files["train"].path)
+
+    @classmethod
+    def plan(cls, config) -> tuple[str, int]:
+        spec = task_spec(config.task)
+        return (("regression", 1) if spec.is_regression
+                else ("classification", len(spec.label_names)))
 
     def split_data(self, split: str) -> SplitData:
         if split not in self._data:

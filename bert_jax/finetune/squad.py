@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from bert_jax import storage
 from bert_jax.finetune import batching, squad_metrics
-from bert_jax.finetune.task import Batch, PredictFn
+from bert_jax.finetune.task import Batch, FinetuneTask, PredictFn, PredictRequest, register
 
 # Null odds written for an example without any non-null span (e.g. an empty
 # context): larger than any real logit difference, and finite for JSON.
@@ -659,13 +659,56 @@ def write_prediction_files(out_dir: str | os.PathLike, preds: SquadPredictions,
 # The fine-tuning task
 # ----------------------------------------------------------------------------
 
-class SquadTask:
+@register
+class SquadTask(FinetuneTask):
     """FinetuneTask for SQuAD: span head, train/eval windows, official metrics."""
 
+    kind = "squad"
+    names = ("squad",)
+    heads = ("span",)
+    accepts_question = True
     head = "span"
     num_labels = 2
     main_metric = "f1"
     label_names: list[str] = []
+
+    @classmethod
+    def build(cls, config, tokenizer) -> SquadTask:
+        return build_task(config, tokenizer)
+
+    @classmethod
+    def train_file(cls, config) -> str | None:
+        # article_split trains on the first articles of dev_file.
+        return config.dev_file if config.get("article_split") else config.get("train_file")
+
+    @classmethod
+    def unread_files(cls, config, tfds: bool) -> dict[str, str]:
+        if tfds:
+            return {"train_file": "with config.tfds (TFDS brings its own splits)"}
+        if config.get("article_split"):
+            return {"train_file": f"with config.article_split={config.article_split!r} (the "
+                                  "first articles of dev_file train); set "
+                                  "config.article_split='' to train on it"}
+        return {}
+
+    @classmethod
+    def predict(cls, predictor, request: PredictRequest) -> list[tuple[dict, str]]:
+        """Answers to --question/--context, or to every question of a SQuAD JSON file."""
+        if request.question is not None:
+            items = [("q", request.question, request.context)]
+        elif request.input_path:
+            examples = read_squad_json(storage.local_copy(request.input_path))
+            items = [(e.qas_id, e.question, e.context) for e in examples]
+        else:
+            raise ValueError("a QA model needs --question and --context, or --input=FILE "
+                             "(SQuAD JSON)")
+        out = []
+        for qid, q, c in items:
+            text, score, start, end = answer(q, c, predictor.predict_fn, predictor.tokenizer,
+                                             predictor.task_config)
+            out.append(({"id": qid, "answer": text, "score": float(score), "start": start,
+                         "end": end}, q))
+        return out
 
     def __init__(self, config, tokenizer, train_examples: Sequence[SquadExample],
                  eval_examples: Mapping[str, Sequence[SquadExample]]):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +26,10 @@ from tqdm import tqdm
 from bert_jax import storage
 from bert_jax.convert import model_dir
 from bert_jax.finetune import checks
+from bert_jax.finetune import task as tasks
 from bert_jax.model import sharding
-from bert_jax.model.heads import build_model
-from bert_jax.train import losses, run_identity
+from bert_jax.model.heads import build_model, dropout_overrides, encoder_params, get_head
+from bert_jax.train import run_identity
 from bert_jax.train.optim import build_optimizer
 from bert_jax.train.step import (
     Objective,
@@ -45,25 +45,10 @@ from bert_jax.train.step import (
 _AUX_KEYS = ("feature_index",)
 
 
-def task_module(config):
-    from bert_jax.finetune import conll, glue, squad
-    task = str(config.task).lower()
-    if task == "squad":
-        return squad
-    if task in ("conll2003", "conll"):
-        return conll
-    return glue
-
-
-def _row_weights(batch):
-    """float [B]: a row's weight for per-token losses; packed rows carry one
-    weight per example slot [B, K] (0 on empty slots), any of which makes the
-    row real (its padding tokens are already -100)."""
-    w = batch["example_weights"]
-    return w if w.ndim == 1 else jnp.max(w, axis=-1)
-
-
 def objective_for(head: str) -> Objective:
+    """The training objective of the `head` (its loss, per labelled example or token)."""
+    h = get_head(head)
+
     def forward(model, batch, rng):
         # Packed batches (config.packing) carry these; which keys exist is static.
         packed = {k: batch[k] for k in ("segment_ids", "position_ids", "cls_positions")
@@ -71,32 +56,11 @@ def objective_for(head: str) -> Objective:
         return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
                      dropout_rng=rng, **packed)
 
-    if head == "classification":
-        def sums(model, batch, rng):
-            return losses.classification_sums(forward(model, batch, rng)["logits"],
-                                              batch["labels"], batch["example_weights"])
-    elif head == "regression":
-        def sums(model, batch, rng):
-            return losses.regression_sums(forward(model, batch, rng)["logits"][..., 0],
-                                          batch["labels"], batch["example_weights"])
-    elif head == "span":
-        def sums(model, batch, rng):
-            out = forward(model, batch, rng)
-            return losses.span_sums(out["start_logits"], out["end_logits"],
-                                    batch["start_positions"], batch["end_positions"],
-                                    batch["example_weights"])
-    elif head == "tagging":
-        def sums(model, batch, rng):
-            return losses.tagging_sums(forward(model, batch, rng)["logits"], batch["label_ids"],
-                                       _row_weights(batch))
-    else:
-        raise ValueError(f"unknown head {head!r}")
+    def sums(model, batch, rng):
+        return h.loss_sums(forward(model, batch, rng), batch)
 
     def totals(batch):
-        if head == "tagging":
-            valid = (batch["label_ids"] != -100) & (_row_weights(batch)[:, None] > 0)
-            return {"n": jnp.sum(valid).astype(jnp.float32)}
-        return {"n": jnp.sum(batch["example_weights"]).astype(jnp.float32)}
+        return {"n": h.loss_count(batch)}
 
     def loss(s, t):
         return s["loss"] / jnp.maximum(t["n"], 1.0)
@@ -163,16 +127,15 @@ def init_weights(config):
             raise ValueError(str(e).replace("--vocab=", "config.vocab=").replace(
                 "drop --vocab, or pass --allow_vocab_mismatch",
                 "unset config.vocab, or set config.allow_vocab_mismatch=True")) from None
-    encoder = {k: v for k, v in flat.items() if k.startswith("bert/")}
-    return cfg, encoder, str(vocab), meta.get("do_lower_case")
+    return cfg, encoder_params(cfg, flat), str(vocab), meta.get("do_lower_case")
 
 
-def run_identity_of(config, cfg, task, tokenizer, vocab, module) -> dict:
+def run_identity_of(config, cfg, task, tokenizer, vocab, task_cls) -> dict:
     """What a fine-tuning workdir is (bert_jax.train.run_identity): the task, the
     checkpoint's architecture with this task's head and labels, the
     vocabulary, and the training data (its file's size and hash, or its TFDS
     name, and the settings that select or cut its examples)."""
-    kind = module.__name__.rsplit(".", 1)[-1]
+    kind = task_cls.kind
     model = run_identity.model_identity(cfg, task.head, task.num_labels, task.label_names)
     data: dict = {"data.num_train_examples": task.num_train_examples()}
     for field in ("max_seq_length", "max_train_examples", "version", "doc_stride",
@@ -186,7 +149,7 @@ def run_identity_of(config, cfg, task, tokenizer, vocab, module) -> dict:
     if tfds not in (None, False, "", "false", "False", "0"):
         data["data.tfds"] = str(tfds)
     else:
-        train = _train_file(config, kind)
+        train = task_cls.train_file(config)
         if train:
             f = run_identity.file_identity(train)
             data["data.train_file"] = f"sha256 {f['sha256']}, {f['size']} bytes"
@@ -195,42 +158,31 @@ def run_identity_of(config, cfg, task, tokenizer, vocab, module) -> dict:
                              where)
 
 
-def _train_file(config, kind: str) -> str | None:
-    """The file the task's training examples come from (as the task reads it)."""
-    if kind == "glue":
-        from bert_jax.finetune import glue
-        spec = glue.task_spec(config.task)
-        root = str(config.data_dir).rstrip("/")
-        if storage.name(root) == spec.dir_name:
-            root = storage.parent(root)
-        return storage.join(root, spec.files["train"].path)
-    if kind == "squad" and config.get("article_split"):
-        return config.dev_file
-    return config.get("train_file") or None
-
-
 def evaluate_task(task, predict, params, out_dir, eval_batch_size) -> dict[str, dict]:
     results = {}
-    for split in getattr(task, "eval_splits", ("dev",)):
+    for split in task.eval_splits:
         outputs = [predict(params, b) for b in task.eval_batches(split, eval_batch_size)]
         results[split] = task.evaluate(split, outputs, out_dir=out_dir)
     return results
 
 
-def runtime_overrides(config) -> dict:
-    """config.model fields that change how a checkpoint's architecture runs
-    (None: as the checkpoint was saved)."""
-    return {k: config.model[k] for k in ("dtype", "attention_impl", "scan_layers",
-                                         "remat_policy", "hidden_dropout_prob",
-                                         "attention_probs_dropout_prob")
-            if "model" in config and config.model.get(k) is not None}
+def runtime_overrides(config, cfg) -> dict:
+    """BertConfig fields from config.model that change how the checkpoint's
+    architecture `cfg` runs (None: as the checkpoint was saved); the dropout
+    rates, named as BERT names them, set the fields of `cfg`'s architecture."""
+    def given(k):
+        return "model" in config and config.model.get(k) is not None
+    run = {k: config.model[k] for k in ("dtype", "attention_impl", "scan_layers",
+                                        "remat_policy") if given(k)}
+    rates = {k: config.model[k] for k in ("hidden_dropout_prob",
+                                          "attention_probs_dropout_prob") if given(k)}
+    return {**run, **dropout_overrides(cfg, rates)}
 
 
 def main_metric(task) -> tuple[str, str]:
     """(split, metric) that picks the best model: GLUE the task's score (its
     headline metric, or their mean), SQuAD and CoNLL F1, on the first dev split."""
-    split = tuple(getattr(task, "eval_splits", ("dev",)))[0]
-    return split, getattr(task, "main_metric", "f1")
+    return task.eval_splits[0], task.main_metric
 
 
 class FinetuneJob:
@@ -354,30 +306,32 @@ def finetune(config, workdir) -> dict:
     checks.check_model_fit(config, cfg)
     # config.model may override how the checkpoint's architecture runs (and its
     # dropout rates, as HF's from_pretrained(..., hidden_dropout_prob=...) does).
-    cfg = cfg.replace(**runtime_overrides(config))
+    cfg = cfg.replace(**runtime_overrides(config, cfg))
     tokenizer = load_tokenizer(vocab, lowercase=lowercase)
-    module = task_module(config)
-    task = module.build_task(config, tokenizer)
+    task_cls = tasks.get(config.task)
+    task = task_cls.build(config, tokenizer)
     head, num_labels = task.head, task.num_labels
     input_report = checks.read_all_splits(task)
     if is_main and input_report:
         tqdm.write(checks.format_report(input_report))
-    identity = run_identity_of(config, cfg, task, tokenizer, vocab, module)
+    identity = run_identity_of(config, cfg, task, tokenizer, vocab, task_cls)
     run_identity.check(workdir, identity)  # another model, vocab, task or data: refused
     storage.makedirs(workdir)  # only now that the inputs are known good
 
     # ---- Model, optimizer -------------------------------------------------------------
     B = config.global_batch_size
-    steps_per_epoch = (task.train_steps_per_epoch(B) if hasattr(task, "train_steps_per_epoch")
-                       else math.ceil(task.num_train_examples() / B))
+    steps_per_epoch = task.train_steps_per_epoch(B)
     optimizer, schedule = build_optimizer(config.optim, steps_per_epoch * config.num_epochs)
 
     def model_fn(key):
         return build_model(cfg, head, num_labels, seed=key)
 
-    task_meta = {"kind": module.__name__.rsplit(".", 1)[-1],
+    task_meta = {"kind": task_cls.kind,
                  "config": json.loads(config.to_json_best_effort())}
     export_cfg = cfg.replace(scan_layers=False)
+    # A HF tokenizer.json (ModernBERT's BPE) travels with its config files.
+    tok_files = (model_dir.tokenizer_files(vocab.rsplit("/", 1)[0])
+                 if vocab.endswith("tokenizer.json") else [])
 
     def save(path, params, step):
         flat = _host_params(params, spec.scanned)  # every process: may gather
@@ -385,7 +339,7 @@ def finetune(config, workdir) -> dict:
             try:
                 model_dir.save_model_dir(path, export_cfg, flat, head, num_labels,
                                          list(task.label_names), {**task_meta, "step": int(step)},
-                                         vocab, tokenizer.lowercase)
+                                         vocab, tokenizer.lowercase, tokenizer=tok_files)
             except Exception as e:
                 from bert_jax.train import checkpointing
                 if not checkpointing.is_disk_full(e):
@@ -441,9 +395,7 @@ def _finetune_summary(summary: dict, task, input_report, job) -> dict:
 
 
 def _write_test_predictions(task, predict, params, workdir, config) -> None:
-    if not hasattr(task, "write_test_predictions"):
-        return
-    for split in getattr(task, "test_splits", ()):
+    for split in task.test_splits:
         try:
             outputs = [predict(params, b)
                        for b in task.eval_batches(split, config.eval_batch_size)]
@@ -491,7 +443,7 @@ def _publish(kept, model) -> None:
     model_dir.save_model_dir(model, cfg, flat, meta["head"], meta.get("num_labels", 0),
                              meta.get("label_names"),
                              meta.get("task"), storage.join(kept, "vocab.txt"),
-                             meta.get("do_lower_case"))
+                             meta.get("do_lower_case"), tokenizer=model_dir.tokenizer_files(kept))
     storage.remove(kept)
 
 

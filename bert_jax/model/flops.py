@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 
 from bert_jax.model.config import BertConfig
+from bert_jax.model.heads import get_head
 
 # Dense peak FLOP/s per chip for the compute dtype we train in (bf16), vendor specs.
 PEAK_FLOPS = {
@@ -66,11 +67,12 @@ def finetune_flops_per_sequence(cfg: BertConfig, seq_len: int, head: str,
     """Training FLOPs of one fine-tuning sequence: the encoder (no MLM head),
     the pooler only for sequence heads, and the head's own matmul."""
     h = cfg.hidden_size
+    per_token = get_head(head).per_token
     enc = train_flops_per_sequence(cfg, seq_len, 0)
     if cfg.modern:
-        per = seq_len if head in ("span", "tagging") else 1
+        per = seq_len if per_token else 1
         return enc + 6 * per * (h * h + h * num_labels)
-    if head in ("span", "tagging"):
+    if per_token:
         return enc - 6 * (h * h + 2 * h) + 6 * seq_len * h * num_labels
     return enc - 6 * 2 * h + 6 * h * num_labels
 

@@ -9,6 +9,10 @@ ModernBertFor*): MLM only (no NSP), and task classifiers on the prediction head
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -176,27 +180,155 @@ class BertEncoderModel(nnx.Module):
         return self.bert(input_ids, token_type_ids, attention_mask, **kw)
 
 
-HEADS = {
-    "pretraining": BertForPreTraining,
-    "classification": BertForSequenceClassification,
-    "regression": BertForSequenceClassification,
-    "span": BertForQuestionAnswering,
-    "tagging": BertForTokenClassification,
-    "encoder": BertEncoderModel,
-}
+def _logits(out, batch):
+    return out["logits"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """What is on top of the encoder, as one object: its model (parameters and
+    outputs), the labels a training batch carries for it and its loss, what
+    `predict` prints, and its name in HF and TF1 checkpoints. Code asks the
+    head instead of comparing head names; a new head is one more `Head`.
+
+    name:        stored in model dirs (meta "head") and the convert --head flag
+    model:       the nnx module class (built by `build`)
+    num_labels:  fixed output width (regression 1, span 2), None: the task's
+    outputs:     keys of the model's output dict
+    per_token:   one prediction per token (span, tagging): flops and batches
+    task:        a fine-tuning head (not pretraining / the bare encoder)
+    hf_class:    transformers' class name after `Bert` / `ModernBert`
+    problem_type: HF config's problem_type (regression) or None
+    labels:      {batch key: (per-token?, dtype)} that training batches carry
+    """
+    name: str
+    model: type
+    num_labels: int | None = None
+    outputs: tuple[str, ...] = ("logits",)
+    per_token: bool = False
+    task: bool = True
+    hf_class: str = ""
+    problem_type: str | None = None
+    labels: tuple[tuple[str, bool, str], ...] = ()
+    named_labels: bool = False   # label_names map output ids (HF id2label)
+    sized: bool = False          # the model class takes num_labels
+    loss: Callable[[dict, dict], dict] | None = None   # (outputs, batch) -> sums
+    printer: Callable[[dict, str], str] = lambda r, line: json.dumps(r)
+
+    def width(self, num_labels: int) -> int:
+        return self.num_labels if self.num_labels is not None else num_labels
+
+    def build(self, cfg: BertConfig, num_labels: int, rngs: nnx.Rngs) -> nnx.Module:
+        if self.sized:
+            return self.model(cfg, self.width(num_labels), rngs=rngs)
+        return self.model(cfg, rngs=rngs)
+
+    def label_spec(self, batch: int, length: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """{key: (shape, dtype)} of the labels in a [batch, length] training batch."""
+        return {k: ((batch, length) if tok else (batch,), dt) for k, tok, dt in self.labels}
+
+    def loss_sums(self, out: dict, batch: dict) -> dict:
+        """Loss (and metric) sums of a batch from the model outputs."""
+        if self.loss is None:
+            raise ValueError(f"the {self.name} head is not fine-tuned")
+        return self.loss(out, batch)
+
+    def loss_count(self, batch: dict) -> jax.Array:
+        """What the loss sums are divided by: labelled tokens (per-token
+        labels) or real examples."""
+        per_token = [k for k, tok, _ in self.labels if tok]
+        if per_token:
+            valid = (batch[per_token[0]] != -100) & (_row_weights(batch)[:, None] > 0)
+            return jnp.sum(valid).astype(jnp.float32)
+        return jnp.sum(batch["example_weights"]).astype(jnp.float32)
+
+    def format(self, record: dict, line: str) -> str:
+        """The plain-text line(s) `predict` prints for one record of `line`."""
+        return self.printer(record, line)
+
+
+def _row_weights(batch):
+    """float [B]: a row's weight for per-token losses; packed rows carry one
+    weight per example slot [B, K] (0 on empty slots), any of which makes the
+    row real (its padding tokens are already -100)."""
+    w = batch["example_weights"]
+    return w if w.ndim == 1 else jnp.max(w, axis=-1)
+
+
+def _losses():
+    from bert_jax.train import losses  # a leaf module of pure loss functions
+    return losses
+
+
+def _classification_loss(out, batch):
+    return _losses().classification_sums(out["logits"], batch["labels"], batch["example_weights"])
+
+
+def _regression_loss(out, batch):
+    return _losses().regression_sums(out["logits"][..., 0], batch["labels"],
+                                     batch["example_weights"])
+
+
+def _span_loss(out, batch):
+    return _losses().span_sums(out["start_logits"], out["end_logits"], batch["start_positions"],
+                               batch["end_positions"], batch["example_weights"])
+
+
+def _tagging_loss(out, batch):
+    return _losses().tagging_sums(out["logits"], batch["label_ids"], _row_weights(batch))
+
+
+def _print_label(r, line):
+    return f"{r['label']}\t{r['score']:.4f}\t{line}"
+
+
+def _print_score(r, line):
+    return f"{r['score']:.4f}\t{line}"
+
+
+def _print_answer(r, line):
+    return f"{r['id']}\t{r['answer']}\t{r['score']:.3f}\t[{r['start']}, {r['end']})"
+
+
+def _print_entities(r, line):
+    return "\n".join([line] + [f"  {e['entity_group']}\t{e['word']}\t{e['score']:.3f}\t"
+                                f"[{e['start']}, {e['end']})" for e in r["entities"]])
+
+
+_HEAD_LIST = (
+    Head("pretraining", BertForPreTraining, outputs=("mlm_logits", "nsp_logits"), task=False,
+         hf_class="ForPreTraining"),
+    Head("classification", BertForSequenceClassification, hf_class="ForSequenceClassification",
+         labels=(("labels", False, "int32"),), named_labels=True, sized=True,
+         loss=_classification_loss, printer=_print_label),
+    Head("regression", BertForSequenceClassification, num_labels=1,
+         hf_class="ForSequenceClassification", problem_type="regression", sized=True,
+         labels=(("labels", False, "float32"),), loss=_regression_loss,
+         printer=_print_score),
+    Head("span", BertForQuestionAnswering, num_labels=2, outputs=("start_logits", "end_logits"),
+         per_token=True, hf_class="ForQuestionAnswering",
+         labels=(("start_positions", False, "int32"), ("end_positions", False, "int32")),
+         loss=_span_loss, printer=_print_answer),
+    Head("tagging", BertForTokenClassification, per_token=True,
+         hf_class="ForTokenClassification", labels=(("label_ids", True, "int32"),),
+         named_labels=True, sized=True, loss=_tagging_loss, printer=_print_entities),
+    Head("encoder", BertEncoderModel, outputs=("last_hidden_state", "pooled"), task=False,
+         hf_class="Model"),
+)
+HEADS: dict[str, Head] = {h.name: h for h in _HEAD_LIST}
+
+
+def get_head(name: str) -> Head:
+    """The `Head` called `name`; an unknown name is a ValueError listing them."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; expected one of {sorted(HEADS)}")
+    return HEADS[name]
 
 
 def build_model(cfg: BertConfig, head: str = "pretraining", num_labels: int = 0,
                 seed: int | jax.Array = 0) -> nnx.Module:
     """`seed` is an int or a PRNG key (inside jit, for sharded init)."""
-    rngs = nnx.Rngs(params=seed)
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; expected one of {sorted(HEADS)}")
-    if head in ("classification", "tagging"):
-        return HEADS[head](cfg, num_labels, rngs=rngs)
-    if head == "regression":
-        return HEADS[head](cfg, 1, rngs=rngs)
-    return HEADS[head](cfg, rngs=rngs)
+    return get_head(head).build(cfg, num_labels, nnx.Rngs(params=seed))
 
 
 def abstract_model(cfg: BertConfig, head: str = "pretraining", num_labels: int = 0) -> nnx.Module:
@@ -226,3 +358,34 @@ def restore_model(cfg: BertConfig, head: str, num_labels: int, flat: dict, sourc
                                    if k in want}, scanned=False)
     nnx.replace_by_pure_dict(state, filled)
     return graphdef, state
+
+
+# ---- What fine-tuning takes from a checkpoint, per architecture -----------------------
+
+# Parameters a task model starts from (the rest start fresh): the encoder, and
+# for ModernBERT its prediction head (dense, activation, norm), which
+# transformers' ModernBertFor{Sequence,Token}Classification / QuestionAnswering
+# keep from ModernBertForMaskedLM.
+ENCODER_PREFIXES = {"bert": ("bert/",), "modernbert": ("bert/", "head/")}
+
+# config.model's dropout rates, named as BERT (and HF's from_pretrained kwargs)
+# name them, -> the fields of each architecture they set. ModernBERT drops out
+# after the embeddings and in the MLP (hidden), and on attention (probs).
+DROPOUT_FIELDS = {
+    "bert": {"hidden_dropout_prob": ("hidden_dropout_prob",),
+             "attention_probs_dropout_prob": ("attention_probs_dropout_prob",)},
+    "modernbert": {"hidden_dropout_prob": ("embedding_dropout", "mlp_dropout"),
+                   "attention_probs_dropout_prob": ("attention_dropout",)},
+}
+
+
+def encoder_params(cfg: BertConfig, flat: dict) -> dict:
+    """The parameters of `flat` (canonical names) a fine-tuned model starts from."""
+    keep = ENCODER_PREFIXES[cfg.architecture]
+    return {k: v for k, v in flat.items() if k.startswith(keep)}
+
+
+def dropout_overrides(cfg: BertConfig, rates: dict[str, float]) -> dict[str, float]:
+    """BertConfig fields of `cfg`'s architecture for the BERT-named `rates`."""
+    table = DROPOUT_FIELDS[cfg.architecture]
+    return {field: v for name, v in rates.items() for field in table[name]}

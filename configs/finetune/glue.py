@@ -25,6 +25,7 @@ Pearson/Spearman 88.6/88.5, QQP acc/F1 90.7/87.5, MNLI-m acc 83.9, QNLI acc
 from ml_collections import config_dict
 
 from bert_jax.cli.config_args import parse_arg
+from bert_jax.finetune import task as tasks
 from bert_jax.train import train_config
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
@@ -34,7 +35,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     args = parse_arg(arg, task="sst2", runlocal=False)
     task = args["task"].lower().replace("-", "")
     if task not in TASKS:
-        raise ValueError(f"config arg task={args['task']!r}: one of {', '.join(TASKS)}")
+        # Misspelled, or another registered task: the line lists every task.
+        tasks.get(args["task"], field="config arg task")
+        raise ValueError(f"config arg task={args['task']!r}: not a GLUE task (one of "
+                         f"{', '.join(TASKS)}); use its own config under configs/finetune/")
     c = config_dict.ConfigDict()
     c.task = task
     c.data_dir = config_dict.placeholder(str)   # None: the caller passes it
