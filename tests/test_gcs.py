@@ -307,7 +307,8 @@ def hooked_save(self, step, *args, **kwargs):
     return out
 
 checkpointing.Checkpointer.save = hooked_save
-app.run(pretrain.main)
+from bert_jax import cli
+cli.run(pretrain.main)  # as `python -m bert_jax.pretrain` runs it
 """
 
 

@@ -235,7 +235,8 @@ HOOK = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGTERM)
 
     MetricWriter.write = hooked_write
-    app.run(pretrain.main)
+    from bert_jax import cli
+    cli.run(pretrain.main)  # as `python -m bert_jax.pretrain` runs it
 """)
 
 

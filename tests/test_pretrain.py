@@ -81,7 +81,8 @@ HOOK = textwrap.dedent("""
     checkpointing.Checkpointer.save = hooked_save
     MetricWriter.write = hooked_write
     PretrainingPipeline.batch = hooked_batch
-    app.run(pretrain.main)
+    from bert_jax import cli
+    cli.run(pretrain.main)  # as `python -m bert_jax.pretrain` runs it
 """)
 
 
@@ -339,7 +340,9 @@ def test_packed_run_trains_and_resumes_exactly(cli, tmp_path):
 def test_nan_stops_naming_the_step_and_keeps_last_good_checkpoint(cli, straight, tmp_path):
     reference, _ = straight
     proc = cli(tmp_path, hook={"nan_at": 6}, expect_rc=1)
-    [line] = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    [line] = errors
     assert "non-finite loss, gradient or update at step 7" in line
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [5]
     assert_bitwise_equal(state(tmp_path, 5), state(reference, 5))

@@ -347,9 +347,11 @@ def test_bad_input_one_line_errors(tmp_path):
 def test_without_tensorflow_one_line_hint(tf1_dir, tmp_path, monkeypatch):
     out, _ = tf1_dir
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` fails
-    with pytest.raises(SystemExit, match=r"pip install bert_jax\[tf\]"):
+    with pytest.raises(ValueError, match=r"needs tensorflow, which is not installed: pip "
+                       r"install 'bert_jax\[tf\]'"):
         tf1_format.read_tf1_dir(out)
-    with pytest.raises(SystemExit, match=r"pip install bert_jax\[tf\]"):
+    with pytest.raises(ValueError, match=r"needs tensorflow, which is not installed: pip "
+                       r"install 'bert_jax\[tf\]'"):
         tf1_format.write_tf1_dir(tmp_path, TINY, tiny_params())
     # The CLI prints the hint alone, no traceback.
     code = ("import sys; sys.modules['tensorflow'] = None; from absl import app; "
@@ -359,6 +361,7 @@ def test_without_tensorflow_one_line_hint(tf1_dir, tmp_path, monkeypatch):
                        env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1] == ("TF1 checkpoints need TensorFlow: "
-                                                 "pip install bert_jax[tf]")
+    assert r.stderr.strip().splitlines()[-1] == (
+        "error: reading or writing a TF1 checkpoint needs tensorflow, which is not installed: "
+        "pip install 'bert_jax[tf]'")
     assert not (tmp_path / "x").exists()

@@ -28,8 +28,23 @@ EXIT_PREEMPTED = 75
 EXIT_ABORTED = 130
 
 
+def _close_progress_bars() -> None:
+    """A run that fails mid-loop still has its progress bar open, with no
+    newline after its last redraw: close it (it ends its line) so the error
+    stands on a line of its own instead of being glued to the bar."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close is no reason to hide the error
+            pass
+
+
 def error(message: str) -> None:
     """Print the one-line error (newlines folded, so it stays one line)."""
+    _close_progress_bars()
     print("error: " + " ".join(str(message).split("\n")), file=sys.stderr, flush=True)
 
 
