@@ -82,10 +82,10 @@ def test_every_field_and_flag_a_message_names_exists():
     hints, usage texts) is a config field of some config in configs/ or a flag
     some command defines: a hint that names a field nobody has leads nowhere."""
     from bert_jax.train.train_config import RENAMED
-    configs = [_config(f"configs/pretrain/{n}") for n in
-               ("bert.py", "bert_tiny.py", "bert_base.py", "bert_large.py", "demo.py")]
-    configs += [_config(f"configs/finetune/{n}") for n in ("glue.py", "squad.py",
-                                                           "conll2003.py")]
+    # Every config file of the repository, with its default argument.
+    configs = [_config(str(p.relative_to(REPO))) for p in sorted((REPO / "configs").glob("*/*.py"))
+               if p.name != "__init__.py"]
+    assert len(configs) >= 9
     defined = {"help", "helpfull", "helpshort"}
     for p in (REPO / "bert_jax").rglob("*.py"):
         defined |= set(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", p.read_text()))
