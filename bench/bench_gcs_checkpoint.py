@@ -65,7 +65,7 @@ def time_mode(async_save: bool, url: str) -> dict:
     from bert_jax.model import sharding
     from bert_jax.model.config import BertConfig
     from bert_jax.model.heads import BertForPreTraining
-    from bert_jax.train import checkpointing, pretraining
+    from bert_jax.train import checkpointing, pretrain_job
     from bert_jax.train.optim import build_optimizer
     from bert_jax.train.step import global_batch, init_state, jit_train_step, state_spec
     from configs.pretrain import bert_tiny
@@ -74,7 +74,7 @@ def time_mode(async_save: bool, url: str) -> dict:
     cfg = BertConfig.named(FLAGS.size, vocab_size=30522, dtype="float32")
     optimizer, schedule = build_optimizer(config.optim, FLAGS.steps)
     mesh = sharding.make_mesh((-1, 1, 1))
-    objective = pretraining.pretraining_objective(nsp=True, gathered=True)
+    objective = pretrain_job.pretraining_objective(nsp=True, gathered=True)
 
     def model_fn(key):
         return BertForPreTraining(cfg, rngs=nnx.Rngs(params=key))

@@ -8,7 +8,7 @@ r"""Compile the real training step for a TPU slice ahead of time, with no TPU.
 libtpu (the `tpu` extra: `pip install -e ".[tpu]"`) carries the TPU compiler;
 `jax.experimental.topologies` gives the devices of any slice (v4, v5e, v5p,
 v6e; many hosts) to compile against on this CPU. The step is the one
-`bert_jax.pretrain` (or the fine-tuning trainer) runs: `train.pretraining.build` /
+`bert_jax.pretrain` (or the fine-tuning trainer) runs: `train.pretrain_job.build` /
 `finetune.trainer.objective_for` with the same model config, shardings,
 objective, optimizer, grad accumulation, dtype, remat, scan, attention
 implementation and packing; state, batch and RNG are abstract
@@ -228,9 +228,9 @@ def vocab_size_of(config) -> int:
 
 def pretrain_program(config, mesh, num_hosts: int) -> Program:
     from bert_jax.data.pipeline import batch_spec
-    from bert_jax.train import pretraining
+    from bert_jax.train import pretrain_job
     G = config.global_batch_size
-    built = pretraining.build(config, vocab_size_of(config), mesh)
+    built = pretrain_job.build(config, vocab_size_of(config), mesh)
     spec = batch_spec(config.data, G)
     T = config.data.max_seq_length
     masked = spec["masked_positions"][0][1] if built.gathered else T

@@ -3,7 +3,7 @@
 The command: config validation, the workdir (what may be written into), the
 inputs checked before anything is built, then the workdir created and locked
 (`storage.run_dir`, the lifecycle fine-tuning shares) around one call to
-`bert_jax.train.pretraining.run` (the job the one training loop runs). JAX,
+`bert_jax.train.pretrain_job.run` (the job the one training loop runs). JAX,
 Flax and orbax are imported inside functions, so that a bad config or workdir
 is reported in a fraction of a second, before those imports (and long before
 any compile).
@@ -146,28 +146,28 @@ def _train(config, workdir: str) -> dict:
     G = config.global_batch_size
 
     # ---- Data -------------------------------------------------------------------------
-    from bert_jax.train import pretraining
-    pipe = pretraining.open_pipeline(config.data, G)
+    from bert_jax.train import pretrain_job
+    pipe = pretrain_job.open_pipeline(config.data, G)
     tokenizer = pipe.tokenizer
     eval_pipe = None
     if config.eval_data.prepared_dir:
         eval_cfg = config.data.copy_and_resolve_references()
         eval_cfg.prepared_dir = config.eval_data.prepared_dir
-        eval_pipe = pretraining.open_pipeline(eval_cfg, G)
+        eval_pipe = pretrain_job.open_pipeline(eval_cfg, G)
         if eval_pipe.corpus.vocab_fingerprint != pipe.corpus.vocab_fingerprint:
             raise ValueError(f"eval_data.prepared_dir={config.eval_data.prepared_dir} was "
                              f"prepared with another vocabulary than {config.data.prepared_dir}")
     init_params = None
     if config.init_from and not loop.has_checkpoint(workdir):
-        cfg = pretraining.bert_config(config, tokenizer.vocab_size,
-                                      pretraining.special_token_ids(tokenizer))
+        cfg = pretrain_job.bert_config(config, tokenizer.vocab_size,
+                                       pretrain_job.special_token_ids(tokenizer))
         init_params = check_init_from(config, cfg, tokenizer)
 
-    pretraining.check_rerun(config, workdir, pipe)  # another model, vocab or data: refused
+    pretrain_job.check_rerun(config, workdir, pipe)  # another model, vocab or data: refused
 
     # ---- Workdir: created and locked only now that the inputs are known good ----------
     with run_dir.claim(workdir, has_progress=loop.has_progress):
-        return pretraining.run(config, workdir, pipe, eval_pipe, init_params)
+        return pretrain_job.run(config, workdir, pipe, eval_pipe, init_params)
 
 
 FLAGS = flags.FLAGS

@@ -157,7 +157,7 @@ def _outputs_of_other_commands(w) -> None:
     # A fine-tuned classifier (the trainer's save path: save_model_dir with a task).
     save_tiny_model(root / "ft_model", head="classification", num_labels=2,
                     label_names=["0", "1"], task={"kind": "glue", "step": 3})
-    # A pretraining workdir: bert_jax.json as train/pretraining.py writes it.
+    # A pretraining workdir: bert_jax.json as train/pretrain_job.py writes it.
     pt = root / "pt_workdir"
     (pt / "checkpoints" / "5").mkdir(parents=True)
     cfg, _, _ = model_dir.load_flat(w["tiny"])

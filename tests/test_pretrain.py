@@ -360,12 +360,12 @@ def abstract_state(workdir, mesh_shape):
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.model import sharding
     from bert_jax.model.heads import BertForPreTraining
-    from bert_jax.train import pretraining
+    from bert_jax.train import pretrain_job
     from bert_jax.train.optim import build_optimizer
     from bert_jax.train.step import state_spec
 
     config = ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
-    cfg = pretraining.bert_config(config, load_tokenizer(Path(workdir) / "vocab.txt").vocab_size)
+    cfg = pretrain_job.bert_config(config, load_tokenizer(Path(workdir) / "vocab.txt").vocab_size)
     optimizer, _ = build_optimizer(config.optim, config.num_train_steps)
     mesh = sharding.make_mesh(mesh_shape)
     with jax.set_mesh(mesh):
