@@ -212,7 +212,7 @@ def is_finetune_config(config) -> bool:
 def vocab_size_of(config) -> int:
     """Size of the configured vocabulary (vocab.txt, SentencePiece model or
     tokenizer.json), else the paper's: BERT's uncased 30522, ModernBERT's 50368."""
-    from bert_jax.data.prepared import open_prepared
+    from bert_jax.data.token_cache import open_prepared
     from bert_jax.data.tokenizer import load_tokenizer
     path = config.data.get("vocab") or ""
     if not path and config.data.get("prepared_dir"):

@@ -59,7 +59,7 @@ def context_free_accuracy(config) -> tuple[str, float, float]:
     import numpy as np
 
     from bert_jax.data.pipeline import PretrainingPipeline
-    from bert_jax.data.prepared import open_prepared
+    from bert_jax.data.token_cache import open_prepared
 
     eval_cfg = config.data.copy_and_resolve_references()
     eval_cfg.prepared_dir = config.eval_data.prepared_dir

@@ -12,7 +12,7 @@ from conftest import data_path
 from bert_jax.data import corpora
 from bert_jax.data.pipeline import PretrainingPipeline, default_data_config
 from bert_jax.data.prepare import prepare_corpus
-from bert_jax.data.prepared import PreparedError, open_prepared
+from bert_jax.data.token_cache import PreparedError, open_prepared
 from bert_jax.data.tokenizer import load_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

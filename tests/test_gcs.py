@@ -234,7 +234,7 @@ def test_prepare_from_bucket_into_bucket(gcs, tiny_pretraining_data, tmp_path):
     paths, and the pipeline opens the result from the bucket."""
     from conftest import data_path
 
-    from bert_jax.data import prepared
+    from bert_jax.data import token_cache
     from bert_jax.data.pipeline import PretrainingPipeline
     novel = sorted(data_path("corpus", "eltec-eng").glob("*.txt"))[6]
     lines = novel.read_text().splitlines()
@@ -254,11 +254,11 @@ def test_prepare_from_bucket_into_bucket(gcs, tiny_pretraining_data, tmp_path):
                             f"--vocab={vocab}", f"--out={dst}", "--num_workers=1"], env=env,
                            cwd=REPO, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-    remote = json.loads(storage.read_text(storage.join(out, prepared.MANIFEST)))
-    local = json.loads((tmp_path / "local" / prepared.MANIFEST).read_text())
+    remote = json.loads(storage.read_text(storage.join(out, token_cache.MANIFEST)))
+    local = json.loads((tmp_path / "local" / token_cache.MANIFEST).read_text())
     assert remote["data_fingerprint"] == local["data_fingerprint"]
     assert remote["totals"] == local["totals"] and len(remote["shards"]) == 2
-    a, b = prepared.open_prepared(out), prepared.open_prepared(tmp_path / "local")
+    a, b = token_cache.open_prepared(out), token_cache.open_prepared(tmp_path / "local")
     for x, y in zip(a.tokens, b.tokens):
         np.testing.assert_array_equal(x, y)
     pipe = PretrainingPipeline.from_config(

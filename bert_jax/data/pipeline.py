@@ -36,7 +36,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from bert_jax.data import instances, masking, packing
-from bert_jax.data.prepared import PreparedCorpus, check_vocab, open_prepared
+from bert_jax.data.token_cache import PreparedCorpus, check_vocab, open_prepared
 from bert_jax.data.tokenizer import load_tokenizer
 
 _STREAM_FIELDS = ("seed", "max_seq_length", "max_predictions_per_seq", "masked_lm_prob",
