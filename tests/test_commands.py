@@ -34,7 +34,7 @@ COMMANDS = {
     "demo": ["--steps", "--vocab_size", "--workdir"],
     "data.prepare": ["--corpus", "--vocab", "--out", "--overwrite", "--num_workers"],
     "data.vocab": ["--corpus", "--vocab_size", "--out", "--kind"],
-    "data.inspect": ["--config", "--prepared", "--num_batches", "--json"],
+    "data.inspect_batches": ["--config", "--prepared", "--num_batches", "--json"],
 }
 
 

@@ -118,7 +118,7 @@ def test_console_scripts_run_the_python_m_modules():
 
     script = run("-c", "from bert_jax import scripts; scripts.inspect()")
     assert "--num_examples" in script[1]
-    assert script == run("-m", "bert_jax.data.inspect")
+    assert script == run("-m", "bert_jax.data.inspect_batches")
 def test_top_level_modules_are_commands():
     # Library code lives in the role folders; the top level holds the commands.
     for p in sorted(PKG.glob("*.py")):

@@ -1,8 +1,8 @@
 """Look at what the model will be fed: decoded examples with the masks visible
 and statistics as JSON.
 
-    python -m bert_jax.data.inspect --config=configs/pretrain/bert.py --num_batches=20
-    python -m bert_jax.data.inspect --prepared=/tmp/eltec --num_batches=20 --json
+    python -m bert_jax.data.inspect_batches --config=configs/pretrain/bert.py --num_batches=20
+    python -m bert_jax.data.inspect_batches --prepared=/tmp/eltec --num_batches=20 --json
 
 In the decoded text a masked position shows as `[MASK](=orig)`, a random
 replacement as `~tok~(=orig)` and a kept-but-predicted token as `{tok}`.
