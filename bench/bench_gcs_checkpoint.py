@@ -1,6 +1,6 @@
 """What a checkpoint save to object storage costs the training loop: step
 times around each save to a local GCS server (fake-gcs-server on 127.0.0.1,
-the `bert_jax.gcs_emulator`) against the median step, with orbax's
+the `bert_jax.devtools.gcs_emulator`) against the median step, with orbax's
 asynchronous saving (the default) and, for contrast, synchronous saving.
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_gcs_checkpoint.py --size=small --steps=60 --save_every=15
@@ -133,7 +133,8 @@ def thread_cores() -> dict[str, set[str]]:
 
 def main(argv):
     del argv
-    from bert_jax import gcs_emulator, storage
+    from bert_jax import storage
+    from bert_jax.devtools import gcs_emulator
     root = pathlib.Path(tempfile.mkdtemp(prefix="bench_gcs_"))
     cores = sorted(os.sched_getaffinity(0))
     if FLAGS.split_cores:

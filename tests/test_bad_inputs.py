@@ -530,7 +530,7 @@ CASES = [
     case("aot_out_foreign", "bert_jax.aot",
          ["--config=configs/pretrain/bert_tiny.py", "--topology=v5e:2x2", "--out={root}/a_file"],
          2, "a_file: the --out file exists", intact("a_file", b"a file, not a directory\n")),
-    case("gcs_emulator_root_foreign_file", "bert_jax.gcs_emulator",
+    case("gcs_emulator_root_foreign_file", "bert_jax.devtools.gcs_emulator",
          ["--root={root}/gcsroot", "--bucket=bkt"], 1,
          "gcsroot/data/bkt/my.txt: not an object this emulator wrote", unchanged("gcsroot")),
     # ---- untrusted sizes and JSON

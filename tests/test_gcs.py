@@ -333,7 +333,7 @@ def test_server_stopped_during_save(cli, gs_cli, straight, tiny_pretraining_data
     with the server back (same data), the rerun resumes from step 15, which the
     failed save did not touch, and logs every step once with the local run's
     numbers."""
-    from bert_jax import gcs_emulator
+    from bert_jax.devtools import gcs_emulator
     reference, _ = straight
     emu = gcs_emulator.GcsEmulator(tmp_path / "gcs").start()
     try:
@@ -381,7 +381,7 @@ def test_restarted_emulator_drops_half_written_objects(tmp_path, monkeypatch):
     an unfinished upload on GCS never becomes an object; the finished objects
     beside it are listed and read as before (without the fix fake-gcs-server
     answers 404 to the whole listing)."""
-    from bert_jax import gcs_emulator
+    from bert_jax.devtools import gcs_emulator
     emu = gcs_emulator.GcsEmulator(tmp_path / "gcs").start()
     try:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", emu.url)

