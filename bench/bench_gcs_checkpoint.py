@@ -133,8 +133,8 @@ def thread_cores() -> dict[str, set[str]]:
 
 def main(argv):
     del argv
-    from bert_jax import storage
     from bert_jax.devtools import gcs_emulator
+    from bert_jax.storage import paths
     root = pathlib.Path(tempfile.mkdtemp(prefix="bench_gcs_"))
     cores = sorted(os.sched_getaffinity(0))
     if FLAGS.split_cores:
@@ -152,7 +152,7 @@ def main(argv):
             jax.devices()  # creates the CPU client and its compute threads here
             os.sched_setaffinity(0, host)
         os.environ.update(emu.env())
-        storage.configure()
+        paths.configure()
         rows = []
         for mode in FLAGS.modes:
             r = time_mode(mode == "async", f"gs://bench/run-{mode}")

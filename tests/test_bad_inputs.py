@@ -704,9 +704,9 @@ def test_gz_corpus_is_streamed(tmp_path):
 def test_bucket_root_is_never_a_destination(gcs, ws):
     """convert / prepare into gs://BUCKET or gs://BUCKET/ (no prefix): one line,
     with --overwrite too, and the bucket's objects stay."""
-    from bert_jax import storage
-    keep = storage.join(gcs.bucket, "someones", "object.txt")
-    storage.write_text(keep, "keep me")
+    from bert_jax.storage import paths
+    keep = paths.join(gcs.bucket, "someones", "object.txt")
+    paths.write_text(keep, "keep me")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     for args in (["bert_jax.convert", str(ws["tiny"]), gcs.bucket, "--to=hf", "--overwrite"],
                  ["bert_jax.convert", str(ws["tiny"]), gcs.bucket + "/"],
@@ -717,7 +717,7 @@ def test_bucket_root_is_never_a_destination(gcs, ws):
         last = proc.stderr.strip().splitlines()[-1]
         assert proc.returncode == 1 and "is a bucket root, which is never replaced" in last, \
             proc.stderr[-2000:]
-        assert storage.read_text(keep) == "keep me"
+        assert paths.read_text(keep) == "keep me"
 
 
 # ---------------------------------------------------------------- reruns

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-from bert_jax import storage
 from bert_jax.convert import bounds, hf_format, model_dir
 from bert_jax.model.config import BertConfig
-from bert_jax.storage import outputs
+from bert_jax.storage import outputs, paths
 
 
 def _target_shapes(cfg: BertConfig, head: str, num_labels: int) -> dict[str, tuple]:
@@ -61,12 +60,12 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
     with a fresh init (unless `fill_missing` is False: then they are absent)
     and their names appended to `report`.
     """
-    if not storage.exists(path):
+    if not paths.exists(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
     # A bert_jax dir in a bucket is read in place (orbax reads gs://); HF and
     # TF1 dirs through the local cache.
-    p = path if storage.is_url(path) and model_dir.is_model_dir(path) else \
-        storage.local_copy(path)
+    p = path if paths.is_url(path) and model_dir.is_model_dir(path) else \
+        paths.local_copy(path)
     if model_dir.is_model_dir(p):
         cfg, meta, flat = model_dir.load_flat(p)  # checks the sizes before reading params
         have = sum(int(np.size(v)) for v in flat.values())
@@ -163,7 +162,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
     another command's output, a dir holding anything else, or the source."""
     if to not in ("bert_jax", "hf", "tf1"):
         raise ValueError(f"--to={to!r}; expected bert_jax, hf or tf1")
-    if not storage.exists(src):
+    if not paths.exists(src):
         raise FileNotFoundError(f"{src}: no such checkpoint")
     if to == "tf1":  # before reading the source: the write would fail at the end
         from bert_jax.cli import optional

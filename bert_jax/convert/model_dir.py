@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from bert_jax import storage
 from bert_jax.model.config import BertConfig
 from bert_jax.model.params import nest, unnest
+from bert_jax.storage import paths
 
 META_FILE = "bert_jax.json"
 
@@ -42,12 +42,12 @@ def write_meta(path: str | os.PathLike, cfg: BertConfig, head: str, num_labels: 
         meta[outputs.RECORD_KEY] = rec
     if do_lower_case is not None:
         meta["do_lower_case"] = bool(do_lower_case)
-    storage.write_text(storage.join(path, META_FILE), json.dumps(meta, indent=2))
+    paths.write_text(paths.join(path, META_FILE), json.dumps(meta, indent=2))
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     from bert_jax.storage import json_input
-    f = storage.join(path, META_FILE)
+    f = paths.join(path, META_FILE)
     meta = json_input.read(f)
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise ValueError(f"{f}: not a bert_jax model description (no \"config\" object)")
@@ -57,13 +57,13 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 def save_params(path: str | os.PathLike, flat: dict[str, np.ndarray]) -> None:
     import orbax.checkpoint as ocp
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(storage.orbax_path(path), nest(flat))
+        ckptr.save(paths.orbax_path(path), nest(flat))
         ckptr.wait_until_finished()
 
 
 def load_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
     import orbax.checkpoint as ocp
-    path = storage.orbax_path(path)
+    path = paths.orbax_path(path)
     with ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(path)
         tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
@@ -75,15 +75,15 @@ def load_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def copy_vocab(src: str | os.PathLike | None, dst_dir: str | os.PathLike) -> None:
     if src is None:
         return
-    if storage.isdir(src):
+    if paths.isdir(src):
         src = vocab_path(src)
         if src is None:
             return
-    if storage.exists(src):
-        base = storage.name(src)
+    if paths.exists(src):
+        base = paths.name(src)
         if base == "tokenizer.json":  # travels with its config files (tokenizer_files)
             return
-        storage.copy_file(src, storage.join(dst_dir, base if base.endswith(".model")
+        paths.copy_file(src, paths.join(dst_dir, base if base.endswith(".model")
                                             else "vocab.txt"))
 
 
@@ -95,18 +95,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def tokenizer_files(path: str | os.PathLike) -> list:
     """The TOKENIZER_FILES a dir holds, when its vocabulary is a tokenizer.json
     (no vocab.txt or *.model; else [])."""
-    if not storage.isdir(path):
+    if not paths.isdir(path):
         return []
-    names = storage.listdir(path)
+    names = paths.listdir(path)
     if "tokenizer.json" not in names or "vocab.txt" in names or any(
             n.endswith(".model") for n in names):
         return []
-    return [storage.join(path, n) for n in TOKENIZER_FILES if n in names]
+    return [paths.join(path, n) for n in TOKENIZER_FILES if n in names]
 
 
 def copy_tokenizer_files(files, dst_dir: str | os.PathLike) -> None:
     for f in files or ():
-        storage.copy_file(f, storage.join(dst_dir, storage.name(f)))
+        paths.copy_file(f, paths.join(dst_dir, paths.name(f)))
 
 
 def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.ndarray],
@@ -134,11 +134,11 @@ def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.n
 def recorded_casing(checkpoint) -> bool | None:
     """do_lower_case as a checkpoint dir records it (bert_jax.json, or a HF /
     TF1 dir's tokenizer_config.json); None when it records none."""
-    path = checkpoint if storage.is_url(checkpoint) else pathlib.Path(checkpoint)
+    path = checkpoint if paths.is_url(checkpoint) else pathlib.Path(checkpoint)
     if is_model_dir(path):
         return read_meta(path).get("do_lower_case")
     from bert_jax.convert import hf_format
-    return hf_format.read_casing(storage.local_copy(path))
+    return hf_format.read_casing(paths.local_copy(path))
 
 
 def tokenizer_of(checkpoint, meta: dict | None = None, vocab=None):
@@ -158,20 +158,20 @@ def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | str | None:
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
-    return storage.exists(storage.join(path, META_FILE))
+    return paths.exists(paths.join(path, META_FILE))
 
 
 def load_flat(path: str | os.PathLike) -> tuple[BertConfig, dict[str, Any], dict[str, np.ndarray]]:
     """(config, meta, canonical params) from a model dir or a training workdir."""
-    if not storage.is_url(path):
+    if not paths.is_url(path):
         path = pathlib.Path(path)
     if not is_model_dir(path):
         raise FileNotFoundError(f"{path}: not a bert_jax model dir (no {META_FILE})")
     meta = read_meta(path)
-    cfg = BertConfig.from_dict(meta["config"], source=storage.join(path, META_FILE))
+    cfg = BertConfig.from_dict(meta["config"], source=paths.join(path, META_FILE))
     from bert_jax.convert import bounds
-    bounds.check_fields(cfg, storage.join(path, META_FILE))
-    if storage.exists(storage.join(path, "params")):
-        return cfg, meta, load_params(storage.join(path, "params"))
+    bounds.check_fields(cfg, paths.join(path, META_FILE))
+    if paths.exists(paths.join(path, "params")):
+        return cfg, meta, load_params(paths.join(path, "params"))
     from bert_jax.train import checkpointing
     return cfg, meta, checkpointing.load_latest_params(path)

@@ -34,10 +34,9 @@ import time
 
 import numpy as np
 
-from bert_jax import storage
 from bert_jax.data import corpora, token_cache
 from bert_jax.data.tokenizer import load_tokenizer
-from bert_jax.storage import json_input, outputs
+from bert_jax.storage import json_input, outputs, paths
 
 _ENCODE_BATCH = 4096  # sentences per tokenizer call
 _MAX_WARNINGS = 5
@@ -276,7 +275,7 @@ def prepare_corpus(corpus: str, vocab: str | os.PathLike, out_dir: str | os.Path
     Returns:
       The manifest dict (also in out_dir/manifest.json).
     """
-    if storage.is_url(out_dir):
+    if paths.is_url(out_dir):
         return _prepare_to_url(os.fspath(out_dir), corpus, vocab, num_workers=num_workers,
                                segmenter=segmenter, encoding_errors=encoding_errors,
                                max_sentence_tokens=max_sentence_tokens,
@@ -350,11 +349,11 @@ def _prepare_to_url(url: str, corpus: str, vocab, overwrite: bool = False, **kwa
                               is_own=outputs.only_entries(_prepared_entry),
                               what="--out directory", record=RECORD, resume=True)
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    local = storage.cache_root() / "prepare" / digest
+    local = paths.cache_root() / "prepare" / digest
     # The staging dir is our own cache: whatever a crashed run left there may go.
     manifest = prepare_corpus(corpus, vocab, local, overwrite=True, **kwargs)
-    mpath = storage.join(url, token_cache.MANIFEST)
-    if storage.exists(mpath) and json_input.read(mpath).get(
+    mpath = paths.join(url, token_cache.MANIFEST)
+    if paths.exists(mpath) and json_input.read(mpath).get(
             "data_fingerprint") == manifest["data_fingerprint"]:
         return manifest
     # The old manifest goes first (a reader never sees it over new shards),

@@ -21,7 +21,7 @@ import os
 import pathlib
 from collections.abc import Sequence
 
-from bert_jax import storage
+from bert_jax.storage import paths
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -189,11 +189,11 @@ class HFTokenizerJSON:
         names = {t: t for t in SPECIAL_TOKENS}
         d = pathlib.Path(tokenizer_file).parent if config_dir is None else config_dir
         for f in ("special_tokens_map.json", "tokenizer_config.json"):
-            f = storage.join(d, f) if storage.is_url(d) else pathlib.Path(d) / f
-            if not storage.exists(f):
+            f = paths.join(d, f) if paths.is_url(d) else pathlib.Path(d) / f
+            if not paths.exists(f):
                 continue
             try:
-                cfg = json.loads(storage.read_text(f))
+                cfg = json.loads(paths.read_text(f))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{f}: invalid JSON at line {e.lineno}: {e.msg}") from None
             for special in SPECIAL_TOKENS:
@@ -429,30 +429,30 @@ def hf_special_token_files(tokenizer: Tokenizer) -> dict[str, str]:
 def vocab_in_dir(d: str | os.PathLike) -> str | pathlib.Path | None:
     """The vocabulary file of a directory (local or URL): `vocab.txt`, else the
     first `*.model`, else a HF `tokenizer.json`; None if it has none."""
-    names = storage.listdir(d)
+    names = paths.listdir(d)
     pick = "vocab.txt" if "vocab.txt" in names else next(
         (n for n in names if n.endswith(".model")),
         "tokenizer.json" if "tokenizer.json" in names else None)
     if pick is None:
         return None
-    return storage.join(d, pick) if storage.is_url(d) else pathlib.Path(d) / pick
+    return paths.join(d, pick) if paths.is_url(d) else pathlib.Path(d) / pick
 
 
 def load_tokenizer(path: str | os.PathLike, lowercase: bool | None = None) -> Tokenizer:
     """A BERT `vocab.txt` (WordPiece), a SentencePiece `.model` file or a HF
     `tokenizer.json`; a directory is searched for `vocab.txt`, then `*.model`,
     then `tokenizer.json`. A URL is read through the local cache
-    (bert_jax.storage.local_copy)."""
-    if storage.isdir(path):
+    (bert_jax.storage.paths.local_copy)."""
+    if paths.isdir(path):
         found = vocab_in_dir(path)
         if found is None:
             raise FileNotFoundError(f"{path}: no vocab.txt or SentencePiece *.model inside")
         path = found
-    if not storage.exists(path):
+    if not paths.exists(path):
         raise FileNotFoundError(f"{path}: vocabulary file not found")
-    p = storage.local_copy(path)
+    p = paths.local_copy(path)
     if p.suffix == ".model":
         return Tokenizer(SentencePieceTokenizer(p))
     if p.name == "tokenizer.json":  # its special-token files are read where it lies
-        return Tokenizer(HFTokenizerJSON(p, config_dir=storage.parent(path)))
+        return Tokenizer(HFTokenizerJSON(p, config_dir=paths.parent(path)))
     return Tokenizer(WordPieceTokenizer(p, lowercase=lowercase))

@@ -13,9 +13,9 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import cli, storage
+from bert_jax import cli
 from bert_jax.finetune import checks
-from bert_jax.storage import outputs, run_dir
+from bert_jax.storage import outputs, paths, run_dir
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.", lock_config=True)
@@ -49,7 +49,7 @@ def _has_progress(workdir) -> bool:
     if loop.has_progress(workdir):
         return True
     try:
-        return any(loop.has_progress(storage.join(workdir, e)) for e in storage.listdir(workdir)
+        return any(loop.has_progress(paths.join(workdir, e)) for e in paths.listdir(workdir)
                    if e.startswith("lr") and "_seed" in e)
     except OSError:
         return True  # cannot tell: keep it
@@ -66,7 +66,7 @@ def _run() -> dict:
     if "preempted_at" in result:
         return result
     if jax.process_index() == 0:  # the others saw no metrics (trainer returns {})
-        storage.write_text(storage.join(FLAGS.workdir, "sweep_results.json"),
+        paths.write_text(paths.join(FLAGS.workdir, "sweep_results.json"),
                            json.dumps(result, indent=2, default=float))
         print(sweep.format_table(result))
     return result

@@ -22,12 +22,11 @@ WORKDIR_ENTRIES = ("metrics.jsonl", "metrics.jsonl.tmp", "tb", "eval", "model", 
 
 
 def is_finetune_workdir(path) -> bool:
-    from bert_jax import storage
-    from bert_jax.storage import workdir_lock
-    for e in storage.listdir(path):
+    from bert_jax.storage import paths, workdir_lock
+    for e in paths.listdir(path):
         if e in WORKDIR_ENTRIES or e == workdir_lock.LOCK_NAME:
             continue
-        if e.startswith("lr") and "_seed" in e and storage.isdir(storage.join(path, e)):
+        if e.startswith("lr") and "_seed" in e and paths.isdir(paths.join(path, e)):
             continue  # a sweep run
         if e.startswith((".model.", ".best.", ".summary.json")):
             continue  # temp siblings of an interrupted write
@@ -50,8 +49,8 @@ def check_files(config) -> None:
     its own splits; SQuAD's article_split trains on dev_file's articles) is
     one line naming the field. (GLUE's data_dir and init_checkpoint are
     checked where they are opened, before any compile, too.)"""
-    from bert_jax import storage
     from bert_jax.finetune import task
+    from bert_jax.storage import paths
     tfds = _tfds_on(config)
     if config.get("tfds_data_dir") and not tfds:
         raise ValueError(f"config.tfds_data_dir={config.tfds_data_dir!r} is read only with "
@@ -66,9 +65,9 @@ def check_files(config) -> None:
             raise ValueError(f"config.{field}={value!r} is not read {unread[field]}")
         if tfds:
             continue  # conll's default train/dev files: TFDS is read instead
-        if not storage.exists(value):
+        if not paths.exists(value):
             raise FileNotFoundError(f"config.{field}={value}: no such file")
-        if storage.isdir(value):
+        if paths.isdir(value):
             raise ValueError(f"config.{field}={value}: a directory, not a file")
 
 

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bert_jax import storage
 from bert_jax.finetune import batching, conlleval
 from bert_jax.finetune.task import Batch, FinetuneTask, PredictRequest, register
+from bert_jax.storage import paths
 
 IGNORE = -100
 DOCSTART = "-DOCSTART-"
@@ -82,7 +82,7 @@ def read_conll_file(path: str | os.PathLike) -> list[Sentence]:
             sentences.append(Sentence(tuple(words), tuple(tags), doc, str(path), first_line))
         words, tags = [], []
 
-    with open(storage.local_copy(path), "rb") as f:
+    with open(paths.local_copy(path), "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")

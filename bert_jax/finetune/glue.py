@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bert_jax import storage
 from bert_jax.finetune import batching, glue_metrics
 from bert_jax.finetune.task import Batch, FinetuneTask, register
+from bert_jax.storage import paths
 
 # ---------------------------------------------------------------- task table
 
@@ -185,14 +185,14 @@ def read_split(task: str, split: str, data_dir: str | os.PathLike) -> SplitData:
     spec = task_spec(task)
     if split not in spec.files:
         raise ValueError(f"split={split!r}: {spec.name} has splits {', '.join(spec.files)}")
-    if storage.is_url(data_dir):  # read through the local cache
+    if paths.is_url(data_dir):  # read through the local cache
         root = data_dir.rstrip("/")
-        if storage.name(root) == spec.dir_name:
-            root = storage.parent(root)
-        url = storage.join(root, spec.files[split].path)
-        if not storage.isfile(url):
+        if paths.name(root) == spec.dir_name:
+            root = paths.parent(root)
+        url = paths.join(root, spec.files[split].path)
+        if not paths.isfile(url):
             raise FileNotFoundError(f"{url}: missing GLUE {spec.dir_name} {split} file")
-        return _read_file(storage.local_copy(url), spec, spec.files[split])
+        return _read_file(paths.local_copy(url), spec, spec.files[split])
     root = pathlib.Path(data_dir)
     if root.name == spec.dir_name:
         root = root.parent
@@ -405,9 +405,9 @@ class GlueTask(FinetuneTask):
     def train_file(cls, config) -> str | None:
         spec = task_spec(config.task)
         root = str(config.data_dir).rstrip("/")
-        if storage.name(root) == spec.dir_name:
-            root = storage.parent(root)
-        return storage.join(root, spec.files["train"].path)
+        if paths.name(root) == spec.dir_name:
+            root = paths.parent(root)
+        return paths.join(root, spec.files["train"].path)
 
     @classmethod
     def plan(cls, config) -> tuple[str, int]:

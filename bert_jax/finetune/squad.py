@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bert_jax import storage
 from bert_jax.finetune import batching, squad_metrics
 from bert_jax.finetune.task import Batch, FinetuneTask, PredictFn, PredictRequest, register
+from bert_jax.storage import paths
 
 # Null odds written for an example without any non-null span (e.g. an empty
 # context): larger than any real logit difference, and finite for JSON.
@@ -130,7 +130,7 @@ def load_squad_json(path: str | os.PathLike) -> dict:
       ValueError: one line naming the file when it is not JSON or has no data list.
     """
     try:
-        with open(storage.local_copy(path), encoding="utf-8") as f:
+        with open(paths.local_copy(path), encoding="utf-8") as f:
             obj = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: "
@@ -697,7 +697,7 @@ class SquadTask(FinetuneTask):
         if request.question is not None:
             items = [("q", request.question, request.context)]
         elif request.input_path:
-            examples = read_squad_json(storage.local_copy(request.input_path))
+            examples = read_squad_json(paths.local_copy(request.input_path))
             items = [(e.qas_id, e.question, e.context) for e in examples]
         else:
             raise ValueError("a QA model needs --question and --context, or --input=FILE "

@@ -23,12 +23,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from bert_jax import storage
 from bert_jax.convert import model_dir
 from bert_jax.finetune import checks
 from bert_jax.finetune import task as tasks
 from bert_jax.model import sharding
 from bert_jax.model.heads import build_model, dropout_overrides, encoder_params, get_head
+from bert_jax.storage import paths
 from bert_jax.train import run_identity
 from bert_jax.train.optim import build_optimizer
 from bert_jax.train.step import (
@@ -110,7 +110,7 @@ def init_weights(config):
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required: a bert_jax model dir or workdir, "
                          "a HF dir or a TF1 dir")
-    if not storage.exists(config.init_checkpoint):
+    if not paths.exists(config.init_checkpoint):
         raise FileNotFoundError(f"config.init_checkpoint={config.init_checkpoint}: no such "
                                 "checkpoint")
     cfg, meta, flat = convert.read_any(config.init_checkpoint)
@@ -252,7 +252,7 @@ class FinetuneJob:
         from bert_jax.train.loop import Evaluation
         # Every process runs the (collective) forward passes; one writes files.
         with contextlib.ExitStack() as stack:
-            out_dir = stack.enter_context(storage.staged_dir(storage.join(
+            out_dir = stack.enter_context(paths.staged_dir(paths.join(
                 self.workdir, "eval", label))) if jax.process_index() == 0 else None
             results = evaluate_task(self.task, self.predict, params, out_dir,
                                     self.config.eval_batch_size)
@@ -262,7 +262,7 @@ class FinetuneJob:
         return Evaluation(flat, score=results.get(split, {}).get(key), detail=results)
 
     def save_best(self, params, step):
-        self.saver(storage.join(self.workdir, "best"), params, step)
+        self.saver(paths.join(self.workdir, "best"), params, step)
 
 
 def finetune(config, workdir) -> dict:
@@ -316,7 +316,7 @@ def finetune(config, workdir) -> dict:
         tqdm.write(checks.format_report(input_report))
     identity = run_identity_of(config, cfg, task, tokenizer, vocab, task_cls)
     run_identity.check(workdir, identity)  # another model, vocab, task or data: refused
-    storage.makedirs(workdir)  # only now that the inputs are known good
+    paths.makedirs(workdir)  # only now that the inputs are known good
 
     # ---- Model, optimizer -------------------------------------------------------------
     B = config.global_batch_size
@@ -402,7 +402,7 @@ def _write_test_predictions(task, predict, params, workdir, config) -> None:
         except FileNotFoundError:
             continue
         if jax.process_index() == 0:
-            with storage.staged_dir(storage.join(workdir, "test_predictions")) as d:
+            with paths.staged_dir(paths.join(workdir, "test_predictions")) as d:
                 task.write_test_predictions(split, outputs, d)
 
 
@@ -410,13 +410,13 @@ def _export(config, workdir, summary, state, save) -> dict:
     """model/: the best evaluation's parameters (kept in best/ as the run went)
     or, with config.export="last" or no scored evaluation, the last ones."""
     best = summary.get("best")
-    model, kept = storage.join(workdir, "model"), storage.join(workdir, "best")
+    model, kept = paths.join(workdir, "model"), paths.join(workdir, "best")
     if config.export == "best" and best is not None:
         entry = next(h for h in summary["history"] if h["step"] == best["step"])
         if jax.process_index() == 0:
-            if storage.exists(kept):
+            if paths.exists(kept):
                 _publish(kept, model)
-            elif not storage.exists(model):
+            elif not paths.exists(model):
                 raise FileNotFoundError(f"{kept}: the best model (step {best['step']}) is "
                                         "missing")
         return {"export": "best", "step": best["step"], "metric": summary["main_metric"],
@@ -424,7 +424,7 @@ def _export(config, workdir, summary, state, save) -> dict:
                                            if k not in ("step", "label", "epoch")}}
     save(model, state["params"], summary["steps"])
     if jax.process_index() == 0:
-        storage.remove(kept)
+        paths.remove(kept)
     last = summary["final"]
     split, key = summary["main_metric"].split("/")
     return {"export": "last", "step": summary["steps"], "metric": summary["main_metric"],
@@ -435,25 +435,25 @@ def _export(config, workdir, summary, state, save) -> dict:
 def _publish(kept, model) -> None:
     """best/ becomes model/: locally one rename; in a bucket (no rename) it is
     written again as a model dir from its parameters."""
-    storage.remove(model)
-    if not storage.is_url(model):
-        storage.rename(kept, model)
+    paths.remove(model)
+    if not paths.is_url(model):
+        paths.rename(kept, model)
         return
     cfg, meta, flat = model_dir.load_flat(kept)
     model_dir.save_model_dir(model, cfg, flat, meta["head"], meta.get("num_labels", 0),
                              meta.get("label_names"),
-                             meta.get("task"), storage.join(kept, "vocab.txt"),
+                             meta.get("task"), paths.join(kept, "vocab.txt"),
                              meta.get("do_lower_case"), tokenizer=model_dir.tokenizer_files(kept))
-    storage.remove(kept)
+    paths.remove(kept)
 
 
 def finished_summary(workdir) -> dict | None:
     """The summary of a run that finished in `workdir` (model/ exported), else None."""
-    path = storage.join(str(workdir), "summary.json")
+    path = paths.join(str(workdir), "summary.json")
     try:
-        if not storage.exists(path):
+        if not paths.exists(path):
             return None
-        summary = json.loads(storage.read_text(path))
+        summary = json.loads(paths.read_text(path))
     except (OSError, ValueError):
         return None
     if "preempted_at" in summary or "model" not in summary:

@@ -36,5 +36,5 @@ def loads(text: str | bytes, source: str | os.PathLike, line: int | None = None)
 
 def read(path: str | os.PathLike) -> Any:
     """The JSON document in file `path` (local or gs://)."""
-    from bert_jax import storage
-    return loads(storage.read_bytes(path), path)
+    from bert_jax.storage import paths
+    return loads(paths.read_bytes(path), path)

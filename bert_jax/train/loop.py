@@ -265,19 +265,19 @@ def _check_lock(workdir, multi: bool, is_main: bool) -> None:
 
 
 def has_checkpoint(workdir) -> bool:
-    from bert_jax import storage
-    return any(p.isdigit() for p in storage.listdir(storage.join(workdir, "checkpoints")))
+    from bert_jax.storage import paths
+    return any(p.isdigit() for p in paths.listdir(paths.join(workdir, "checkpoints")))
 
 
 def has_progress(workdir) -> bool:
     """Whether a run in workdir got anywhere (a checkpoint or a logged step):
     a run that fails before that removes the workdir it created."""
-    from bert_jax import storage
+    from bert_jax.storage import paths
     try:
         if has_checkpoint(workdir):
             return True
-        m = storage.join(workdir, "metrics.jsonl")
-        return storage.exists(m) and bool(storage.read_bytes(m).strip())
+        m = paths.join(workdir, "metrics.jsonl")
+        return paths.exists(m) and bool(paths.read_bytes(m).strip())
     except OSError:
         return True  # cannot tell: keep it
 
@@ -285,9 +285,9 @@ def has_progress(workdir) -> bool:
 def write_summary(workdir: str, summary: dict) -> None:
     import jax
 
-    from bert_jax import storage
+    from bert_jax.storage import paths
     if jax.process_index() == 0:
-        storage.write_text(storage.join(workdir, "summary.json"),
+        paths.write_text(paths.join(workdir, "summary.json"),
                            json.dumps(_strict(summary), indent=2))
 
 

@@ -16,9 +16,9 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
-from bert_jax import storage
 from bert_jax.convert import model_dir
 from bert_jax.model.config import BertConfig
+from bert_jax.storage import paths
 from bert_jax.train import loop, run_identity
 
 if TYPE_CHECKING:
@@ -123,13 +123,13 @@ def _copy_bpe_tokenizer(tokenizer, workdir) -> None:
     it has none (a prepared dir holds only tokenizer.json) they are written,
     so HF exports of the workdir load in transformers knowing [PAD] and [MASK]."""
     from bert_jax.data.tokenizer import hf_special_token_files
-    beside = storage.parent(tokenizer.vocab_file)
+    beside = paths.parent(tokenizer.vocab_file)
     model_dir.copy_tokenizer_files(
-        [storage.join(beside, n) for n in model_dir.TOKENIZER_FILES
-         if storage.exists(storage.join(beside, n))], workdir)
+        [paths.join(beside, n) for n in model_dir.TOKENIZER_FILES
+         if paths.exists(paths.join(beside, n))], workdir)
     for name, text in hf_special_token_files(tokenizer).items():
-        if not storage.exists(storage.join(workdir, name)):
-            storage.write_text(storage.join(workdir, name), text)
+        if not paths.exists(paths.join(workdir, name)):
+            paths.write_text(paths.join(workdir, name), text)
 
 
 @dataclasses.dataclass
@@ -296,7 +296,7 @@ def run(config, workdir, pipe, eval_pipe, init_params) -> dict:
                 model_dir.copy_vocab(tokenizer.vocab_file, workdir)
                 if tokenizer.kind == "bpe":
                     _copy_bpe_tokenizer(tokenizer, workdir)
-                storage.write_text(storage.join(workdir, "config.json"),
+                paths.write_text(paths.join(workdir, "config.json"),
                                    config.to_json_best_effort(indent=2))
 
         def fresh_state():

@@ -34,10 +34,10 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import storage
 from bert_jax.model import sharding
 from bert_jax.model.config import RNG_IMPLS
 from bert_jax.model.params import flat_into_pure
+from bert_jax.storage import paths
 
 PyTree = Any
 
@@ -254,23 +254,23 @@ class MetricWriter:
 
     def __init__(self, workdir, resume_step: int = 0, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = storage.join(workdir, "metrics.jsonl")
-        self.remote = storage.is_url(workdir)
+        self.path = paths.join(workdir, "metrics.jsonl")
+        self.remote = paths.is_url(workdir)
         self._tb = None
         if not self.enabled:
             return
-        storage.makedirs(workdir)
+        paths.makedirs(workdir)
         kept = []
-        if storage.exists(self.path):
-            for line in storage.read_text(self.path).splitlines():
+        if paths.exists(self.path):
+            for line in paths.read_text(self.path).splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash
                 if rec.get("step", 0) <= resume_step:
                     kept.append(line)
-            storage.write_text(self.path, "".join(x + "\n" for x in kept))
-        self._tb_remote = storage.join(workdir, "tb")
+            paths.write_text(self.path, "".join(x + "\n" for x in kept))
+        self._tb_remote = paths.join(workdir, "tb")
         self._tb_dir = (tempfile.mkdtemp(prefix="bert_jax_tb_") if self.remote
                         else str(pathlib.Path(workdir) / "tb"))
         self._tb = _summary_writer_class()(self._tb_dir, purge_step=resume_step + 1)
@@ -288,7 +288,7 @@ class MetricWriter:
                 self._tb.add_scalar(f"{prefix}{k}", v, step)
         if self.remote:
             self._lines.append(json.dumps(rec))
-            storage.write_text(self.path, "".join(x + "\n" for x in self._lines))
+            paths.write_text(self.path, "".join(x + "\n" for x in self._lines))
             self._upload_tb()
         else:
             self._f.write(json.dumps(rec) + "\n")
@@ -296,13 +296,13 @@ class MetricWriter:
 
     def _upload_tb(self):
         self._tb.flush()
-        storage.upload_tree(self._tb_dir, self._tb_remote)
+        paths.upload_tree(self._tb_dir, self._tb_remote)
 
     def close(self):
         if self.enabled:
             if self.remote:
                 self._tb.close()
-                storage.upload_tree(self._tb_dir, self._tb_remote)
+                paths.upload_tree(self._tb_dir, self._tb_remote)
                 shutil.rmtree(self._tb_dir, ignore_errors=True)
             else:
                 self._f.close()
