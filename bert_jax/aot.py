@@ -253,8 +253,8 @@ def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
     task = str(config.task).lower()
     head, num_labels = tasks.get(task).plan(config)
     if config.get("init_checkpoint"):
-        from bert_jax import convert
-        cfg = convert.read_any(config.init_checkpoint)[0]
+        from bert_jax.convert import formats
+        cfg = formats.read_any(config.init_checkpoint)[0]
     else:
         cfg = BertConfig.named(model_size)
     runtime = runtime_overrides(config, cfg)

@@ -51,10 +51,10 @@ class Embedder:
     def __init__(self, checkpoint: str | os.PathLike, dtype: str = "float32",
                  vocab: str | os.PathLike | None = None, max_length: int = 512,
                  allow_vocab_mismatch: bool = False):
-        from bert_jax import convert
+        from bert_jax.convert import formats
 
         self.tokenizer = checked_tokenizer(checkpoint, vocab, allow_vocab_mismatch)
-        model, meta, _ = convert.load_model(checkpoint, head="encoder", dtype=dtype)
+        model, meta, _ = formats.load_model(checkpoint, head="encoder", dtype=dtype)
         if model.cfg.vocab_size != self.tokenizer.vocab_size:
             raise ValueError(f"{self.tokenizer.vocab_file}: {self.tokenizer.vocab_size} tokens, "
                              f"the model {checkpoint} has {model.cfg.vocab_size}")

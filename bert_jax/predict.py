@@ -31,15 +31,14 @@ class Predictor:
     """A fine-tuned model dir (or its fine-tuning workdir) ready to predict."""
 
     def __init__(self, checkpoint: str | pathlib.Path):
-        from bert_jax import convert
-        from bert_jax.convert import model_dir
+        from bert_jax.convert import formats, model_dir
         from bert_jax.finetune import task as tasks
         from bert_jax.model.heads import get_head, restore_model
 
         path = checkpoint if paths.is_url(checkpoint) else pathlib.Path(checkpoint)
         if model_dir.is_model_dir(paths.join(path, "model")):
             path = paths.join(path, "model")  # a fine-tuning workdir
-        cfg, meta, flat = convert.read_any(path)
+        cfg, meta, flat = formats.read_any(path)
         self.meta = meta
         self.head = meta["head"]
         self.head_obj = get_head(self.head)

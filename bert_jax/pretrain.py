@@ -99,12 +99,12 @@ def check_workdir(workdir) -> None:
 def check_init_from(config, cfg: BertConfig, tokenizer) -> dict[str, np.ndarray]:
     """The canonical params of config.init_from, after checking that every one
     the model has fits its shape and that it was trained with our vocabulary."""
-    from bert_jax import convert
+    from bert_jax.convert import formats
     src = config.init_from
     if not paths.exists(src):
         raise FileNotFoundError(f"config.init_from={src}: no such checkpoint")
-    _, meta, flat = convert.read_any(src)
-    target = convert._target_shapes(cfg, "pretraining", 0)
+    _, meta, flat = formats.read_any(src)
+    target = formats.target_shapes(cfg, "pretraining", 0)
     for k, v in flat.items():
         if k in target and tuple(v.shape) != target[k]:
             raise ValueError(f"config.init_from={src}: parameter {k} has shape "

@@ -151,7 +151,7 @@ def _outputs_of_other_commands(w) -> None:
     import numpy as np
     from safetensors.numpy import save_file
 
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     from bert_jax.convert import model_dir
     root = w["root"]
     # A fine-tuned classifier (the trainer's save path: save_model_dir with a task).
@@ -634,7 +634,7 @@ def test_convert_refuses_then_replaces_only_its_own(ws):
     it (a conversion replaces a conversion)."""
     import numpy as np
 
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     from bert_jax.storage import outputs
     dst = ws["root"] / "convert_target"
     dst.mkdir()

@@ -182,7 +182,7 @@ def test_model_is_the_best_evaluation(straight):
     metrics.jsonl, and the predictions that evaluation wrote."""
     import jax
 
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     from bert_jax.convert import model_dir
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.finetune import glue

@@ -346,7 +346,7 @@ def hf_export(straight, tmp_path_factory):
     """Our ModernBERT workdir exported by `convert --to hf`, and transformers'
     tokenizer for it."""
     transformers = pytest.importorskip("transformers")
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     out = tmp_path_factory.mktemp("modern_hf") / "hf"
     convert.convert(straight, out, to="hf")
     return out, transformers.AutoTokenizer.from_pretrained(out)

@@ -573,7 +573,8 @@ def test_fill_mask_matches_transformers(straight, tmp_path):
     softmax at every [MASK] as we do on the workdir, our model dir and the HF dir."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from bert_jax import convert, fill_mask
+    from bert_jax import fill_mask
+    from bert_jax.convert import formats as convert
     reference, _ = straight
     convert.convert(reference, tmp_path / "hf", to="hf")
     convert.convert(reference, tmp_path / "ours", to="bert_jax")

@@ -21,7 +21,7 @@ tf = pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from bert_jax import convert  # noqa: E402
+from bert_jax.convert import formats as convert  # noqa: E402
 from bert_jax.convert import tf1_format  # noqa: E402
 from bert_jax.model.config import BertConfig  # noqa: E402
 
@@ -355,7 +355,7 @@ def test_without_tensorflow_one_line_hint(tf1_dir, tmp_path, monkeypatch):
         tf1_format.write_tf1_dir(tmp_path, TINY, tiny_params())
     # The CLI prints the hint alone, no traceback.
     code = ("import sys; sys.modules['tensorflow'] = None; from absl import app; "
-            "from bert_jax import convert; app.run(convert.main)")
+            "from bert_jax.convert import command; app.run(command.main)")
     r = subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "x"), "--to",
                         "bert_jax"], capture_output=True, text=True,
                        env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))

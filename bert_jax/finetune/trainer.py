@@ -106,14 +106,14 @@ def init_weights(config):
     """(BertConfig, encoder params, vocab path, its casing: True / False as the
     checkpoint records it, None to infer it from the vocabulary) from
     config.init_checkpoint."""
-    from bert_jax import convert
+    from bert_jax.convert import formats
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required: a bert_jax model dir or workdir, "
                          "a HF dir or a TF1 dir")
     if not paths.exists(config.init_checkpoint):
         raise FileNotFoundError(f"config.init_checkpoint={config.init_checkpoint}: no such "
                                 "checkpoint")
-    cfg, meta, flat = convert.read_any(config.init_checkpoint)
+    cfg, meta, flat = formats.read_any(config.init_checkpoint)
     own = meta.get("vocab") or model_dir.vocab_path(config.init_checkpoint)
     vocab = config.get("vocab") or own
     if not vocab:
