@@ -1,5 +1,8 @@
-"""The shared training machinery: sharded state, the pure jitted train step,
-evaluation, and the step loop with logging, checkpoints and preemption.
+"""The pieces the one training loop (`bert_jax.train.loop`, which holds the
+loop itself) is built from: the `Objective`, the sharded train state
+(`state_spec`, `init_state`), the pure jitted train and eval steps, the
+dropout key and host-to-global batches, and the loop's helpers for metrics
+files (`MetricWriter`), SIGTERM / Ctrl-C (`PreemptionFlag`) and timing.
 
 Pretraining and the fine-tuning tasks differ only in an `Objective`: how to
 run the model on a batch into metric sums, which denominators normalize them,
