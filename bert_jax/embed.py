@@ -30,6 +30,7 @@ from absl import app, flags, logging
 from flax import nnx
 from tqdm import tqdm
 
+from bert_jax.convert.model_dir import checked_tokenizer
 from bert_jax.storage import paths
 
 POOLINGS = ("pooler", "cls", "mean")
@@ -134,29 +135,6 @@ class Embedder:
         if all_layers:
             out["hidden_states"] = hidden
         return out
-
-
-def checked_tokenizer(checkpoint, vocab=None, allow_vocab_mismatch: bool = False):
-    """The checkpoint's own tokenizer; `vocab` only where it has none, or where
-    it is the same vocabulary, or when a mismatch is explicitly allowed (other
-    token ids would give silently wrong vectors)."""
-    from bert_jax.convert import model_dir
-    from bert_jax.data.tokenizer import load_tokenizer
-    own = model_dir.vocab_path(checkpoint)
-    lowercase = model_dir.recorded_casing(checkpoint)
-    if vocab is None:
-        if own is None:
-            raise FileNotFoundError(f"{checkpoint}: no vocab.txt inside; pass --vocab")
-        return load_tokenizer(own, lowercase=lowercase)
-    tok = load_tokenizer(vocab, lowercase=lowercase)
-    if own is not None and not allow_vocab_mismatch:
-        theirs = load_tokenizer(own)
-        if theirs.fingerprint != tok.fingerprint:
-            raise ValueError(f"--vocab={vocab}: not the vocabulary the checkpoint was trained "
-                             f"with ({own}, fingerprint {theirs.fingerprint} vs "
-                             f"{tok.fingerprint}); drop --vocab, or pass "
-                             "--allow_vocab_mismatch to use it anyway")
-    return tok
 
 
 def _is_embeddings_file(path) -> bool:

@@ -152,6 +152,28 @@ def tokenizer_of(checkpoint, meta: dict | None = None, vocab=None):
     return load_tokenizer(vocab, lowercase=(meta or {}).get("do_lower_case"))
 
 
+def checked_tokenizer(checkpoint, vocab=None, allow_vocab_mismatch: bool = False):
+    """The checkpoint's own tokenizer; `vocab` only where it has none, or where
+    it is the same vocabulary, or when a mismatch is explicitly allowed (other
+    token ids would give silently wrong vectors)."""
+    from bert_jax.data.tokenizer import load_tokenizer
+    own = vocab_path(checkpoint)
+    lowercase = recorded_casing(checkpoint)
+    if vocab is None:
+        if own is None:
+            raise FileNotFoundError(f"{checkpoint}: no vocab.txt inside; pass --vocab")
+        return load_tokenizer(own, lowercase=lowercase)
+    tok = load_tokenizer(vocab, lowercase=lowercase)
+    if own is not None and not allow_vocab_mismatch:
+        theirs = load_tokenizer(own)
+        if theirs.fingerprint != tok.fingerprint:
+            raise ValueError(f"--vocab={vocab}: not the vocabulary the checkpoint was trained "
+                             f"with ({own}, fingerprint {theirs.fingerprint} vs "
+                             f"{tok.fingerprint}); drop --vocab, or pass "
+                             "--allow_vocab_mismatch to use it anyway")
+    return tok
+
+
 def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | str | None:
     from bert_jax.data.tokenizer import vocab_in_dir
     return vocab_in_dir(model_dir)

@@ -119,10 +119,9 @@ def init_weights(config):
     if not vocab:
         raise ValueError(f"{config.init_checkpoint}: no vocab.txt inside; set config.vocab")
     if own and config.get("vocab"):
-        from bert_jax.embed import checked_tokenizer
         try:
-            checked_tokenizer(config.init_checkpoint, config.vocab,
-                              config.get("allow_vocab_mismatch", False))
+            model_dir.checked_tokenizer(config.init_checkpoint, config.vocab,
+                                        config.get("allow_vocab_mismatch", False))
         except ValueError as e:
             raise ValueError(str(e).replace("--vocab=", "config.vocab=").replace(
                 "drop --vocab, or pass --allow_vocab_mismatch",
