@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bert_jax.model import losses
 from bert_jax.model.config import BertConfig
 from bert_jax.model.encoder import BertModel
 from bert_jax.model.layers import Dense, LayerNorm, activation, dropout, gather_positions
@@ -255,27 +256,22 @@ def _row_weights(batch):
     return w if w.ndim == 1 else jnp.max(w, axis=-1)
 
 
-def _losses():
-    from bert_jax.train import losses  # a leaf module of pure loss functions
-    return losses
-
-
 def _classification_loss(out, batch):
-    return _losses().classification_sums(out["logits"], batch["labels"], batch["example_weights"])
+    return losses.classification_sums(out["logits"], batch["labels"], batch["example_weights"])
 
 
 def _regression_loss(out, batch):
-    return _losses().regression_sums(out["logits"][..., 0], batch["labels"],
-                                     batch["example_weights"])
+    return losses.regression_sums(out["logits"][..., 0], batch["labels"],
+                                  batch["example_weights"])
 
 
 def _span_loss(out, batch):
-    return _losses().span_sums(out["start_logits"], out["end_logits"], batch["start_positions"],
-                               batch["end_positions"], batch["example_weights"])
+    return losses.span_sums(out["start_logits"], out["end_logits"], batch["start_positions"],
+                            batch["end_positions"], batch["example_weights"])
 
 
 def _tagging_loss(out, batch):
-    return _losses().tagging_sums(out["logits"], batch["label_ids"], _row_weights(batch))
+    return losses.tagging_sums(out["logits"], batch["label_ids"], _row_weights(batch))
 
 
 def _print_label(r, line):

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 def pretraining_objective(nsp: bool, gathered: bool) -> Objective:
     import jax.numpy as jnp
 
-    from bert_jax.train import losses
+    from bert_jax.model import losses
     from bert_jax.train.step import Objective
 
     # A packed batch (data.packing) carries segment_ids, position_ids and one
