@@ -38,7 +38,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     """Paths of the good and bad inputs the cases use (built once)."""
-    from bert_jax.convert import hf_format, model_dir
+    from bert_jax.convert import formats, hf_format, model_dir
     from bert_jax.data.prepare import prepare_corpus
 
     root = tmp_path_factory.mktemp("bad_inputs")
@@ -59,7 +59,7 @@ def ws(tmp_path_factory):
     w["tiny_shuffled"] = root / "tiny_shuffled"
     shutil.copytree(w["tiny"], w["tiny_shuffled"])
     shutil.copyfile(root / "shuffled_vocab.txt", w["tiny_shuffled"] / "vocab.txt")
-    cfg, _, flat = model_dir.load_flat(w["tiny"])
+    cfg, _, flat = formats.load_flat(w["tiny"])
     enc = root / "encoder_hf"
     enc.mkdir()
     hf_format.write_hf_dir(enc, cfg, {k: v for k, v in flat.items() if k.startswith("bert/")},
@@ -160,7 +160,7 @@ def _outputs_of_other_commands(w) -> None:
     # A pretraining workdir: bert_jax.json as train/pretrain_job.py writes it.
     pt = root / "pt_workdir"
     (pt / "checkpoints" / "5").mkdir(parents=True)
-    cfg, _, _ = model_dir.load_flat(w["tiny"])
+    cfg, _, _ = convert.load_flat(w["tiny"])
     model_dir.write_meta(pt, cfg, "pretraining", task={"kind": "pretraining"},
                          do_lower_case=True)
     (pt / "metrics.jsonl").write_text('{"step": 5, "loss": 9.0}\n')

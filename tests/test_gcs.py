@@ -205,8 +205,8 @@ def test_finetune_from_bucket_into_bucket_then_convert_and_predict(gcs, tmp_path
     common.check_ok(r)
     transformers = pytest.importorskip("transformers")
     model = transformers.BertForSequenceClassification.from_pretrained(hf)
-    from bert_jax.convert import model_dir
-    _, meta, flat = model_dir.load_flat(local / "model")
+    from bert_jax.convert import formats
+    _, meta, flat = formats.load_flat(local / "model")
     assert model.config.id2label == dict(enumerate(meta["label_names"]))
     np.testing.assert_array_equal(model.classifier.weight.detach().numpy(),
                                   flat["classifier/kernel"].T)

@@ -190,7 +190,7 @@ def test_pytorch_bin_and_unprefixed_names(converted, tmp_path):
     from safetensors.numpy import load_file
 
     from bert_jax.convert import formats as convert
-    from bert_jax.convert.model_dir import load_flat
+    from bert_jax.convert.formats import load_flat
     tensors = load_file(str(src / "model.safetensors"))
     d = tmp_path / "bin"
     d.mkdir()

@@ -616,8 +616,8 @@ def test_fill_mask_errors(tmp_path, straight):
     with pytest.raises(ValueError, match=r"text 2 \('no mask here'\) has no \[MASK\] token"):
         fill_mask.fill_mask(reference, ["a [MASK] b", "no mask here"])
     # A bare encoder (HF BertModel) has no MLM head to predict with.
-    from bert_jax.convert import hf_format, model_dir
-    cfg, _, flat = model_dir.load_flat(reference)
+    from bert_jax.convert import formats, hf_format, model_dir
+    cfg, _, flat = formats.load_flat(reference)
     enc = tmp_path / "encoder"
     enc.mkdir()
     hf_format.write_hf_dir(enc, cfg, {k: v for k, v in flat.items() if k.startswith("bert/")},

@@ -212,7 +212,7 @@ def test_both_readers_give_identical_weights(ours_dir, transformers_model):
     """The parameters our reader produced equal, bit for bit, those transformers'
     TF loader put into BertForPreTraining (compared in HF layout)."""
     from bert_jax.convert import hf_format
-    from bert_jax.convert.model_dir import load_flat
+    from bert_jax.convert.formats import load_flat
     dst, _ = ours_dir
     model = transformers_model
     theirs = {k: v.numpy() for k, v in model.state_dict().items()}

@@ -45,6 +45,24 @@ def fresh_values(cfg: BertConfig, head: str, num_labels: int, seed: int,
     return {k: fresh[k] for k in names}
 
 
+def load_flat(path: str | os.PathLike) -> tuple[BertConfig, dict[str, Any], dict[str, np.ndarray]]:
+    """(config, meta, canonical params) from a model dir or a training workdir
+    (its newest readable checkpoint, read by train.checkpointing)."""
+    if not paths.is_url(path):
+        path = pathlib.Path(path)
+    if not model_dir.is_model_dir(path):
+        raise FileNotFoundError(f"{path}: not a bert_jax model dir (no {model_dir.META_FILE})")
+    meta = model_dir.read_meta(path)
+    cfg = BertConfig.from_dict(meta["config"], source=paths.join(path, model_dir.META_FILE))
+    bounds.check_fields(cfg, paths.join(path, model_dir.META_FILE))
+    if paths.exists(paths.join(path, "params")):
+        return cfg, meta, model_dir.load_params(paths.join(path, "params"))
+    # orbax and JAX, which only a training workdir needs: `convert --help` and a
+    # bad argument stay fast.
+    from bert_jax.train import checkpointing
+    return cfg, meta, checkpointing.load_latest_params(path)
+
+
 def is_tf1_dir(path: pathlib.Path) -> bool:
     return (path / "bert_config.json").exists() and any(path.glob("*.ckpt*.index"))
 
@@ -66,7 +84,7 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
     p = path if paths.is_url(path) and model_dir.is_model_dir(path) else \
         paths.local_copy(path)
     if model_dir.is_model_dir(p):
-        cfg, meta, flat = model_dir.load_flat(p)  # checks the sizes before reading params
+        cfg, meta, flat = load_flat(p)  # checks the sizes before reading params
         have = sum(int(np.size(v)) for v in flat.values())
         if head is None or head == meta.get("head"):
             return cfg, meta, flat

@@ -181,19 +181,3 @@ def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | str | None:
 
 def is_model_dir(path: str | os.PathLike) -> bool:
     return paths.exists(paths.join(path, META_FILE))
-
-
-def load_flat(path: str | os.PathLike) -> tuple[BertConfig, dict[str, Any], dict[str, np.ndarray]]:
-    """(config, meta, canonical params) from a model dir or a training workdir."""
-    if not paths.is_url(path):
-        path = pathlib.Path(path)
-    if not is_model_dir(path):
-        raise FileNotFoundError(f"{path}: not a bert_jax model dir (no {META_FILE})")
-    meta = read_meta(path)
-    cfg = BertConfig.from_dict(meta["config"], source=paths.join(path, META_FILE))
-    from bert_jax.convert import bounds
-    bounds.check_fields(cfg, paths.join(path, META_FILE))
-    if paths.exists(paths.join(path, "params")):
-        return cfg, meta, load_params(paths.join(path, "params"))
-    from bert_jax.train import checkpointing
-    return cfg, meta, checkpointing.load_latest_params(path)

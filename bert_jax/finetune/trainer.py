@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from bert_jax.convert import model_dir
+from bert_jax.convert import formats, model_dir
 from bert_jax.finetune import checks
 from bert_jax.finetune import task as tasks
 from bert_jax.model import sharding
@@ -106,7 +106,6 @@ def init_weights(config):
     """(BertConfig, encoder params, vocab path, its casing: True / False as the
     checkpoint records it, None to infer it from the vocabulary) from
     config.init_checkpoint."""
-    from bert_jax.convert import formats
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required: a bert_jax model dir or workdir, "
                          "a HF dir or a TF1 dir")
@@ -438,7 +437,7 @@ def _publish(kept, model) -> None:
     if not paths.is_url(model):
         paths.rename(kept, model)
         return
-    cfg, meta, flat = model_dir.load_flat(kept)
+    cfg, meta, flat = formats.load_flat(kept)
     model_dir.save_model_dir(model, cfg, flat, meta["head"], meta.get("num_labels", 0),
                              meta.get("label_names"),
                              meta.get("task"), paths.join(kept, "vocab.txt"),
