@@ -81,7 +81,7 @@ def test_every_field_and_flag_a_message_names_exists():
     """Every `config.a.b` and `--flag` written in the package's strings (error
     hints, usage texts) is a config field of some config in configs/ or a flag
     some command defines: a hint that names a field nobody has leads nowhere."""
-    from bert_jax.train.train_config import RENAMED
+    from bert_jax.cli.renamed_fields import RENAMED
     # Every config file of the repository, with its default argument.
     configs = [_config(str(p.relative_to(REPO))) for p in sorted((REPO / "configs").glob("*/*.py"))
                if p.name != "__init__.py"]

@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 import sys
 
+from bert_jax.cli.renamed_fields import renamed_error
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -93,7 +95,6 @@ def _config_field_error(argv: list[str]) -> str | None:
                 node = node[part]
                 continue
             if i == 0 and len(parts) == 1:
-                from bert_jax.train.train_config import renamed_error
                 renamed = renamed_error(part, m.group(1))
                 if renamed:
                     return renamed
