@@ -57,12 +57,29 @@ from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import flags
+from jax.experimental import topologies
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+from ml_collections import config_flags
 
+from bert_jax import cli
+from bert_jax.cli import optional
+from bert_jax.convert import formats
+from bert_jax.data.pipeline import batch_spec
+from bert_jax.data.token_cache import open_prepared
+from bert_jax.data.tokenizer import load_tokenizer
+from bert_jax.finetune import task as tasks
+from bert_jax.finetune.trainer import objective_for, runtime_overrides
 from bert_jax.model import (
     flops,  # noqa: E402
     sharding,  # noqa: E402
 )
+from bert_jax.model.config import BertConfig
+from bert_jax.model.heads import build_model, get_head
+from bert_jax.storage import json_input, outputs
+from bert_jax.train import pretrain_job
+from bert_jax.train.optim import build_optimizer
+from bert_jax.train.step import dropout_key, jit_train_step, state_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,12 +168,10 @@ def _libtpu_quiet():
 def topology_devices(name: str) -> tuple[str, list]:
     gen, kw = topology_kwargs(name)
     try:
-        from jax.experimental import topologies
         with _libtpu_quiet():
             devices = topologies.get_topology_desc(platform="tpu", **kw).devices
     except Exception as e:  # libtpu absent, or a shape it rejects
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        from bert_jax.cli import optional
         if not optional.installed("libtpu"):
             msg += f" (the TPU compiler is not installed: {optional.EXTRAS['libtpu']})"
         raise ValueError(f"--topology={name}: {msg}") from None
@@ -189,7 +204,6 @@ def _abstract_batch(spec: dict[str, tuple[tuple[int, ...], np.dtype]], mesh) -> 
 
 
 def _rng(config, mesh):
-    from bert_jax.train.step import dropout_key
     key = jax.eval_shape(lambda: dropout_key(config))
     return jax.ShapeDtypeStruct(key.shape, key.dtype,
                                 sharding=NamedSharding(mesh, PartitionSpec()))
@@ -212,8 +226,6 @@ def is_finetune_config(config) -> bool:
 def vocab_size_of(config) -> int:
     """Size of the configured vocabulary (vocab.txt, SentencePiece model or
     tokenizer.json), else the paper's: BERT's uncased 30522, ModernBERT's 50368."""
-    from bert_jax.data.token_cache import open_prepared
-    from bert_jax.data.tokenizer import load_tokenizer
     path = config.data.get("vocab") or ""
     if not path and config.data.get("prepared_dir"):
         path = str(open_prepared(config.data.prepared_dir).vocab_path)
@@ -227,8 +239,6 @@ def vocab_size_of(config) -> int:
 
 
 def pretrain_program(config, mesh, num_hosts: int) -> Program:
-    from bert_jax.data.pipeline import batch_spec
-    from bert_jax.train import pretrain_job
     G = config.global_batch_size
     built = pretrain_job.build(config, vocab_size_of(config), mesh)
     spec = batch_spec(config.data, G)
@@ -245,15 +255,9 @@ def pretrain_program(config, mesh, num_hosts: int) -> Program:
 
 def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
     """The fine-tuning step of `config.task` at max_seq_length (the largest bucket)."""
-    from bert_jax.finetune import task as tasks
-    from bert_jax.finetune.trainer import objective_for, runtime_overrides
-    from bert_jax.model.config import BertConfig
-    from bert_jax.model.heads import build_model, get_head
-    from bert_jax.train.optim import build_optimizer
     task = str(config.task).lower()
     head, num_labels = tasks.get(task).plan(config)
     if config.get("init_checkpoint"):
-        from bert_jax.convert import formats
         cfg = formats.read_any(config.init_checkpoint)[0]
     else:
         cfg = BertConfig.named(model_size)
@@ -267,7 +271,6 @@ def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
     def model_fn(key):
         return build_model(cfg, head, num_labels, seed=key)
 
-    from bert_jax.train.step import jit_train_step, state_spec
     spec = state_spec(model_fn, optimizer, mesh)
     step = jit_train_step(spec, mesh, objective_for(head), optimizer, schedule)
     i32, f32 = np.dtype(np.int32), np.dtype(np.float32)
@@ -762,7 +765,6 @@ AOT_RECORD = {"command": "aot", "kind": "compile report"}
 
 def _is_aot_report(path) -> bool:
     """An --out file an earlier `aot` wrote (rewriting it loses nothing)."""
-    from bert_jax.storage import json_input
     try:
         obj = json_input.read(path)
     except (ValueError, OSError):
@@ -771,8 +773,6 @@ def _is_aot_report(path) -> bool:
 
 
 def main(argv=None) -> int:
-    from absl import flags
-    from ml_collections import config_flags
     fl = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "Pretraining or fine-tuning config file.",
                                     flag_values=fl, lock_config=True)
@@ -790,7 +790,6 @@ def main(argv=None) -> int:
     flags.DEFINE_bool("overwrite", False, "Replace an --out file that is not an earlier aot "
                       "report.", flag_values=fl)
     argv = sys.argv if argv is None else argv
-    from bert_jax import cli
     cli.maybe_help(argv, fl)
     cli.configs_importable()
     try:
@@ -798,7 +797,6 @@ def main(argv=None) -> int:
         if fl.config is None or not fl.topology:
             raise ValueError("--config and --topology are required")
         if fl.out:  # before the compile: a path we must not write stops it now
-            from bert_jax.storage import outputs
             outputs.check_destination(fl.out, kind="file", overwrite=fl.overwrite,
                                       is_own=_is_aot_report, what="--out file")
         if fl.hbm_gib is not None and not fl.hbm_gib > 0:
@@ -825,7 +823,6 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if fl.out:  # before printing: the report survives a closed stdout
-        from bert_jax.storage import outputs
         rec = {outputs.RECORD_KEY: AOT_RECORD, **r}
         outputs.write_file_atomic(fl.out, lambda tmp: tmp.write_text(
             json.dumps(rec, indent=2, default=float) + "\n"))

@@ -22,6 +22,7 @@ In Python:
 from __future__ import annotations
 
 import os
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +31,9 @@ from absl import app, flags, logging
 from flax import nnx
 from tqdm import tqdm
 
+from bert_jax.convert import formats
 from bert_jax.convert.model_dir import checked_tokenizer
-from bert_jax.storage import paths
+from bert_jax.storage import outputs, paths
 
 POOLINGS = ("pooler", "cls", "mean")
 
@@ -52,8 +54,6 @@ class Embedder:
     def __init__(self, checkpoint: str | os.PathLike, dtype: str = "float32",
                  vocab: str | os.PathLike | None = None, max_length: int = 512,
                  allow_vocab_mismatch: bool = False):
-        from bert_jax.convert import formats
-
         self.tokenizer = checked_tokenizer(checkpoint, vocab, allow_vocab_mismatch)
         model, meta, _ = formats.load_model(checkpoint, head="encoder", dtype=dtype)
         if model.cfg.vocab_size != self.tokenizer.vocab_size:
@@ -139,7 +139,6 @@ class Embedder:
 
 def _is_embeddings_file(path) -> bool:
     """An .npz this command wrote (rewriting it loses nothing)."""
-    import zipfile
     try:
         with zipfile.ZipFile(paths.local_copy(path)) as z:
             return {"pooled.npy", "last_hidden_state.npy"} <= set(z.namelist())
@@ -190,7 +189,6 @@ def main(argv):
     for name in ("checkpoint", "input", "output"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
-    from bert_jax.storage import outputs
     if FLAGS.batch_size < 1:
         raise ValueError(f"--batch_size={FLAGS.batch_size}: expected >= 1")
     if FLAGS.max_length < 2:

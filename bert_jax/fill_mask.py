@@ -25,6 +25,8 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
+from bert_jax.convert import formats, model_dir
+from bert_jax.model.heads import restore_model
 from bert_jax.storage import paths
 
 # Parameters of the MLM head (canonical names); a checkpoint without them has
@@ -49,8 +51,6 @@ def load(checkpoint: str | os.PathLike):
 
     Raises ValueError when the checkpoint has no trained MLM head (a fine-tuned
     classifier, a bare encoder)."""
-    from bert_jax.convert import formats, model_dir
-    from bert_jax.model.heads import restore_model
 
     report: list[str] = []
     # Missing parameters are not filled yet: a checkpoint without an MLM head

@@ -18,7 +18,7 @@ import os
 
 from absl import app, flags
 
-from bert_jax.storage import paths
+from bert_jax.storage import outputs, paths
 
 PANELS = ("loss", "accuracy", "throughput", "learning rate")
 
@@ -71,8 +71,10 @@ def panel_keys(records: list[dict]) -> dict[str, list[str]]:
 
 def plot_curves(records: list[dict], out: str | os.PathLike, title: str = "") -> dict:
     """Draw the panels into `out` (PNG); returns {panel: [metric names drawn]}."""
+    # slow to import; only plotting needs it
     import matplotlib
     matplotlib.use("Agg")
+    # slow to import; only plotting needs it
     import matplotlib.pyplot as plt
 
     drawn: dict[str, list[str]] = {}
@@ -97,7 +99,6 @@ def plot_curves(records: list[dict], out: str | os.PathLike, title: str = "") ->
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
-    from bert_jax.storage import outputs
     outputs.write_file_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return drawn
@@ -121,7 +122,6 @@ def main(argv):
     workdir = argv[1]
     metrics = paths.join(workdir, "metrics.jsonl")
     out = FLAGS.out or paths.join(workdir, "curves.png")
-    from bert_jax.storage import outputs
     if not paths.isfile(metrics):
         raise FileNotFoundError(f"{metrics}: no such file (is {workdir} a training workdir?)")
     outputs.check_destination(out, kind="file", overwrite=FLAGS.overwrite, is_own=is_our_plot,

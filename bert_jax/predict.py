@@ -23,7 +23,11 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import ConfigDict
 
+from bert_jax.convert import formats, model_dir
+from bert_jax.finetune import conll, squad
+from bert_jax.finetune import task as tasks
 from bert_jax.finetune.task import PredictRequest
+from bert_jax.model.heads import get_head, restore_model
 from bert_jax.storage import paths
 
 
@@ -31,10 +35,6 @@ class Predictor:
     """A fine-tuned model dir (or its fine-tuning workdir) ready to predict."""
 
     def __init__(self, checkpoint: str | pathlib.Path):
-        from bert_jax.convert import formats, model_dir
-        from bert_jax.finetune import task as tasks
-        from bert_jax.model.heads import get_head, restore_model
-
         path = checkpoint if paths.is_url(checkpoint) else pathlib.Path(checkpoint)
         if model_dir.is_model_dir(paths.join(path, "model")):
             path = paths.join(path, "model")  # a fine-tuning workdir
@@ -95,13 +95,11 @@ class Predictor:
         return results
 
     def answer(self, question: str, context: str) -> dict:
-        from bert_jax.finetune import squad
         text, score, start, end = squad.answer(question, context, self.predict_fn,
                                                self.tokenizer, self.task_config)
         return {"answer": text, "score": float(score), "start": start, "end": end}
 
     def entities(self, text: str) -> list[dict]:
-        from bert_jax.finetune import conll
         c = self.task_config
         return conll.tag_text(text, self.predict_fn, self.tokenizer, self.label_names,
                               max_seq_length=int(c.get("max_seq_length", 128)),

@@ -16,10 +16,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bert_jax import cli
-from bert_jax.convert import model_dir
-from bert_jax.model.config import RNG_IMPLS, BertConfig
+from bert_jax.convert import formats, model_dir
+from bert_jax.data.tokenizer import load_tokenizer
+from bert_jax.model.config import RNG_IMPLS, SIZES, BertConfig
 from bert_jax.storage import outputs, paths, run_dir, workdir_lock
-from bert_jax.train import loop, train_config
+from bert_jax.train import distributed, loop, pretrain_job, train_config
 
 # What a pretraining workdir holds: a workdir with anything else (a fine-tuning
 # run, a model dir, someone's files) is not ours to write into.
@@ -61,7 +62,6 @@ def validate_config(config) -> None:
         v = config[field] if "." not in field else config.checkpoint.every
         need(v >= 1, field, v, ">= 1")
     m = config.model
-    from bert_jax.model.config import SIZES
     need(m.size in SIZES, "model.size", m.size, "one of " + ", ".join(SIZES))
     need(m.mlm_head in ("gathered", "dense"), "model.mlm_head", m.mlm_head, "gathered or dense")
     arch = m.get("architecture", "bert")
@@ -99,7 +99,6 @@ def check_workdir(workdir) -> None:
 def check_init_from(config, cfg: BertConfig, tokenizer) -> dict[str, np.ndarray]:
     """The canonical params of config.init_from, after checking that every one
     the model has fits its shape and that it was trained with our vocabulary."""
-    from bert_jax.convert import formats
     src = config.init_from
     if not paths.exists(src):
         raise FileNotFoundError(f"config.init_from={src}: no such checkpoint")
@@ -120,7 +119,6 @@ def check_same_vocab(checkpoint, ckpt_vocab, tokenizer, allowed: bool, how: str)
     size, gives silently wrong embeddings: an error unless asked for."""
     if not ckpt_vocab or allowed:
         return
-    from bert_jax.data.tokenizer import load_tokenizer
     theirs = load_tokenizer(ckpt_vocab)
     if theirs.fingerprint != tokenizer.fingerprint:
         raise ValueError(f"{checkpoint}: trained with the vocabulary {ckpt_vocab} (fingerprint "
@@ -146,7 +144,6 @@ def _train(config, workdir: str) -> dict:
     G = config.global_batch_size
 
     # ---- Data -------------------------------------------------------------------------
-    from bert_jax.train import pretrain_job
     pipe = pretrain_job.open_pipeline(config.data, G)
     tokenizer = pipe.tokenizer
     eval_pipe = None
@@ -184,7 +181,6 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     # Before JAX is imported and the processes join: seconds earlier.
     check(FLAGS.config, FLAGS.workdir)
-    from bert_jax.train import distributed
     d = FLAGS.config.distributed
     distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
     summary = _train(FLAGS.config, FLAGS.workdir)

@@ -117,7 +117,7 @@ def test_bucket_lock_one_holder_takeover_of_a_dead_one(gcs, capsys):
     # A record whose heartbeat stopped long ago (a VM that went away) is stale too.
     second.release()
     paths.write_text(obj, json.dumps({**rec, "pid": 1, "host": "elsewhere",
-                                        "heartbeat": 0.0}))
+                                      "heartbeat": 0.0}))
     third = workdir_lock.WorkdirLock(wd)
     third.acquire()
     third.release()

@@ -212,7 +212,7 @@ def test_bucket_heartbeat_is_conditional_a_rewrite_loses_the_lock(gcs):
         wait_until(lambda: paths.generation(obj) != g0)  # the heartbeat lands
         workdir_lock.check_held(paths.join(wd, "lr1e-5_seed0"))  # still ours: no error
         paths.write_text(obj, json.dumps({"pid": 1, "host": "elsewhere", "started": "x",
-                                            "heartbeat": time.time()}))
+                                          "heartbeat": time.time()}))
         theirs = paths.generation(obj)
         wait_until(lambda: lock.lost() is not None)
         with pytest.raises(workdir_lock.LockLost) as e:
@@ -346,7 +346,7 @@ def test_loop_stops_when_the_bucket_lock_is_lost(gcs, monkeypatch):
 
     def lose(held):
         paths.write_text(obj, json.dumps({"pid": 1, "host": "elsewhere", "started": "x",
-                                            "heartbeat": time.time()}))
+                                          "heartbeat": time.time()}))
         wait_until(lambda: held.lock.lost() is not None)
 
     e = run_loop_losing_the_lock(workdir, lose)

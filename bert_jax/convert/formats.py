@@ -18,29 +18,28 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from flax import nnx
 
-from bert_jax.convert import bounds, hf_format, model_dir
+from bert_jax.cli import optional
+from bert_jax.convert import bounds, hf_format, model_dir, tf1_format
 from bert_jax.model.config import BertConfig
+from bert_jax.model.heads import abstract_model, build_model, get_head
+from bert_jax.model.params import assign_params, flat_params, pure_to_flat
 from bert_jax.storage import outputs, paths
 
 
 def target_shapes(cfg: BertConfig, head: str, num_labels: int) -> dict[str, tuple]:
     """{canonical name: shape} of the `head` model (built abstractly)."""
-    from flax import nnx
 
-    from bert_jax.model.heads import abstract_model
-    from bert_jax.model.params import pure_to_flat
     state = nnx.state(abstract_model(cfg, head, num_labels), nnx.Param)
     return {k: tuple(v.shape) for k, v in pure_to_flat(nnx.to_pure_dict(state)).items()}
 
 
 def fresh_values(cfg: BertConfig, head: str, num_labels: int, seed: int,
-                  names: list[str]) -> dict[str, np.ndarray]:
+                 names: list[str]) -> dict[str, np.ndarray]:
     """The model's own initialization of `names` (built only when needed)."""
     if not names:
         return {}
-    from bert_jax.model.heads import build_model
-    from bert_jax.model.params import flat_params
     fresh = flat_params(build_model(cfg.replace(scan_layers=False), head, num_labels, seed=seed))
     return {k: fresh[k] for k in names}
 
@@ -90,7 +89,6 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
             return cfg, meta, flat
         # Another head than the one trained: keep the encoder (and the pretraining
         # heads where asked for and present), start the rest fresh, as for HF.
-        from bert_jax.model.heads import get_head  # JAX: imported only where a model is read
         h = get_head(head)
         num_labels = h.width(0) if h.sized else 0
         target = target_shapes(cfg, head, num_labels)
@@ -104,14 +102,12 @@ def read_any(path: str | os.PathLike, head: str | None = None, seed: int = 0,
         src_head = hf_format.source_head(raw_cfg, cfg.architecture)
         labels = [raw_cfg["id2label"][str(i)] for i in range(len(raw_cfg.get("id2label", {})))]
         head = head or ("pretraining" if src_head == "encoder" else src_head)
-        from bert_jax.model.heads import get_head  # JAX: imported only where a model is read
         h = get_head(head)
         num_labels = h.width(len(labels)) if h.sized else len(labels)
         target = target_shapes(cfg, head, num_labels)
         flat, unexpected = hf_format.from_hf(tensors, target, str(p), cfg.architecture)
         meta = {"format": "hf", "head": head, "num_labels": num_labels, "label_names": labels}
     elif is_tf1_dir(p):
-        from bert_jax.convert import tf1_format
         cfg, flat, unexpected = tf1_format.read_tf1_dir(p)
         have = sum(int(np.size(v)) for v in flat.values())
         src_head = tf1_format.source_head(flat)
@@ -182,7 +178,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
     if not paths.exists(src):
         raise FileNotFoundError(f"{src}: no such checkpoint")
     if to == "tf1":  # before reading the source: the write would fail at the end
-        from bert_jax.cli import optional
         optional.require("tensorflow", "--to=tf1 (writing a TF1 checkpoint)")
     outputs.check_destination(dst, overwrite=overwrite, sources=[src], what="destination",
                               is_own=outputs.only_entries(_own_entry(to)), record=RECORD)
@@ -216,7 +211,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, head: str |
             outputs.write_record(tmp, RECORD)
         outputs.write_dir_atomic(dst, write)
     elif to == "tf1":
-        from bert_jax.convert import tf1_format
 
         def write(tmp):
             tf1_format.write_tf1_dir(tmp, cfg, flat)
@@ -231,8 +225,6 @@ def load_model(path: str | os.PathLike, head: str | None = None, num_labels: int
     """Build a model from a checkpoint we can read (our dir, a workdir, a HF dir,
     a TF1 dir). `head` defaults to the checkpoint's; a different head keeps the
     encoder and initializes the new head fresh. Returns (model, meta, missing)."""
-    from bert_jax.model.heads import build_model
-    from bert_jax.model.params import assign_params
 
     cfg, meta, flat = read_any(path)
     cfg = cfg.replace(**runtime)

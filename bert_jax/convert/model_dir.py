@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from bert_jax.convert import hf_format
+from bert_jax.data.tokenizer import load_tokenizer, vocab_in_dir
 from bert_jax.model.config import BertConfig
 from bert_jax.model.params import nest, unnest
-from bert_jax.storage import paths
+from bert_jax.storage import json_input, outputs, paths
 
 META_FILE = "bert_jax.json"
 
@@ -33,7 +35,6 @@ def write_meta(path: str | os.PathLike, cfg: BertConfig, head: str, num_labels: 
     readers then infer it from the vocabulary). `written_by`: the command and
     kind of output (storage/outputs.py); by default what `task` implies (a
     pretraining workdir, a fine-tuned model)."""
-    from bert_jax.storage import outputs
     meta = {"format": "bert_jax", "config": cfg.to_google_dict(), "head": head,
             "num_labels": num_labels, "label_names": list(label_names or []),
             "task": task or {}}
@@ -46,7 +47,6 @@ def write_meta(path: str | os.PathLike, cfg: BertConfig, head: str, num_labels: 
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    from bert_jax.storage import json_input
     f = paths.join(path, META_FILE)
     meta = json_input.read(f)
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
@@ -55,6 +55,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def save_params(path: str | os.PathLike, flat: dict[str, np.ndarray]) -> None:
+    # orbax (~0.4 s to import): only reading or writing parameters needs it
     import orbax.checkpoint as ocp
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(paths.orbax_path(path), nest(flat))
@@ -62,6 +63,7 @@ def save_params(path: str | os.PathLike, flat: dict[str, np.ndarray]) -> None:
 
 
 def load_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    # orbax (~0.4 s to import): only reading or writing parameters needs it
     import orbax.checkpoint as ocp
     path = paths.orbax_path(path)
     with ocp.PyTreeCheckpointer() as ckptr:
@@ -121,7 +123,6 @@ def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.n
     with bert_jax.json last (`outputs.upload_dir`): a dir is a model dir only
     once that marker exists, and only the old objects are deleted.
     The caller has checked the destination (`outputs.check_destination`)."""
-    from bert_jax.storage import outputs
 
     def write(tmp):
         save_params(tmp / "params", flat)
@@ -137,7 +138,6 @@ def recorded_casing(checkpoint) -> bool | None:
     path = checkpoint if paths.is_url(checkpoint) else pathlib.Path(checkpoint)
     if is_model_dir(path):
         return read_meta(path).get("do_lower_case")
-    from bert_jax.convert import hf_format
     return hf_format.read_casing(paths.local_copy(path))
 
 
@@ -145,7 +145,6 @@ def tokenizer_of(checkpoint, meta: dict | None = None, vocab=None):
     """The tokenizer a checkpoint was trained with: its vocabulary (or `vocab`)
     with the casing its metadata records (inferred from the vocabulary when it
     records none)."""
-    from bert_jax.data.tokenizer import load_tokenizer
     vocab = vocab or (meta or {}).get("vocab") or vocab_path(checkpoint)
     if vocab is None:
         raise FileNotFoundError(f"{checkpoint}: no vocab.txt or *.model inside")
@@ -156,7 +155,6 @@ def checked_tokenizer(checkpoint, vocab=None, allow_vocab_mismatch: bool = False
     """The checkpoint's own tokenizer; `vocab` only where it has none, or where
     it is the same vocabulary, or when a mismatch is explicitly allowed (other
     token ids would give silently wrong vectors)."""
-    from bert_jax.data.tokenizer import load_tokenizer
     own = vocab_path(checkpoint)
     lowercase = recorded_casing(checkpoint)
     if vocab is None:
@@ -175,7 +173,6 @@ def checked_tokenizer(checkpoint, vocab=None, allow_vocab_mismatch: bool = False
 
 
 def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | str | None:
-    from bert_jax.data.tokenizer import vocab_in_dir
     return vocab_in_dir(model_dir)
 
 

@@ -45,6 +45,9 @@ import sysconfig
 import zlib
 from collections.abc import Callable, Iterator
 
+import pysbd
+import sentencex
+
 from bert_jax.storage import paths
 
 # Big BERT-format files are cut into units of about this size so that worker
@@ -350,11 +353,9 @@ def make_segmenter(name: str = "sentencex", language: str = "en") -> Callable[[s
     comparison; blingfire (~7 MB/s) splits after 'Mr.' / 'Dr.' and is unmaintained.
     """
     if name == "sentencex":
-        import sentencex
 
         seg = functools.partial(sentencex.segment, language)
     elif name == "pysbd":
-        import pysbd
 
         seg = pysbd.Segmenter(language=language, clean=False).segment
     else:
@@ -373,6 +374,7 @@ def _parse_tfds(rest: str) -> tuple[str, str]:
 
 
 def _tfds_source(name: str, split: str):
+    # optional (the `tf` extra): only TFDS / TF1 paths need TensorFlow
     import tensorflow_datasets as tfds
 
     try:

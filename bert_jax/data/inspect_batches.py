@@ -15,6 +15,9 @@ import sys
 import time
 
 import numpy as np
+from absl import flags
+
+from bert_jax.data.pipeline import PretrainingPipeline, default_data_config
 
 
 def batch_stats(batches: list[dict[str, np.ndarray]], tokenizer, seconds: float) -> dict:
@@ -79,10 +82,6 @@ def run(pipe, num_batches: int, start_step: int = 0) -> tuple[list[dict], dict]:
 
 
 def main(argv) -> None:
-    from absl import flags
-
-    from bert_jax.data.pipeline import PretrainingPipeline, default_data_config
-
     del argv
     f = flags.FLAGS
     if f.config is not None:

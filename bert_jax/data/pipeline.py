@@ -33,6 +33,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 
+import ml_collections
 import numpy as np
 
 from bert_jax.data import instances, masking, packing
@@ -45,7 +46,6 @@ _STREAM_FIELDS = ("seed", "max_seq_length", "max_predictions_per_seq", "masked_l
 
 def default_data_config():
     """The `data` sub-config of a pretraining config (ml_collections.ConfigDict)."""
-    import ml_collections
 
     c = ml_collections.ConfigDict()
     c.prepared_dir = ""       # output of `python -m bert_jax.data.prepare`
@@ -187,7 +187,7 @@ class PretrainingPipeline:
                 self._plans.move_to_end(epoch)
                 return self._plans[epoch]
         plan = instances.build_plan(self.corpus.sentence_length, self.corpus.document_offsets,
-                                      self.pairing, self.cfg.seed, epoch)
+                                    self.pairing, self.cfg.seed, epoch)
         if not len(plan):
             raise ValueError(f"{self.corpus.path}: epoch {epoch} has no instances")
         with self._lock:
@@ -251,7 +251,7 @@ class PretrainingPipeline:
             return parts[0]
         inv = np.argsort(np.concatenate(index))
         return instances.Sequences(*(np.concatenate([getattr(p, f.name) for p in parts])[inv]
-                                       for f in dataclasses.fields(instances.Sequences)))
+                                     for f in dataclasses.fields(instances.Sequences)))
 
     def examples(self, g: np.ndarray) -> dict[str, np.ndarray]:
         """Masked training examples for global instance indices g."""

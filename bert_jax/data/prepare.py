@@ -33,6 +33,8 @@ import sys
 import time
 
 import numpy as np
+from absl import flags
+from tqdm import tqdm
 
 from bert_jax.data import corpora, token_cache
 from bert_jax.data.tokenizer import load_tokenizer
@@ -215,8 +217,6 @@ def _clean_stale(out: pathlib.Path, n_units: int) -> None:
 
 
 def _run_workers(jobs: list[tuple], num_workers: int, progress: bool) -> list[dict]:
-    from tqdm import tqdm
-
     metas: dict[int, dict] = {}
     total_bytes = shown = 0
     t0 = time.perf_counter()
@@ -393,8 +393,6 @@ def summary(manifest: dict) -> str:
 
 
 def main(argv) -> None:
-    from absl import flags
-
     del argv
     f = flags.FLAGS
     try:

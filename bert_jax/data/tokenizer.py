@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import pathlib
 from collections.abc import Sequence
+
+import sentencepiece as spm
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from bert_jax.storage import paths
 
@@ -64,8 +69,6 @@ class WordPieceTokenizer:
 
     def __init__(self, vocab_file: str | os.PathLike, lowercase: bool | None = None,
                  strip_accents: bool | None = None, max_input_chars_per_word: int = 100):
-        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-
         self.vocab_file = str(vocab_file)
         with open(vocab_file, encoding="utf-8") as f:
             tokens = [line.rstrip("\n") for line in f]
@@ -83,8 +86,8 @@ class WordPieceTokenizer:
         self.lowercase = (not _vocab_is_cased(tokens)) if lowercase is None else lowercase
         self._tokens = tokens
         self._vocab = vocab
-        tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]",
-                                         max_input_chars_per_word=max_input_chars_per_word))
+        tok = HFTokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]",
+                                           max_input_chars_per_word=max_input_chars_per_word))
         tok.normalizer = normalizers.BertNormalizer(
             clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents,
             lowercase=self.lowercase)
@@ -118,8 +121,6 @@ class SentencePieceTokenizer:
     kind = "sentencepiece"
 
     def __init__(self, model_file: str | os.PathLike):
-        import sentencepiece as spm
-
         self.vocab_file = str(model_file)
         self._sp = spm.SentencePieceProcessor(model_file=str(model_file))
         n = self._sp.get_piece_size()
@@ -177,10 +178,6 @@ class HFTokenizerJSON:
     kind = "bpe"
 
     def __init__(self, tokenizer_file: str | os.PathLike, config_dir=None):
-        import json
-
-        from tokenizers import Tokenizer as HFTokenizer
-
         self.vocab_file = str(tokenizer_file)
         try:
             self._tok = HFTokenizer.from_file(str(tokenizer_file))
@@ -418,7 +415,6 @@ def hf_special_token_files(tokenizer: Tokenizer) -> dict[str, str]:
     special_tokens_map.json that tell transformers which tokens of a bare
     tokenizer.json are [CLS], [SEP], [PAD], [MASK] and [UNK] (AutoTokenizer
     cannot pad or mask without them)."""
-    import json
     names = {f"{s.strip('[]').lower()}_token": tokenizer.id_to_token(tokenizer.token_to_id(s))
              for s in SPECIAL_TOKENS}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **names}

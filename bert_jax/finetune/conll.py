@@ -122,6 +122,7 @@ def read_conll_file(path: str | os.PathLike) -> list[Sentence]:
 def read_tfds(split: str, name: str = "conll2003", data_dir: str | None = None
               ) -> list[Sentence]:
     """Sentences of TFDS `name` (features tokens / ner); TFDS keeps no documents."""
+    # optional (the `tf` extra): only TFDS / TF1 paths need TensorFlow
     import tensorflow_datasets as tfds
 
     ds, info = tfds.load(name, split=TFDS_SPLITS.get(split, split), data_dir=data_dir or None,

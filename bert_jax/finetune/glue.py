@@ -326,9 +326,11 @@ def _tfds_label(spec: TaskSpec, info, value, where: str) -> str | float:
 def _import_tfds():
     """tensorflow_datasets with TensorFlow imported (its GLUE builder is
     registered only then) and kept off any GPU, which JAX owns."""
+    # optional (the `tf` extra): only TFDS / TF1 paths need TensorFlow
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
+    # optional (the `tf` extra): only TFDS / TF1 paths need TensorFlow
     import tensorflow_datasets as tfds
 
     return tfds

@@ -152,6 +152,7 @@ def read_squad_json(path: str | os.PathLike) -> list[SquadExample]:
 def read_squad_tfds(name: str, split: str, data_dir: str | None = None) -> list[SquadExample]:
     """Every question of TFDS `squad/v1.1` or `squad/v2.0` (split 'train' or
     'validation'), in the dataset's order."""
+    # optional (the `tf` extra): only TFDS / TF1 paths need TensorFlow
     import tensorflow as tf
     import tensorflow_datasets as tfds
 

@@ -20,16 +20,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from bert_jax.convert import formats, model_dir
+from bert_jax.data.tokenizer import load_tokenizer
 from bert_jax.finetune import checks
 from bert_jax.finetune import task as tasks
-from bert_jax.model import sharding
+from bert_jax.model import flops, sharding
 from bert_jax.model.heads import build_model, dropout_overrides, encoder_params, get_head
+from bert_jax.model.params import pure_to_flat, unstack_layers
 from bert_jax.storage import paths
-from bert_jax.train import run_identity
+from bert_jax.train import checkpointing, loop, run_identity
+from bert_jax.train.loop import Evaluation
 from bert_jax.train.optim import build_optimizer
 from bert_jax.train.step import (
     Objective,
@@ -247,7 +251,6 @@ class FinetuneJob:
         return f"step_{step}" if every and step % every == 0 else None
 
     def evaluate(self, params, step, label):
-        from bert_jax.train.loop import Evaluation
         # Every process runs the (collective) forward passes; one writes files.
         with contextlib.ExitStack() as stack:
             out_dir = stack.enter_context(paths.staged_dir(paths.join(
@@ -282,9 +285,6 @@ def finetune(config, workdir) -> dict:
       'preempted_at' when a signal stopped the run after saving); {} on the
       processes other than 0.
     """
-    from bert_jax.data.tokenizer import load_tokenizer
-    from bert_jax.model import flops
-    from bert_jax.train import loop
     workdir = str(workdir)
     is_main = jax.process_index() == 0
 
@@ -339,7 +339,6 @@ def finetune(config, workdir) -> dict:
                                          list(task.label_names), {**task_meta, "step": int(step)},
                                          vocab, tokenizer.lowercase, tokenizer=tok_files)
             except Exception as e:
-                from bert_jax.train import checkpointing
                 if not checkpointing.is_disk_full(e):
                     raise
                 # The model dir is written beside its place and swapped in
@@ -464,11 +463,9 @@ def _to_host(x: jax.Array) -> np.ndarray:
     processes (fsdp across hosts) is gathered; every process must call this."""
     if x.is_fully_addressable or x.is_fully_replicated:
         return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _host_params(params, scanned: bool) -> dict[str, np.ndarray]:
-    from bert_jax.model.params import pure_to_flat, unstack_layers
     flat = {k: _to_host(v) for k, v in pure_to_flat(params).items()}
     return unstack_layers(flat) if scanned else flat

@@ -21,13 +21,14 @@ from bert_jax.model import losses
 from bert_jax.model.config import BertConfig
 from bert_jax.model.encoder import BertModel
 from bert_jax.model.layers import Dense, LayerNorm, activation, dropout, gather_positions
+from bert_jax.model.modern import ModernHead, pool
+from bert_jax.model.params import flat_into_pure, pure_to_flat
 
 
 def _modern_head(cfg: BertConfig, rngs: nnx.Rngs):
     """ModernBERT's prediction head under a task classifier; None for BERT."""
     if not cfg.modern:
         return None
-    from bert_jax.model.modern import ModernHead
     return ModernHead(cfg, rngs=rngs)
 
 
@@ -49,7 +50,6 @@ class BertForPreTraining(nnx.Module):
         if cfg.modern:
             # ModernBertForMaskedLM: head (dense, act, norm), tied decoder with
             # its bias (decoder_bias) and no NSP.
-            from bert_jax.model.modern import ModernHead
             self.head = ModernHead(cfg, rngs=rngs)
             self.output_bias = bias if cfg.decoder_bias else None
             return
@@ -111,7 +111,6 @@ class BertForSequenceClassification(nnx.Module):
         out = self.bert(input_ids, token_type_ids, attention_mask, segment_ids=segment_ids,
                         position_ids=position_ids, dropout_rng=dropout_rng)
         if self.cfg.modern:
-            from bert_jax.model.modern import pool
             if attention_mask is None:
                 attention_mask = jnp.ones_like(input_ids)
             pooled = self.head(pool(self.cfg, out["last_hidden_state"], attention_mask,
@@ -337,7 +336,6 @@ def restore_model(cfg: BertConfig, head: str, num_labels: int, flat: dict, sourc
     """(graphdef, state) of the `head` model filled from canonical `flat`, built
     abstractly. A parameter `flat` lacks or has in another shape is a ValueError
     naming `source`."""
-    from bert_jax.model.params import flat_into_pure, pure_to_flat
 
     graphdef, state = nnx.split(abstract_model(cfg, head, num_labels))
     pure = nnx.to_pure_dict(state)

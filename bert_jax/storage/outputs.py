@@ -27,13 +27,14 @@ the destination is ever deleted.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 
-from bert_jax.storage import paths
+from bert_jax.storage import json_input, paths
 
 
 class OutputError(ValueError):
@@ -159,7 +160,6 @@ def written_by(path) -> dict | None:
     """The record of the command that wrote directory `path`; None when it has
     none (not ours, or written before records existed). A marker that cannot
     be read is someone else's file: it gets a record no command matches."""
-    from bert_jax.storage import json_input
     for marker in MARKER_FILES:
         f = paths.join(path, marker)
         if not paths.isfile(f):
@@ -177,9 +177,8 @@ def written_by(path) -> dict | None:
 
 def write_record(dir_path, rec: dict) -> None:
     """RECORD_FILE in `dir_path` (for outputs with no marker of their own)."""
-    import json
     paths.write_text(paths.join(dir_path, RECORD_FILE),
-                       json.dumps({RECORD_KEY: rec}, indent=2) + "\n")
+                     json.dumps({RECORD_KEY: rec}, indent=2) + "\n")
 
 
 def is_bucket_root(url) -> bool:

@@ -29,6 +29,11 @@ import os
 import pathlib
 import shutil
 import tempfile
+from urllib.parse import quote
+
+import fsspec.config
+import fsspec.core
+from fsspec.asyn import sync
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 
@@ -37,7 +42,6 @@ def configure() -> None:
     """Derive the other layers' settings from STORAGE_EMULATOR_HOST (run at
     import; again after setting the variable in-process)."""
     os.environ.setdefault("EPATH_USE_TF", "false")
-    import fsspec.config
     # No listing cache: other hosts and TensorStore write the same bucket, and
     # orbax lists checkpoint steps through its own gcsfs instances (one per
     # thread), which our invalidations would not reach.
@@ -94,13 +98,13 @@ def orbax_path(path):
     """The path type orbax takes: etils.epath.Path for a URL, an absolute
     pathlib.Path otherwise."""
     if is_url(path):
+        # orbax's path type: only checkpoint paths need it
         from etils import epath
         return epath.Path(os.fspath(path))
     return pathlib.Path(os.path.abspath(path))
 
 
 def _fs(path):
-    import fsspec.core
     fs, inner = fsspec.core.url_to_fs(os.fspath(path))
     return fs, inner
 
@@ -332,7 +336,6 @@ def generation(path) -> str | None:
 def remove_generation(path, gen: str) -> bool:
     """Delete object `path` only if it is still generation `gen` (False when it
     was rewritten or deleted meanwhile)."""
-    from fsspec.asyn import sync
 
     def rm(fs, p):
         bucket, key = p.split("/", 1)
@@ -352,9 +355,6 @@ def write_if_generation(path, data: bytes, gen: str) -> str | None:
     or None when it was rewritten or deleted meanwhile. One upload (multipart,
     as gcsfs writes objects, so that emulators check the precondition too), so
     the object changes whole or not at all."""
-    from urllib.parse import quote
-
-    from fsspec.asyn import sync
 
     def up(fs, p):
         bucket, key = p.split("/", 1)

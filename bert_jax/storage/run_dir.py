@@ -45,6 +45,7 @@ def _agree(ok: bool, workdir: str) -> None:
     jax = _jax()
     if jax is None or jax.process_count() == 1:
         return
+    # JAX: the fine-tuning command imports this module before its config checks
     import numpy as np
     from jax.experimental import multihost_utils
     failed = int(multihost_utils.broadcast_one_to_all(np.int32(not ok)))

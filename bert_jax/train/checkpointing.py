@@ -30,7 +30,9 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from bert_jax.model.params import unnest, unstack_layers
 from bert_jax.storage import paths
 
 
@@ -223,7 +225,7 @@ class Checkpointer:
                 raise
             first = (str(e).splitlines() or [""])[0][:200]
             raise paths.StorageError(f"{self.directory}: saving checkpoint {step} failed "
-                                       f"({type(e).__name__}: {first})") from None
+                                     f"({type(e).__name__}: {first})") from None
 
     def _finalized(self) -> list[int]:
         try:
@@ -285,6 +287,7 @@ class Checkpointer:
     def _check_fits(self, step: int, abstract_state) -> None:
         """Compare the step's saved tree and shapes (its metadata) with the
         model's. Unreadable metadata is damage (raised as read)."""
+        # orbax's path type: only checkpoint paths need it
         from etils import epath
         handler = ocp.PyTreeCheckpointHandler()
         try:
@@ -323,7 +326,6 @@ class Checkpointer:
                 print(f"warning: moved unreadable checkpoint step {step} to {target}",
                       file=sys.stderr, flush=True)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("bert_jax_checkpoints_set_aside")
         self.manager.reload()
 
@@ -373,7 +375,6 @@ def load_state_on_host(workdir, step: int,
 def load_latest_params(workdir, step: int | None = None) -> dict[str, np.ndarray]:
     """Canonical flat params of the newest readable checkpoint (or of `step`) for
     conversion, fine-tuning init and inference, on the host."""
-    from bert_jax.model.params import unnest, unstack_layers
     manager = _host_manager(workdir)
     try:
         steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)

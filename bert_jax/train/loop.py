@@ -26,7 +26,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from bert_jax.storage import workdir_lock
+from tqdm import tqdm
+
+from bert_jax.storage import paths, workdir_lock
 
 # The loop's own entry in a checkpoint's JSON data item (next to the job's).
 LOOP_KEY = "_loop"
@@ -82,9 +84,10 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
     restore leaves the workdir's files as they were). Returns (summary, final
     state); summary has 'preempted_at' when a signal stopped the run (after
     saving)."""
+    # JAX: the fine-tuning command imports this module before its config checks
     import jax
-    from tqdm import tqdm
 
+    # JAX: the fine-tuning command imports this module before its config checks
     from bert_jax.train import checkpointing
     from bert_jax.train.step import MetricWriter, PreemptionFlag, global_batch
 
@@ -252,6 +255,7 @@ def _check_lock(workdir, multi: bool, is_main: bool) -> None:
     if not multi:
         workdir_lock.check_held(workdir)
         return
+    # JAX: the fine-tuning command imports this module before its config checks
     import numpy as np
     from jax.experimental import multihost_utils
     why = None
@@ -265,14 +269,12 @@ def _check_lock(workdir, multi: bool, is_main: bool) -> None:
 
 
 def has_checkpoint(workdir) -> bool:
-    from bert_jax.storage import paths
     return any(p.isdigit() for p in paths.listdir(paths.join(workdir, "checkpoints")))
 
 
 def has_progress(workdir) -> bool:
     """Whether a run in workdir got anywhere (a checkpoint or a logged step):
     a run that fails before that removes the workdir it created."""
-    from bert_jax.storage import paths
     try:
         if has_checkpoint(workdir):
             return True
@@ -283,17 +285,18 @@ def has_progress(workdir) -> bool:
 
 
 def write_summary(workdir: str, summary: dict) -> None:
+    # JAX: the fine-tuning command imports this module before its config checks
     import jax
 
-    from bert_jax.storage import paths
     if jax.process_index() == 0:
         paths.write_text(paths.join(workdir, "summary.json"),
-                           json.dumps(_strict(summary), indent=2))
+                         json.dumps(_strict(summary), indent=2))
 
 
 def _strict(obj):
     """`obj` with numpy scalars as Python numbers and NaN / inf as None (null),
     so summary.json and the checkpoint's JSON stay strict JSON."""
+    # JAX: the fine-tuning command imports this module before its config checks
     import numpy as np
     if isinstance(obj, dict):
         return {k: _strict(v) for k, v in obj.items()}

@@ -24,9 +24,14 @@ at restore (`checkpointing.CheckpointMismatch`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
+import jax
+
+from bert_jax.convert import model_dir
+from bert_jax.data.tokenizer import load_tokenizer
 from bert_jax.storage import paths
 
 RECORD = "run_identity.json"
@@ -49,7 +54,6 @@ class RerunMismatch(ValueError):
 def model_identity(cfg, head: str, num_labels: int = 0,
                    label_names=()) -> dict:
     """model.* entries of a BertConfig (or its dict in bert_jax.json) and head."""
-    import dataclasses
     d = dict(cfg) if isinstance(cfg, dict) else dataclasses.asdict(cfg)
     # Through JSON: tuples read back as lists, so a record compares equal to itself.
     out = {f"model.{k}": json.loads(json.dumps(v)) for k, v in sorted(d.items())
@@ -96,7 +100,6 @@ def read(workdir) -> dict | None:
 
 def _legacy(workdir) -> dict | None:
     """What an older pretraining workdir's bert_jax.json and vocabulary say."""
-    from bert_jax.convert import model_dir
     if not paths.exists(paths.join(workdir, model_dir.META_FILE)):
         return None
     meta = model_dir.read_meta(workdir)
@@ -108,7 +111,6 @@ def _legacy(workdir) -> dict | None:
                                if k not in ("model.num_labels", "model.label_names")}}
     vocab = model_dir.vocab_path(workdir)
     if vocab is not None:
-        from bert_jax.data.tokenizer import load_tokenizer
         record["vocab"] = load_tokenizer(vocab).fingerprint
         record["where"] = {"vocab": str(vocab)}
     return record
@@ -145,6 +147,5 @@ def check(workdir, identity: dict) -> None:
 
 def record(workdir, identity: dict) -> None:
     """Write the record (process 0; the caller has checked it matches)."""
-    import jax
     if jax.process_index() == 0:
         paths.write_text(paths.join(workdir, RECORD), json.dumps(identity, indent=2))

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax.model import sharding
@@ -316,10 +317,12 @@ def _summary_writer_class():
     """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports
     torch (2-3 s, ~1 GB) when present only to accept torch tensors; we log floats."""
     if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        # ~3 s to import; only a run writing TensorBoard logs needs it
         from tensorboardX import SummaryWriter
         return SummaryWriter
     sys.modules["torch"] = None  # makes `import torch` raise ImportError
     try:
+        # ~3 s to import; only a run writing TensorBoard logs needs it
         from tensorboardX import SummaryWriter
     finally:
         del sys.modules["torch"]
@@ -381,7 +384,6 @@ class PreemptionFlag:
     def reached(self, step: int) -> bool:
         if jax.process_count() == 1:
             return self.set
-        from jax.experimental import multihost_utils
         try:
             if multihost_utils.reached_preemption_sync_point(step):
                 self.reason = "preemption"
