@@ -20,6 +20,7 @@ from bert_jax.data.pipeline import PretrainingPipeline, batch_spec, default_data
 from bert_jax.model import sharding
 from bert_jax.model.config import BertConfig
 from bert_jax.model.heads import BertForPreTraining
+from bert_jax.tpu import hlo, report_text, topology
 from bert_jax.train.optim import build_optimizer
 from bert_jax.train.step import state_spec
 
@@ -115,7 +116,7 @@ ENTRY %main (x: f32[1024]) -> f32[1024] {
 
 
 def test_collectives_counted_per_loop_trip():
-    c = aot.collectives(HLO)
+    c = hlo.collectives(HLO)
     # The plain one, and a combined async one: both of its buffers count.
     assert c["all-reduce"] == {"count": 2, "bytes": 4096 + 256 * 4 + 64 * 8 * 2}
     assert c["collective-permute"] == {"count": 1, "bytes": 4096}
@@ -128,14 +129,14 @@ def test_collectives_counted_per_loop_trip():
 
 
 def test_topology_names():
-    assert aot.topology_kwargs("v5p-1024") == (
+    assert topology.topology_kwargs("v5p-1024") == (
         "v5p", {"topology_name": "v5p:8x8x8", "chip_config_name": "megacore"})
-    assert aot.topology_kwargs("v5e:4x4") == ("v5e", {"topology_name": "v5e:4x4"})
-    assert aot.topology_kwargs("v6e-8")[1]["chips_per_host_bounds"] == (2, 4, 1)
+    assert topology.topology_kwargs("v5e:4x4") == ("v5e", {"topology_name": "v5e:4x4"})
+    assert topology.topology_kwargs("v6e-8")[1]["chips_per_host_bounds"] == (2, 4, 1)
     with pytest.raises(ValueError, match="--topology=v7x:2x2"):
-        aot.topology_kwargs("v7x:2x2")
+        topology.topology_kwargs("v7x:2x2")
     with pytest.raises(ValueError, match="unknown size 12"):
-        aot.topology_kwargs("v5e-12")
+        topology.topology_kwargs("v5e-12")
 
 
 def _tiny_pretrain_config():
@@ -222,7 +223,7 @@ def test_find_batch_finds_the_largest_fitting_multiple(monkeypatch):
     assert info["bracket"] == [384, 392] and 392 in compiles and not info["stopped"]
     assert info["line_limit"] == 384
     assert abs(info["memory_line"]["b_bytes_per_row"] - 37 * 2**20) < 1
-    text = aot.format_find_batch(best, info)
+    text = report_text.format_find_batch(best, info)
     assert text.startswith("largest global batch that fits: 384 (multiples of 8; 5 compiles")
     assert "bracket closed: 384 fits, 392 does not" in text
 

@@ -139,13 +139,14 @@ def test_top_level_modules_are_commands():
 
 # The layers, lowest first: a module imports from its own layer or lower ones,
 # never from a higher one. Derived from the import graph: storage and cli need
-# nothing of ours; the model and the data pipeline need only those; the
+# nothing of ours; the model, the data pipeline and the TPU slice tables need
+# only those; the
 # checkpoint file formats need the model (and the tokenizer); training writes
 # model dirs; reading any checkpoint (a training workdir included) needs the
 # trainer's checkpoints; fine-tuning reads checkpoints; commands sit on top.
 LAYERS = (
     ("foundation", ("bert_jax", "bert_jax.storage", "bert_jax.cli")),
-    ("model, data", ("bert_jax.model", "bert_jax.data")),
+    ("model, data, tpu", ("bert_jax.model", "bert_jax.data", "bert_jax.tpu")),
     ("checkpoint formats", ("bert_jax.convert", "bert_jax.convert.model_dir",
                             "bert_jax.convert.hf_format", "bert_jax.convert.tf1_format",
                             "bert_jax.convert.bounds")),
@@ -196,7 +197,7 @@ def test_layering_checker_sees_an_import_from_above():
     edges = {("bert_jax.model.heads", "bert_jax.storage"): 3,
              ("bert_jax.model.heads", "bert_jax.train.losses"): 259}
     assert upward_imports(edges, layers.get) == [
-        "bert_jax.model.heads (model, data) imports bert_jax.train.losses (train) at line 259"]
+        "bert_jax.model.heads (model, data, tpu) imports bert_jax.train.losses (train) at line 259"]
 
 
 def test_no_module_imports_from_a_layer_above_it():
