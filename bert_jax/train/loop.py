@@ -95,21 +95,8 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
     c = config.checkpoint
     ckpt = checkpointing.Checkpointer(workdir, c.every, c.keep, c.get("keep_every") or None,
                                       c.get("async_save", True))
-    try:
-        restored = ckpt.restore_latest(spec.abstract)
-        if restored is not None:
-            start_step, state, saved = restored
-            loop_state = saved.pop(LOOP_KEY, {})
-            job.check_data_state(saved)
-            if is_main:
-                print(f"resumed from {workdir} at step {start_step}", flush=True)
-        else:
-            start_step, state, loop_state = 0, init_state(), {}
-        if started is not None:
-            started(start_step)
-    except BaseException:
-        ckpt.close()  # nothing was saved: this only stops orbax's threads
-        raise
+    start_step, state, loop_state = _restore(ckpt, job, workdir, spec, init_state, started,
+                                             is_main)
     best = loop_state.get("best")          # {'step', 'score', 'label'} or None
     history = list(loop_state.get("history", []))
 
@@ -246,6 +233,30 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
                    processed={k: v for k, v in totals.items() if k != "flops"},
                    best=best, history=history)
     return summary, state
+
+
+def _restore(ckpt, job: Job, workdir: str, spec, init_state: Callable[[], Any],
+             started: Callable[[int], None] | None, is_main: bool) -> tuple[int, Any, dict]:
+    """(start step, state, the loop's own saved state) from the newest
+    checkpoint, its data position checked by the job, else step 0 and
+    `init_state()`; then `started(start_step)`. Closes `ckpt` if any of it
+    fails."""
+    try:
+        restored = ckpt.restore_latest(spec.abstract)
+        if restored is not None:
+            start_step, state, saved = restored
+            loop_state = saved.pop(LOOP_KEY, {})
+            job.check_data_state(saved)
+            if is_main:
+                print(f"resumed from {workdir} at step {start_step}", flush=True)
+        else:
+            start_step, state, loop_state = 0, init_state(), {}
+        if started is not None:
+            started(start_step)
+    except BaseException:
+        ckpt.close()  # nothing was saved: this only stops orbax's threads
+        raise
+    return start_step, state, loop_state
 
 
 def _check_lock(workdir, multi: bool, is_main: bool) -> None:
