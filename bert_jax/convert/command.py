@@ -1,5 +1,4 @@
-"""The `convert` command: BERT weights between HuggingFace dirs, Google TF1
-checkpoints and ours.
+"""Convert BERT weights between HuggingFace dirs, Google TF1 checkpoints and ours.
 
     python -m bert_jax.convert SRC DST --to {bert_jax,hf,tf1}
 
