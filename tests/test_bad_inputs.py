@@ -1,14 +1,16 @@
 """Bad input to every CLI, as a user types it: one line, the right exit code,
 nothing destroyed, nothing half-written, nothing compiled.
 
-Each case runs `python -m bert_jax.<module> ...` in a subprocess and checks
+Each case runs `python -m bert_jax.<module> ...` in a fresh process (forked
+from a server that has imported JAX, tests/forked_cli.py; a real subprocess
+where the case's environment needs one) and checks
   - the exit code (README "Exit codes": 1 bad input, 2 bad command line),
   - that stderr has no traceback and its last line is `error: ...` naming the
     culprit (a file and line, a config field, a flag),
   - what is left on disk (outputs absent, foreign files intact, no empty
     directories left behind).
 Every case fails before anything compiles: that is the point, and it keeps
-the matrix fast (the cost is Python and JAX imports).
+the matrix fast (the cost was Python's and JAX's imports, paid once now).
 
 The inputs are real files: Google's uncased vocabulary, SST-2 / SQuAD /
 CoNLL-2003 rows from the shared data with one defect each, a prepared corpus of
@@ -25,6 +27,7 @@ import shutil
 import subprocess
 import sys
 
+import forked_cli
 import pytest
 from conftest import data_path
 from test_finetune_common import save_tiny_model
@@ -587,9 +590,7 @@ def _run(spec, w) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS="",
                TOKENIZERS_PARALLELISM="false", TF_CPP_MIN_LOG_LEVEL="3")
     env.update({k: _fmt(v, w) for k, v in spec["env"].items()})
-    return subprocess.run([sys.executable, "-m", spec["module"],
-                           *(_fmt(a, w) for a in spec["args"])],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return forked_cli.run(spec["module"], [_fmt(a, w) for a in spec["args"]], env, str(REPO))
 
 
 @pytest.fixture(scope="module")
@@ -640,9 +641,8 @@ def test_convert_refuses_then_replaces_only_its_own(ws):
     dst.mkdir()
     (dst / "thesis.tex").write_text("years of work\n")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    run = lambda *extra, to="hf", out=dst: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "bert_jax.convert", str(ws["tiny"]), str(out), f"--to={to}",
-         *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    run = lambda *extra, to="hf", out=dst: forked_cli.run(  # noqa: E731
+        "bert_jax.convert", [str(ws["tiny"]), str(out), f"--to={to}", *extra], env, str(REPO))
     for extra in ((), ("--overwrite",)):
         proc = run(*extra)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -735,11 +735,9 @@ def _sha16(path) -> str:
     return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
 
 
-# Runs that train: LLVM at -O0 and a compilation cache shared by them (the
-# resumed run compiles what the first one did).
-TRAIN_ENV = {"XLA_FLAGS": "--xla_backend_optimization_level=0",
-             "JAX_COMPILATION_CACHE_DIR": "{root}/jax_cache",
-             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+# Runs that train: LLVM at -O0, and the suite's compilation cache (conftest:
+# the resumed run loads what the first one compiled). Forked like the cases.
+TRAIN_ENV = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
 
 
 @pytest.fixture(scope="module")

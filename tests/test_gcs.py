@@ -282,6 +282,14 @@ from bert_jax import pretrain
 from bert_jax.train import checkpointing
 for ctx in (tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT, tensorstore_utils._BASE_TS_CONTEXT):
     ctx["gcs_request_retries"] = {"max_retries": 3, "initial_delay": "0.2s", "max_delay": "1s"}
+# gcsfs (everything but the arrays) backs off 1+2+4+8+16 s per request against
+# the dead server; the same 6 tries, at most 0.2 s apart, keep the test short.
+import asyncio, types
+import gcsfs.retry
+fast_asyncio = types.ModuleType("asyncio")
+fast_asyncio.__dict__.update(asyncio.__dict__)
+fast_asyncio.sleep = lambda delay, *a, **k: asyncio.sleep(min(delay, 0.2), *a, **k)
+gcsfs.retry.asyncio = fast_asyncio
 save = checkpointing.Checkpointer.save
 
 def first_object(step_dir, timeout=120):
