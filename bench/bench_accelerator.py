@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_accelerator.py [--sizes=base,large] [--seqs=128,512]
         [--impls=cudnn,reference] [--batches=auto] [--steps=20] [--budget-s=420]
 
-For each (size, seq, attention impl) the real pretraining step (`train.pretraining.build`
+For each (size, seq, attention impl) the real pretraining step (`train.pretrain_job.build`
 from configs/pretrain/bert.py: bf16 compute, fp32 params + AdamW, gathered MLM
 head with Google's max_predictions_per_seq, scan over layers, mesh (-1, 1, 1)
 over every local device) runs on a synthetic batch of random tokens. Attention
@@ -68,11 +68,11 @@ def random_batch(config, vocab: int, rng: np.random.Generator) -> dict[str, np.n
 
 
 def measure(config, steps: int) -> dict:
-    from bert_jax.train import pretraining
+    from bert_jax.train import pretrain_job
     mesh = sharding.make_mesh(config.mesh.shape)
     vocab = 30522
     with jax.set_mesh(mesh), sharding.axis_rules(sharding.DEFAULT_RULES):
-        built = pretraining.build(config, vocab, mesh)
+        built = pretrain_job.build(config, vocab, mesh)
         state = init_state(built.spec, built.model_fn, built.optimizer, 0)
         batch = global_batch(random_batch(config, vocab, np.random.default_rng(0)),
                                       mesh)

@@ -173,7 +173,7 @@ def make_config(task: str, seed: int, plan: str, scratch: pathlib.Path,
     c.seed = seed
     c.eval_batch_size = 64
     c.log_every = 10**9  # only the last step of the run is logged
-    from bert_jax.train.train_config import RENAMED
+    from bert_jax.cli.renamed_fields import RENAMED
     for k, v in PLANS[plan][task].items():
         *groups, field = RENAMED.get(k, k).split(".")  # plans use the short old names
         node = c

@@ -1,6 +1,6 @@
 """What a checkpoint save to object storage costs the training loop: step
 times around each save to a local GCS server (fake-gcs-server on 127.0.0.1,
-the `bert_jax.gcs_emulator`) against the median step, with orbax's
+the `bert_jax.devtools.gcs_emulator`) against the median step, with orbax's
 asynchronous saving (the default) and, for contrast, synchronous saving.
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_gcs_checkpoint.py --size=small --steps=60 --save_every=15
@@ -65,7 +65,7 @@ def time_mode(async_save: bool, url: str) -> dict:
     from bert_jax.model import sharding
     from bert_jax.model.config import BertConfig
     from bert_jax.model.heads import BertForPreTraining
-    from bert_jax.train import checkpointing, pretraining
+    from bert_jax.train import checkpointing, pretrain_job
     from bert_jax.train.optim import build_optimizer
     from bert_jax.train.step import global_batch, init_state, jit_train_step, state_spec
     from configs.pretrain import bert_tiny
@@ -74,7 +74,7 @@ def time_mode(async_save: bool, url: str) -> dict:
     cfg = BertConfig.named(FLAGS.size, vocab_size=30522, dtype="float32")
     optimizer, schedule = build_optimizer(config.optim, FLAGS.steps)
     mesh = sharding.make_mesh((-1, 1, 1))
-    objective = pretraining.pretraining_objective(nsp=True, gathered=True)
+    objective = pretrain_job.pretraining_objective(nsp=True, gathered=True)
 
     def model_fn(key):
         return BertForPreTraining(cfg, rngs=nnx.Rngs(params=key))
@@ -133,7 +133,8 @@ def thread_cores() -> dict[str, set[str]]:
 
 def main(argv):
     del argv
-    from bert_jax import gcs_emulator, storage
+    from bert_jax.devtools import gcs_emulator
+    from bert_jax.storage import paths
     root = pathlib.Path(tempfile.mkdtemp(prefix="bench_gcs_"))
     cores = sorted(os.sched_getaffinity(0))
     if FLAGS.split_cores:
@@ -151,7 +152,7 @@ def main(argv):
             jax.devices()  # creates the CPU client and its compute threads here
             os.sched_setaffinity(0, host)
         os.environ.update(emu.env())
-        storage.configure()
+        paths.configure()
         rows = []
         for mode in FLAGS.modes:
             r = time_mode(mode == "async", f"gs://bench/run-{mode}")

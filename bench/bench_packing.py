@@ -42,7 +42,7 @@ from bert_jax.model import sharding  # noqa: E402
 from bert_jax.model.config import BertConfig  # noqa: E402
 from bert_jax.model.heads import build_model  # noqa: E402
 from bert_jax.train.optim import build_optimizer  # noqa: E402
-from bert_jax.train.pretraining import pretraining_objective  # noqa: E402
+from bert_jax.train.pretrain_job import pretraining_objective  # noqa: E402
 from bert_jax.train.step import global_batch, init_state, jit_train_step, state_spec  # noqa: E402
 
 T = 128

@@ -65,7 +65,7 @@ from bert_jax.model.heads import BertForPreTraining  # noqa: E402
 from bert_jax.model.params import flat_params  # noqa: E402
 from bert_jax.storage.shared_data import shared_data_path  # noqa: E402
 from bert_jax.train.optim import build_optimizer  # noqa: E402
-from bert_jax.train.pretraining import pretraining_objective, summarize  # noqa: E402
+from bert_jax.train.pretrain_job import pretraining_objective, summarize  # noqa: E402
 from bert_jax.train.step import init_state, jit_eval_step, jit_train_step, state_spec  # noqa: E402
 
 HELDOUT_MOD, HELDOUT_REM = 10, 3

@@ -8,7 +8,7 @@ r"""Compile the real training step for a TPU slice ahead of time, with no TPU.
 libtpu (the `tpu` extra: `pip install -e ".[tpu]"`) carries the TPU compiler;
 `jax.experimental.topologies` gives the devices of any slice (v4, v5e, v5p,
 v6e; many hosts) to compile against on this CPU. The step is the one
-`bert_jax.pretrain` (or the fine-tuning trainer) runs: `train.pretraining.build` /
+`bert_jax.pretrain` (or the fine-tuning trainer) runs: `train.pretrain_job.build` /
 `finetune.trainer.objective_for` with the same model config, shardings,
 objective, optimizer, grad accumulation, dtype, remat, scan, attention
 implementation and packing; state, batch and RNG are abstract
@@ -45,123 +45,36 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "true")
 # TPU client cannot deserialize executables (a warning, then a recompile).
 os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 
-import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+from ml_collections import config_flags
 
-from bert_jax.model import (
-    flops,  # noqa: E402
-    sharding,  # noqa: E402
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-    peak_flops: float      # dense bf16 FLOP/s per device (a megacore chip is one device)
-    hbm_bytes: int         # per device
-    hbm_bandwidth: float   # bytes/s per device
-    megacore: bool         # two TensorCores shown as one device
-
-
-# Google Cloud TPU system-architecture pages (per chip).
-CHIPS = {
-    "v4": Chip(275e12, 32 * 2**30, 1.2e12, True),
-    "v5e": Chip(197e12, 16 * 2**30, 819e9, False),
-    "v5p": Chip(459e12, 95 * 2**30, 2.765e12, True),
-    "v6e": Chip(918e12, 32 * 2**30, 1.64e12, False),
-}
-_KIND_TO_CHIP = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5": "v5p",
-                 "TPU v5p": "v5p", "TPU v6 lite": "v6e", "TPU v6e": "v6e"}
-
-# Cloud names (v5p-1024 = 512 chips; v4/v5p count TensorCores, v5e/v6e chips).
-_SHAPES_3D = {8: "2x2x1", 16: "2x2x2", 32: "2x2x4", 64: "2x4x4", 128: "4x4x4", 256: "4x4x8",
-              512: "4x8x8", 1024: "8x8x8", 2048: "8x8x16", 4096: "8x16x16"}
-_SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
-              256: "16x16"}
-_TOPOLOGY = re.compile(r"^([a-zA-Z0-9_ ]+)[=_:]([0-9x]+)(_twisted|_untwisted)?$")
-_CLOUD = re.compile(r"^(v4|v5p|v5e|v5litepod|v6e)-(\d+)$")
-
-
-def topology_kwargs(name: str) -> tuple[str, dict]:
-    """(chip generation, get_topology_desc kwargs) for `v5p:8x8x8` or `v5p-1024`."""
-    m = _CLOUD.match(name)
-    if m:
-        gen, n = m.group(1).replace("v5litepod", "v5e"), int(m.group(2))
-        table = _SHAPES_3D if gen in ("v4", "v5p") else _SHAPES_2D
-        if n not in table:
-            raise ValueError(f"--topology={name}: unknown size {n} for {gen}; "
-                             f"known: {', '.join(f'{gen}-{k}' for k in table)}, or give "
-                             f"the chip grid as {gen}:AxB[xC]")
-        name = f"{gen}:{table[n]}"
-    m = _TOPOLOGY.match(name)
-    if not m:
-        raise ValueError(f"--topology={name!r}: expected e.g. v5e:4x4, v5p:8x8x8 or v5p-1024")
-    gen = m.group(1).lower().replace("v5litepod", "v5e")
-    if gen == "v5":
-        gen = "v5p"
-    if gen not in CHIPS:
-        raise ValueError(f"--topology={name}: chip {m.group(1)!r}; expected one of "
-                         f"{', '.join(CHIPS)}")
-    dims = [int(x) for x in m.group(2).split("x")]
-    kw: dict[str, Any] = {"topology_name": f"{'v5p' if gen == 'v5p' else gen}:{m.group(2)}"}
-    if CHIPS[gen].megacore:
-        kw["chip_config_name"] = "megacore"
-    if int(np.prod(dims)) == 8 and len(dims) == 2:
-        # v5e-8 / v6e-8 are single hosts of 8 chips; pod slices have 4-chip hosts.
-        kw["chips_per_host_bounds"] = (2, 4, 1)
-    elif int(np.prod(dims)) < 4:
-        # Hosts hold 2x2(x1) chips; a smaller slice is one host of its own size.
-        kw["chips_per_host_bounds"] = tuple(dims + [1] * (3 - len(dims)))
-    return gen, kw
-
-
-@contextlib.contextmanager
-def _libtpu_quiet():
-    """libtpu prints warnings about TPU_ACCELERATOR_TYPE / TPU_WORKER_HOSTNAMES
-    on load: it looks for the TPU VM it runs on. Compiling for a named topology
-    needs neither, so those lines are dropped; anything else is passed on."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            noise = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "InitGoogle",
-                     "Source Location Trace", "libtpu_init_utils", "Failed to find host bounds")
-            for line in tmp.read().decode(errors="replace").splitlines():
-                if line.strip() and not any(n in line for n in noise):
-                    print(line, file=sys.stderr)
-
-
-def topology_devices(name: str) -> tuple[str, list]:
-    gen, kw = topology_kwargs(name)
-    try:
-        from jax.experimental import topologies
-        with _libtpu_quiet():
-            devices = topologies.get_topology_desc(platform="tpu", **kw).devices
-    except Exception as e:  # libtpu absent, or a shape it rejects
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        from bert_jax.cli import optional
-        if not optional.installed("libtpu"):
-            msg += f" (the TPU compiler is not installed: {optional.EXTRAS['libtpu']})"
-        raise ValueError(f"--topology={name}: {msg}") from None
-    return gen, list(devices)
-
+from bert_jax import cli
+from bert_jax.convert import formats
+from bert_jax.data.pipeline import batch_spec
+from bert_jax.data.token_cache import open_prepared
+from bert_jax.data.tokenizer import load_tokenizer
+from bert_jax.finetune import task as tasks
+from bert_jax.finetune.trainer import objective_for, runtime_overrides
+from bert_jax.model import flops, sharding
+from bert_jax.model.config import BertConfig
+from bert_jax.model.heads import build_model, get_head
+from bert_jax.storage import json_input, outputs
+from bert_jax.tpu.hlo import COLLECTIVES_VERSION, collectives
+from bert_jax.tpu.report_text import format_find_batch, format_report, gib
+from bert_jax.tpu.topology import CHIPS, topology_devices
+from bert_jax.train import pretrain_job
+from bert_jax.train.optim import build_optimizer
+from bert_jax.train.step import dropout_key, jit_train_step, state_spec
 
 # ---- Building the step abstractly ---------------------------------------------------
 
@@ -189,7 +102,6 @@ def _abstract_batch(spec: dict[str, tuple[tuple[int, ...], np.dtype]], mesh) -> 
 
 
 def _rng(config, mesh):
-    from bert_jax.train.step import dropout_key
     key = jax.eval_shape(lambda: dropout_key(config))
     return jax.ShapeDtypeStruct(key.shape, key.dtype,
                                 sharding=NamedSharding(mesh, PartitionSpec()))
@@ -212,8 +124,6 @@ def is_finetune_config(config) -> bool:
 def vocab_size_of(config) -> int:
     """Size of the configured vocabulary (vocab.txt, SentencePiece model or
     tokenizer.json), else the paper's: BERT's uncased 30522, ModernBERT's 50368."""
-    from bert_jax.data.prepared import open_prepared
-    from bert_jax.data.tokenizer import load_tokenizer
     path = config.data.get("vocab") or ""
     if not path and config.data.get("prepared_dir"):
         path = str(open_prepared(config.data.prepared_dir).vocab_path)
@@ -227,10 +137,8 @@ def vocab_size_of(config) -> int:
 
 
 def pretrain_program(config, mesh, num_hosts: int) -> Program:
-    from bert_jax.data.pipeline import batch_spec
-    from bert_jax.train import pretraining
     G = config.global_batch_size
-    built = pretraining.build(config, vocab_size_of(config), mesh)
+    built = pretrain_job.build(config, vocab_size_of(config), mesh)
     spec = batch_spec(config.data, G)
     T = config.data.max_seq_length
     masked = spec["masked_positions"][0][1] if built.gathered else T
@@ -245,16 +153,10 @@ def pretrain_program(config, mesh, num_hosts: int) -> Program:
 
 def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
     """The fine-tuning step of `config.task` at max_seq_length (the largest bucket)."""
-    from bert_jax.finetune import task as tasks
-    from bert_jax.finetune.trainer import objective_for, runtime_overrides
-    from bert_jax.model.config import BertConfig
-    from bert_jax.model.heads import build_model, get_head
-    from bert_jax.train.optim import build_optimizer
     task = str(config.task).lower()
     head, num_labels = tasks.get(task).plan(config)
     if config.get("init_checkpoint"):
-        from bert_jax import convert
-        cfg = convert.read_any(config.init_checkpoint)[0]
+        cfg = formats.read_any(config.init_checkpoint)[0]
     else:
         cfg = BertConfig.named(model_size)
     runtime = runtime_overrides(config, cfg)
@@ -267,7 +169,6 @@ def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
     def model_fn(key):
         return build_model(cfg, head, num_labels, seed=key)
 
-    from bert_jax.train.step import jit_train_step, state_spec
     spec = state_spec(model_fn, optimizer, mesh)
     step = jit_train_step(spec, mesh, objective_for(head), optimizer, schedule)
     i32, f32 = np.dtype(np.int32), np.dtype(np.float32)
@@ -283,128 +184,6 @@ def finetune_program(config, mesh, num_hosts: int, model_size: str) -> Program:
 
 
 # ---- Reading the compiled program ---------------------------------------------------
-
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4,
-                "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
-                "f8e4m3fn": 1, "f8e5m2": 1}
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-# Bumped when the HLO reading changes: reports carry it, so tables can tell.
-COLLECTIVES_VERSION = 3
-_COMP_HEAD = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
-_INSTR = re.compile(r"=\s*(\(?[^=]*?\)?)\s+([a-z][a-z0-9\-]*)\(")
-_ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
-_CALLS = re.compile(r"\b(body|condition|calls|to_apply)=%?([\w.\-]+)|"
-                    r"\b(branch_computations|called_computations)=\{([^}]*)\}")
-_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
-_COND = re.compile(r"\bcondition=%?([\w.\-]+)")
-_CONST = re.compile(r"%([\w.\-]+)\s*=\s*s32\[\][^=]*constant\((\d+)\)")
-_LT = re.compile(r"compare\([^)]*%([\w.\-]+)\),\s*direction=LT")
-
-
-def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
-    """Trips of a while loop: XLA's known_trip_count where the backend config
-    has one (XLA:CPU), else the bound of the condition `i < N` with a constant N
-    (scan's lowering, counting from 0; what the TPU compiler leaves)."""
-    m = _TRIP.search(line)
-    if m:
-        return int(m.group(1))
-    c = _COND.search(line)
-    body = comps.get(c.group(1), []) if c else []
-    consts = {name: int(v) for ln in body for name, v in _CONST.findall(ln)}
-    for ln in body:
-        lt = _LT.search(ln)
-        if lt and lt.group(1) in consts:
-            return consts[lt.group(1)]
-    return 1
-
-
-def _arrays_bytes(shape: str) -> int:
-    total = 0
-    for dtype, dims in _ARRAY.findall(shape):
-        if dtype in _DTYPE_BYTES:
-            n = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
-            total += n * _DTYPE_BYTES[dtype]
-    return total
-
-
-def _top_level(shape: str) -> list[str]:
-    """The top-level elements of a tuple shape ('(a, (b, c))' -> ['a', '(b, c)'])."""
-    shape = re.sub(r"/\*.*?\*/", "", re.sub(r"\{[^{}]*\}", "", shape)).strip()
-    if not shape.startswith("("):
-        return [shape]
-    parts, depth, cur = [], 0, ""
-    for ch in shape[1:-1]:
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-            continue
-        depth += (ch in "([") - (ch in ")]")
-        cur += ch
-    return parts + [cur]
-
-
-def _shape_bytes(op: str, shape: str) -> int:
-    """Bytes a collective moves, from its HLO result shape: every buffer of a
-    combined op (a tuple of outputs) counts; the async starts of all-gather and
-    collective-permute return (operands, outputs), of which the outputs count."""
-    parts = _top_level(shape)
-    if op in ("all-gather-start", "collective-permute-start") and len(parts) == 2:
-        return _arrays_bytes(parts[1])
-    return _arrays_bytes(shape)
-
-
-def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
-    """Count and bytes of each collective in an HLO module, each op weighted by
-    how often its computation runs (a while body `known_trip_count` times)."""
-    comps: dict[str, list[str]] = {}
-    entry = None
-    name = None
-    for line in hlo_text.splitlines():
-        line = re.sub(r"/\*.*?\*/", "", line)  # /*index=5*/ in tuple shapes
-        m = _COMP_HEAD.match(line.strip())
-        if m and ("->" in line or line.lstrip().startswith("ENTRY")):
-            name = m.group(1)
-            comps[name] = []
-            if line.lstrip().startswith("ENTRY"):
-                entry = name
-            continue
-        if name is not None:
-            if line.strip() == "}":
-                name = None
-            else:
-                comps[name].append(line)
-    calls: dict[str, list[tuple[str, int]]] = {c: [] for c in comps}
-    ops: dict[str, list[tuple[str, int]]] = {c: [] for c in comps}
-    for c, lines in comps.items():
-        for line in lines:
-            m = _INSTR.search(line)
-            if m:
-                op = m.group(2)
-                base = op[:-6] if op.endswith("-start") else op
-                if base in COLLECTIVES and not op.endswith("-done"):
-                    ops[c].append((base, _shape_bytes(op, m.group(1))))
-            for kind, one, _, many in _CALLS.findall(line):
-                targets = one or many
-                n = _trip_count(line, comps) if kind == "body" else 1
-                for t in re.split(r",\s*", targets):
-                    t = t.lstrip("%")
-                    if t in comps:
-                        calls[c].append((t, n))
-    times: dict[str, int] = {}
-
-    def visit(c, n):
-        times[c] = times.get(c, 0) + n
-        for callee, k in calls[c]:
-            visit(callee, n * k)
-    if entry is not None:
-        visit(entry, 1)
-    out = {k: {"count": 0, "bytes": 0} for k in COLLECTIVES}
-    for c, lst in ops.items():
-        for op, nbytes in lst:
-            out[op]["count"] += times.get(c, 0)
-            out[op]["bytes"] += times.get(c, 0) * nbytes
-    return out
-
 
 def _is_oom(e: Exception) -> bool:
     s = str(e)
@@ -619,7 +398,7 @@ def find_batch(config, topology: str, model_size: str = "base", hbm_bytes: int |
         if log:
             log(f"compile {len(order)}: batch {b}: "
                 + ("out of memory" if known[b] is None else
-                   f"peak {_gib(known[b])} -> {'fits' if fits(b) else 'does NOT fit'}")
+                   f"peak {gib(known[b])} -> {'fits' if fits(b) else 'does NOT fit'}")
                 + f" ({r['compile_seconds']:.1f} s)")
         return fits(b)
 
@@ -698,71 +477,12 @@ def find_batch(config, topology: str, model_size: str = "base", hbm_bytes: int |
     return lo, info
 
 
-def format_find_batch(best: int, info: dict) -> str:
-    """What the search did, and the answer beside the line fitted from its compiles."""
-    def cell(b):
-        m = info["tried"][str(b)]
-        return f"{b}: {'OOM' if m is None else _gib(m)}"
-    lines = [f"largest global batch that fits: {best} (multiples of {info['unit']}; "
-             f"{info['compiles']} compiles; {info['dtype']}; limit "
-             f"{_gib(info['hbm_bytes'])} per device)",
-             "compiles in order: " + ", ".join(cell(b) for b in info["order"])]
-    line = info["memory_line"]
-    if line:
-        lines.append(f"memory line from {line['points']} compiles: peak = "
-                     f"{line['a_bytes'] / 2**20:.2f} MiB + {line['b_bytes_per_row'] / 2**20:.4f} "
-                     f"MiB x batch (max residual {line['max_residual_bytes'] / 2**20:.2f} MiB): "
-                     f"it puts the limit at batch {info['line_limit']}")
-    lo, hi = info["bracket"]
-    if info["stopped"]:
-        lines.append(f"stopped by {info['stopped']}: {lo} fits"
-                     + (f", {hi} does not" if hi else ", nothing larger was tried"))
-    elif hi is not None:
-        lines.append(f"bracket closed: {lo} fits, {hi} does not")
-    return "\n".join(lines)
-
-
-def _gib(x):
-    return f"{x / 2**30:.2f} GiB"
-
-
-def format_report(r: dict) -> str:
-    lines = [f"{r['model']} ({r['dtype']}) seq {r['seq_len']}, global batch {r['global_batch_size']} on "
-             f"{r['topology']}: {r['num_devices']} x {r['device_kind']} on {r['num_hosts']} "
-             f"host(s), mesh {r['mesh']}",
-             f"per-host input batch: {r['per_host_batch_rows']} rows "
-             f"({r['per_host_batch_bytes'] / 2**20:.2f} MiB)"]
-    if r.get("bytes_per_device") is None:
-        lines.append(f"does NOT fit: the TPU compiler ran out of memory ({r.get('oom_message')})")
-        return "\n".join(lines)
-    b = r["bytes_per_device"]
-    lines.append(f"memory per device: peak {_gib(b['peak'])} of {_gib(r['hbm_bytes_per_device'])} "
-                 f"HBM -> {'fits' if r['fits'] else 'does NOT fit'}, headroom "
-                 f"{_gib(r['headroom_bytes'])} (arguments {_gib(b['arguments'])}, outputs "
-                 f"{_gib(b['outputs'])}, temporaries {_gib(b['temporaries'])}, aliased "
-                 f"{_gib(b['aliased'])})")
-    if "flops_per_step_xla" in r:
-        lines.append(f"FLOPs per step: XLA {r['flops_per_step_xla']:.4g}, formula "
-                     f"{r['flops_per_step_formula']:.4g} (ratio "
-                     f"{r['flops_xla_over_formula']:.3f}; {r['cost_source']})")
-        lines.append(f"compiler's estimate (not a measurement): step "
-                     f"{r['estimated_step_seconds'] * 1e3:.2f} ms ({r['estimate_kind']}), "
-                     f"MFU {r['estimated_mfu']:.1%}, "
-                     f"{r['estimated_sequences_per_second']:.0f} sequences/s")
-    coll = ", ".join(f"{k} {v['count']} x ({v['bytes'] / 2**20:.1f} MiB)"
-                     for k, v in r["collectives"].items() if v["count"])
-    lines.append(f"collectives per step: {coll or 'none'}")
-    lines.append(f"compile {r['compile_seconds']:.1f} s")
-    return "\n".join(lines)
-
-
 # What an aot --out report records about itself (storage/outputs.py).
 AOT_RECORD = {"command": "aot", "kind": "compile report"}
 
 
 def _is_aot_report(path) -> bool:
     """An --out file an earlier `aot` wrote (rewriting it loses nothing)."""
-    from bert_jax.storage import json_input
     try:
         obj = json_input.read(path)
     except (ValueError, OSError):
@@ -771,8 +491,6 @@ def _is_aot_report(path) -> bool:
 
 
 def main(argv=None) -> int:
-    from absl import flags
-    from ml_collections import config_flags
     fl = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "Pretraining or fine-tuning config file.",
                                     flag_values=fl, lock_config=True)
@@ -790,7 +508,6 @@ def main(argv=None) -> int:
     flags.DEFINE_bool("overwrite", False, "Replace an --out file that is not an earlier aot "
                       "report.", flag_values=fl)
     argv = sys.argv if argv is None else argv
-    from bert_jax import cli
     cli.maybe_help(argv, fl)
     cli.configs_importable()
     try:
@@ -798,7 +515,6 @@ def main(argv=None) -> int:
         if fl.config is None or not fl.topology:
             raise ValueError("--config and --topology are required")
         if fl.out:  # before the compile: a path we must not write stops it now
-            from bert_jax.storage import outputs
             outputs.check_destination(fl.out, kind="file", overwrite=fl.overwrite,
                                       is_own=_is_aot_report, what="--out file")
         if fl.hbm_gib is not None and not fl.hbm_gib > 0:
@@ -825,7 +541,6 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if fl.out:  # before printing: the report survives a closed stdout
-        from bert_jax.storage import outputs
         rec = {outputs.RECORD_KEY: AOT_RECORD, **r}
         outputs.write_file_atomic(fl.out, lambda tmp: tmp.write_text(
             json.dumps(rec, indent=2, default=float) + "\n"))

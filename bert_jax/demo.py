@@ -21,10 +21,13 @@ import pathlib
 import sys
 import time
 
+import numpy as np
 from absl import flags, logging
 
 # pretrain defines --workdir (and --config); the demo reuses its --workdir.
 from bert_jax import fill_mask, plot, pretrain
+from bert_jax.data.pipeline import PretrainingPipeline
+from bert_jax.data.token_cache import open_prepared
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 0, "Override the number of pretraining steps (0 = config's).")
@@ -40,6 +43,7 @@ SENTENCES = [
 
 def _config(workdir: pathlib.Path):
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    # configs/ is importable only after cli.configs_importable()
     from configs.pretrain import demo
     c = demo.get_config()
     c.data.prepared_dir = str(workdir / "prepared_train")
@@ -56,10 +60,6 @@ def context_free_accuracy(config) -> tuple[str, float, float]:
     BERT's masking left it in place (10% of the predictions) or replaced it with
     a random one (10%), and the most frequent token at [MASK]). A model must beat
     the second number to show it uses the context."""
-    import numpy as np
-
-    from bert_jax.data.pipeline import PretrainingPipeline
-    from bert_jax.data.prepared import open_prepared
 
     eval_cfg = config.data.copy_and_resolve_references()
     eval_cfg.prepared_dir = config.eval_data.prepared_dir
@@ -105,6 +105,7 @@ def main(argv):
     times: dict[str, float] = {"0 start + imports": _seconds_since_process_start()}
     t_start = time.perf_counter() - times["0 start + imports"]
     logging.set_verbosity(logging.WARNING)
+    # a command's module: importing it defines its flags (demo has its own)
     from bert_jax.data.prepare import prepare_corpus
     from bert_jax.data.vocab import train_vocab
 

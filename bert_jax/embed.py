@@ -22,6 +22,7 @@ In Python:
 from __future__ import annotations
 
 import os
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,9 @@ from absl import app, flags, logging
 from flax import nnx
 from tqdm import tqdm
 
-from bert_jax import storage
+from bert_jax.convert import formats
+from bert_jax.convert.model_dir import checked_tokenizer
+from bert_jax.storage import outputs, paths
 
 POOLINGS = ("pooler", "cls", "mean")
 
@@ -51,10 +54,8 @@ class Embedder:
     def __init__(self, checkpoint: str | os.PathLike, dtype: str = "float32",
                  vocab: str | os.PathLike | None = None, max_length: int = 512,
                  allow_vocab_mismatch: bool = False):
-        from bert_jax import convert
-
         self.tokenizer = checked_tokenizer(checkpoint, vocab, allow_vocab_mismatch)
-        model, meta, _ = convert.load_model(checkpoint, head="encoder", dtype=dtype)
+        model, meta, _ = formats.load_model(checkpoint, head="encoder", dtype=dtype)
         if model.cfg.vocab_size != self.tokenizer.vocab_size:
             raise ValueError(f"{self.tokenizer.vocab_file}: {self.tokenizer.vocab_size} tokens, "
                              f"the model {checkpoint} has {model.cfg.vocab_size}")
@@ -136,34 +137,10 @@ class Embedder:
         return out
 
 
-def checked_tokenizer(checkpoint, vocab=None, allow_vocab_mismatch: bool = False):
-    """The checkpoint's own tokenizer; `vocab` only where it has none, or where
-    it is the same vocabulary, or when a mismatch is explicitly allowed (other
-    token ids would give silently wrong vectors)."""
-    from bert_jax.convert import model_dir
-    from bert_jax.data.tokenizer import load_tokenizer
-    own = model_dir.vocab_path(checkpoint)
-    lowercase = model_dir.recorded_casing(checkpoint)
-    if vocab is None:
-        if own is None:
-            raise FileNotFoundError(f"{checkpoint}: no vocab.txt inside; pass --vocab")
-        return load_tokenizer(own, lowercase=lowercase)
-    tok = load_tokenizer(vocab, lowercase=lowercase)
-    if own is not None and not allow_vocab_mismatch:
-        theirs = load_tokenizer(own)
-        if theirs.fingerprint != tok.fingerprint:
-            raise ValueError(f"--vocab={vocab}: not the vocabulary the checkpoint was trained "
-                             f"with ({own}, fingerprint {theirs.fingerprint} vs "
-                             f"{tok.fingerprint}); drop --vocab, or pass "
-                             "--allow_vocab_mismatch to use it anyway")
-    return tok
-
-
 def _is_embeddings_file(path) -> bool:
     """An .npz this command wrote (rewriting it loses nothing)."""
-    import zipfile
     try:
-        with zipfile.ZipFile(storage.local_copy(path)) as z:
+        with zipfile.ZipFile(paths.local_copy(path)) as z:
             return {"pooled.npy", "last_hidden_state.npy"} <= set(z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
@@ -171,7 +148,7 @@ def _is_embeddings_file(path) -> bool:
 
 def read_lines(path: str | os.PathLike) -> tuple[list[str], list[str | None] | None]:
     texts, pairs = [], []
-    with open(storage.local_copy(path), encoding="utf-8") as f:
+    with open(paths.local_copy(path), encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():
@@ -212,12 +189,11 @@ def main(argv):
     for name in ("checkpoint", "input", "output"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
-    from bert_jax.storage import outputs
     if FLAGS.batch_size < 1:
         raise ValueError(f"--batch_size={FLAGS.batch_size}: expected >= 1")
     if FLAGS.max_length < 2:
         raise ValueError(f"--max_length={FLAGS.max_length}: expected >= 2 ([CLS] and [SEP])")
-    if not storage.exists(FLAGS.checkpoint):
+    if not paths.exists(FLAGS.checkpoint):
         raise FileNotFoundError(f"--checkpoint={FLAGS.checkpoint}: no such checkpoint")
     outputs.check_destination(FLAGS.output, kind="file", overwrite=FLAGS.overwrite,
                               is_own=_is_embeddings_file, what="--output file",

@@ -25,7 +25,9 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
-from bert_jax import storage
+from bert_jax.convert import formats, model_dir
+from bert_jax.model.heads import restore_model
+from bert_jax.storage import paths
 
 # Parameters of the MLM head (canonical names); a checkpoint without them has
 # nothing to predict with.
@@ -49,21 +51,18 @@ def load(checkpoint: str | os.PathLike):
 
     Raises ValueError when the checkpoint has no trained MLM head (a fine-tuned
     classifier, a bare encoder)."""
-    from bert_jax import convert
-    from bert_jax.convert import model_dir
-    from bert_jax.model.heads import restore_model
 
     report: list[str] = []
     # Missing parameters are not filled yet: a checkpoint without an MLM head
     # stops here, before a random head is built (and compiled).
-    cfg, meta, flat = convert.read_any(checkpoint, head="pretraining", report=report,
+    cfg, meta, flat = formats.read_any(checkpoint, head="pretraining", report=report,
                                        fill_missing=False)
     lacking = [k for k in mlm_head_params(cfg) if k not in flat]
     if lacking:
         raise ValueError(f"{checkpoint}: no MLM head to fill masks with (missing {lacking[0]})")
     fresh = [r.removeprefix("initialized fresh: ") for r in report
              if r.startswith("initialized fresh: ")]
-    flat.update(convert._fresh_values(cfg, "pretraining", 0, 0, fresh))  # e.g. NSP of an MLM
+    flat.update(formats.fresh_values(cfg, "pretraining", 0, 0, fresh))  # e.g. NSP of an MLM
     tokenizer = model_dir.tokenizer_of(checkpoint, meta)
     graphdef, state = restore_model(cfg, "pretraining", 0, flat, str(checkpoint))
     return nnx.merge(graphdef, state), tokenizer
@@ -152,7 +151,7 @@ def main(argv):
                              '"text with [MASK]" ["more text" ...] [--top_k=5]')
     try:
         results = fill_mask(FLAGS.checkpoint, texts, FLAGS.top_k)
-    except (ValueError, FileNotFoundError, storage.StorageError) as e:
+    except (ValueError, FileNotFoundError, paths.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for text, preds in zip(texts, results):

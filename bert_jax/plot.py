@@ -18,7 +18,7 @@ import os
 
 from absl import app, flags
 
-from bert_jax import storage
+from bert_jax.storage import outputs, paths
 
 PANELS = ("loss", "accuracy", "throughput", "learning rate")
 
@@ -26,7 +26,7 @@ PANELS = ("loss", "accuracy", "throughput", "learning rate")
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """Records of a metrics.jsonl. A cut last line (a run still writing, or
     killed mid-line) is skipped; any other bad line is an error naming it."""
-    lines = storage.read_text(path).splitlines()
+    lines = paths.read_text(path).splitlines()
     out = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -71,8 +71,10 @@ def panel_keys(records: list[dict]) -> dict[str, list[str]]:
 
 def plot_curves(records: list[dict], out: str | os.PathLike, title: str = "") -> dict:
     """Draw the panels into `out` (PNG); returns {panel: [metric names drawn]}."""
+    # slow to import; only plotting needs it
     import matplotlib
     matplotlib.use("Agg")
+    # slow to import; only plotting needs it
     import matplotlib.pyplot as plt
 
     drawn: dict[str, list[str]] = {}
@@ -97,7 +99,6 @@ def plot_curves(records: list[dict], out: str | os.PathLike, title: str = "") ->
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
-    from bert_jax.storage import outputs
     outputs.write_file_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return drawn
@@ -105,7 +106,7 @@ def plot_curves(records: list[dict], out: str | os.PathLike, title: str = "") ->
 
 def is_our_plot(path) -> bool:
     """A PNG that matplotlib wrote (its tEXt chunk names it): an earlier plot."""
-    head = storage.read_bytes(path)[:512]
+    head = paths.read_bytes(path)[:512]
     return head.startswith(b"\x89PNG") and b"Matplotlib" in head
 
 
@@ -119,10 +120,9 @@ def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: python -m bert_jax.plot WORKDIR [--out=FILE.png]")
     workdir = argv[1]
-    metrics = storage.join(workdir, "metrics.jsonl")
-    out = FLAGS.out or storage.join(workdir, "curves.png")
-    from bert_jax.storage import outputs
-    if not storage.isfile(metrics):
+    metrics = paths.join(workdir, "metrics.jsonl")
+    out = FLAGS.out or paths.join(workdir, "curves.png")
+    if not paths.isfile(metrics):
         raise FileNotFoundError(f"{metrics}: no such file (is {workdir} a training workdir?)")
     outputs.check_destination(out, kind="file", overwrite=FLAGS.overwrite, is_own=is_our_plot,
                               what="--out file", sources=[metrics])

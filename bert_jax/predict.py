@@ -23,23 +23,22 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import ConfigDict
 
-from bert_jax import storage
+from bert_jax.convert import formats, model_dir
+from bert_jax.finetune import conll, squad
+from bert_jax.finetune import task as tasks
 from bert_jax.finetune.task import PredictRequest
+from bert_jax.model.heads import get_head, restore_model
+from bert_jax.storage import paths
 
 
 class Predictor:
     """A fine-tuned model dir (or its fine-tuning workdir) ready to predict."""
 
     def __init__(self, checkpoint: str | pathlib.Path):
-        from bert_jax import convert
-        from bert_jax.convert import model_dir
-        from bert_jax.finetune import task as tasks
-        from bert_jax.model.heads import get_head, restore_model
-
-        path = checkpoint if storage.is_url(checkpoint) else pathlib.Path(checkpoint)
-        if model_dir.is_model_dir(storage.join(path, "model")):
-            path = storage.join(path, "model")  # a fine-tuning workdir
-        cfg, meta, flat = convert.read_any(path)
+        path = checkpoint if paths.is_url(checkpoint) else pathlib.Path(checkpoint)
+        if model_dir.is_model_dir(paths.join(path, "model")):
+            path = paths.join(path, "model")  # a fine-tuning workdir
+        cfg, meta, flat = formats.read_any(path)
         self.meta = meta
         self.head = meta["head"]
         self.head_obj = get_head(self.head)
@@ -96,13 +95,11 @@ class Predictor:
         return results
 
     def answer(self, question: str, context: str) -> dict:
-        from bert_jax.finetune import squad
         text, score, start, end = squad.answer(question, context, self.predict_fn,
                                                self.tokenizer, self.task_config)
         return {"answer": text, "score": float(score), "start": start, "end": end}
 
     def entities(self, text: str) -> list[dict]:
-        from bert_jax.finetune import conll
         c = self.task_config
         return conll.tag_text(text, self.predict_fn, self.tokenizer, self.label_names,
                               max_seq_length=int(c.get("max_seq_length", 128)),
@@ -126,7 +123,7 @@ def define_flags() -> None:
 def _lines(argv) -> list[str]:
     if FLAGS.input:
         # newline=None: universal newlines, as open() reads a local file.
-        f = sys.stdin if FLAGS.input == "-" else io.StringIO(storage.read_text(FLAGS.input),
+        f = sys.stdin if FLAGS.input == "-" else io.StringIO(paths.read_text(FLAGS.input),
                                                             newline=None)
         with f:
             lines = [line.rstrip("\n") for line in f]
@@ -141,7 +138,7 @@ def _check_input(argv) -> None:
         if not (FLAGS.context or "").strip():
             raise ValueError("--question needs a non-empty --context")
     elif FLAGS.input:
-        if FLAGS.input != "-" and not storage.isfile(FLAGS.input):
+        if FLAGS.input != "-" and not paths.isfile(FLAGS.input):
             raise FileNotFoundError(f"{FLAGS.input}: no such input file")
     elif len(argv) < 2:
         raise ValueError("no input: pass --input=FILE ('-' = stdin), text arguments, or "
@@ -164,7 +161,7 @@ def main(argv):
         request = PredictRequest(lines, FLAGS.question, FLAGS.context, FLAGS.input)
         for record, line in pred.task.predict(pred, request):
             print(json.dumps(record) if FLAGS.json else pred.head_obj.format(record, line))
-    except (ValueError, FileNotFoundError, storage.StorageError) as e:
+    except (ValueError, FileNotFoundError, paths.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -3,7 +3,7 @@
 The command: config validation, the workdir (what may be written into), the
 inputs checked before anything is built, then the workdir created and locked
 (`storage.run_dir`, the lifecycle fine-tuning shares) around one call to
-`bert_jax.train.pretraining.run` (the job the one training loop runs). JAX,
+`bert_jax.train.pretrain_job.run` (the job the one training loop runs). JAX,
 Flax and orbax are imported inside functions, so that a bad config or workdir
 is reported in a fraction of a second, before those imports (and long before
 any compile).
@@ -15,11 +15,12 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import cli, storage
-from bert_jax.convert import model_dir
-from bert_jax.model.config import RNG_IMPLS, BertConfig
-from bert_jax.storage import outputs, run_dir, workdir_lock
-from bert_jax.train import loop, train_config
+from bert_jax import cli
+from bert_jax.convert import formats, model_dir
+from bert_jax.data.tokenizer import load_tokenizer
+from bert_jax.model.config import RNG_IMPLS, SIZES, BertConfig
+from bert_jax.storage import outputs, paths, run_dir, workdir_lock
+from bert_jax.train import distributed, loop, pretrain_job, train_config
 
 # What a pretraining workdir holds: a workdir with anything else (a fine-tuning
 # run, a model dir, someone's files) is not ours to write into.
@@ -30,9 +31,9 @@ WORKDIR_ENTRIES = ("bert_jax.json", "vocab.txt", "config.json", "checkpoints",
 
 
 def _is_pretraining_workdir(path) -> bool:
-    if not all(e in WORKDIR_ENTRIES or e.endswith(".model") for e in storage.listdir(path)):
+    if not all(e in WORKDIR_ENTRIES or e.endswith(".model") for e in paths.listdir(path)):
         return False
-    if storage.exists(storage.join(path, model_dir.META_FILE)):
+    if paths.exists(paths.join(path, model_dir.META_FILE)):
         try:
             meta = model_dir.read_meta(path)
         except ValueError:
@@ -61,7 +62,6 @@ def validate_config(config) -> None:
         v = config[field] if "." not in field else config.checkpoint.every
         need(v >= 1, field, v, ">= 1")
     m = config.model
-    from bert_jax.model.config import SIZES
     need(m.size in SIZES, "model.size", m.size, "one of " + ", ".join(SIZES))
     need(m.mlm_head in ("gathered", "dense"), "model.mlm_head", m.mlm_head, "gathered or dense")
     arch = m.get("architecture", "bert")
@@ -99,12 +99,11 @@ def check_workdir(workdir) -> None:
 def check_init_from(config, cfg: BertConfig, tokenizer) -> dict[str, np.ndarray]:
     """The canonical params of config.init_from, after checking that every one
     the model has fits its shape and that it was trained with our vocabulary."""
-    from bert_jax import convert
     src = config.init_from
-    if not storage.exists(src):
+    if not paths.exists(src):
         raise FileNotFoundError(f"config.init_from={src}: no such checkpoint")
-    _, meta, flat = convert.read_any(src)
-    target = convert._target_shapes(cfg, "pretraining", 0)
+    _, meta, flat = formats.read_any(src)
+    target = formats.target_shapes(cfg, "pretraining", 0)
     for k, v in flat.items():
         if k in target and tuple(v.shape) != target[k]:
             raise ValueError(f"config.init_from={src}: parameter {k} has shape "
@@ -120,7 +119,6 @@ def check_same_vocab(checkpoint, ckpt_vocab, tokenizer, allowed: bool, how: str)
     size, gives silently wrong embeddings: an error unless asked for."""
     if not ckpt_vocab or allowed:
         return
-    from bert_jax.data.tokenizer import load_tokenizer
     theirs = load_tokenizer(ckpt_vocab)
     if theirs.fingerprint != tokenizer.fingerprint:
         raise ValueError(f"{checkpoint}: trained with the vocabulary {ckpt_vocab} (fingerprint "
@@ -146,28 +144,27 @@ def _train(config, workdir: str) -> dict:
     G = config.global_batch_size
 
     # ---- Data -------------------------------------------------------------------------
-    from bert_jax.train import pretraining
-    pipe = pretraining.open_pipeline(config.data, G)
+    pipe = pretrain_job.open_pipeline(config.data, G)
     tokenizer = pipe.tokenizer
     eval_pipe = None
     if config.eval_data.prepared_dir:
         eval_cfg = config.data.copy_and_resolve_references()
         eval_cfg.prepared_dir = config.eval_data.prepared_dir
-        eval_pipe = pretraining.open_pipeline(eval_cfg, G)
+        eval_pipe = pretrain_job.open_pipeline(eval_cfg, G)
         if eval_pipe.corpus.vocab_fingerprint != pipe.corpus.vocab_fingerprint:
             raise ValueError(f"eval_data.prepared_dir={config.eval_data.prepared_dir} was "
                              f"prepared with another vocabulary than {config.data.prepared_dir}")
     init_params = None
     if config.init_from and not loop.has_checkpoint(workdir):
-        cfg = pretraining.bert_config(config, tokenizer.vocab_size,
-                                      pretraining.special_token_ids(tokenizer))
+        cfg = pretrain_job.bert_config(config, tokenizer.vocab_size,
+                                       pretrain_job.special_token_ids(tokenizer))
         init_params = check_init_from(config, cfg, tokenizer)
 
-    pretraining.check_rerun(config, workdir, pipe)  # another model, vocab or data: refused
+    pretrain_job.check_rerun(config, workdir, pipe)  # another model, vocab or data: refused
 
     # ---- Workdir: created and locked only now that the inputs are known good ----------
     with run_dir.claim(workdir, has_progress=loop.has_progress):
-        return pretraining.run(config, workdir, pipe, eval_pipe, init_params)
+        return pretrain_job.run(config, workdir, pipe, eval_pipe, init_params)
 
 
 FLAGS = flags.FLAGS
@@ -184,7 +181,6 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     # Before JAX is imported and the processes join: seconds earlier.
     check(FLAGS.config, FLAGS.workdir)
-    from bert_jax.train import distributed
     d = FLAGS.config.distributed
     distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
     summary = _train(FLAGS.config, FLAGS.workdir)

@@ -1,14 +1,16 @@
 """Bad input to every CLI, as a user types it: one line, the right exit code,
 nothing destroyed, nothing half-written, nothing compiled.
 
-Each case runs `python -m bert_jax.<module> ...` in a subprocess and checks
+Each case runs `python -m bert_jax.<module> ...` in a fresh process (forked
+from a server that has imported JAX, tests/forked_cli.py; a real subprocess
+where the case's environment needs one) and checks
   - the exit code (README "Exit codes": 1 bad input, 2 bad command line),
   - that stderr has no traceback and its last line is `error: ...` naming the
     culprit (a file and line, a config field, a flag),
   - what is left on disk (outputs absent, foreign files intact, no empty
     directories left behind).
 Every case fails before anything compiles: that is the point, and it keeps
-the matrix fast (the cost is Python and JAX imports).
+the matrix fast (the cost was Python's and JAX's imports, paid once now).
 
 The inputs are real files: Google's uncased vocabulary, SST-2 / SQuAD /
 CoNLL-2003 rows from the shared data with one defect each, a prepared corpus of
@@ -25,6 +27,7 @@ import shutil
 import subprocess
 import sys
 
+import forked_cli
 import pytest
 from conftest import data_path
 from test_finetune_common import save_tiny_model
@@ -38,7 +41,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     """Paths of the good and bad inputs the cases use (built once)."""
-    from bert_jax.convert import hf_format, model_dir
+    from bert_jax.convert import formats, hf_format, model_dir
     from bert_jax.data.prepare import prepare_corpus
 
     root = tmp_path_factory.mktemp("bad_inputs")
@@ -59,7 +62,7 @@ def ws(tmp_path_factory):
     w["tiny_shuffled"] = root / "tiny_shuffled"
     shutil.copytree(w["tiny"], w["tiny_shuffled"])
     shutil.copyfile(root / "shuffled_vocab.txt", w["tiny_shuffled"] / "vocab.txt")
-    cfg, _, flat = model_dir.load_flat(w["tiny"])
+    cfg, _, flat = formats.load_flat(w["tiny"])
     enc = root / "encoder_hf"
     enc.mkdir()
     hf_format.write_hf_dir(enc, cfg, {k: v for k, v in flat.items() if k.startswith("bert/")},
@@ -151,16 +154,16 @@ def _outputs_of_other_commands(w) -> None:
     import numpy as np
     from safetensors.numpy import save_file
 
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     from bert_jax.convert import model_dir
     root = w["root"]
     # A fine-tuned classifier (the trainer's save path: save_model_dir with a task).
     save_tiny_model(root / "ft_model", head="classification", num_labels=2,
                     label_names=["0", "1"], task={"kind": "glue", "step": 3})
-    # A pretraining workdir: bert_jax.json as train/pretraining.py writes it.
+    # A pretraining workdir: bert_jax.json as train/pretrain_job.py writes it.
     pt = root / "pt_workdir"
     (pt / "checkpoints" / "5").mkdir(parents=True)
-    cfg, _, _ = model_dir.load_flat(w["tiny"])
+    cfg, _, _ = convert.load_flat(w["tiny"])
     model_dir.write_meta(pt, cfg, "pretraining", task={"kind": "pretraining"},
                          do_lower_case=True)
     (pt / "metrics.jsonl").write_text('{"step": 5, "loss": 9.0}\n')
@@ -530,7 +533,7 @@ CASES = [
     case("aot_out_foreign", "bert_jax.aot",
          ["--config=configs/pretrain/bert_tiny.py", "--topology=v5e:2x2", "--out={root}/a_file"],
          2, "a_file: the --out file exists", intact("a_file", b"a file, not a directory\n")),
-    case("gcs_emulator_root_foreign_file", "bert_jax.gcs_emulator",
+    case("gcs_emulator_root_foreign_file", "bert_jax.devtools.gcs_emulator",
          ["--root={root}/gcsroot", "--bucket=bkt"], 1,
          "gcsroot/data/bkt/my.txt: not an object this emulator wrote", unchanged("gcsroot")),
     # ---- untrusted sizes and JSON
@@ -587,9 +590,7 @@ def _run(spec, w) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS="",
                TOKENIZERS_PARALLELISM="false", TF_CPP_MIN_LOG_LEVEL="3")
     env.update({k: _fmt(v, w) for k, v in spec["env"].items()})
-    return subprocess.run([sys.executable, "-m", spec["module"],
-                           *(_fmt(a, w) for a in spec["args"])],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return forked_cli.run(spec["module"], [_fmt(a, w) for a in spec["args"]], env, str(REPO))
 
 
 @pytest.fixture(scope="module")
@@ -634,15 +635,14 @@ def test_convert_refuses_then_replaces_only_its_own(ws):
     it (a conversion replaces a conversion)."""
     import numpy as np
 
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     from bert_jax.storage import outputs
     dst = ws["root"] / "convert_target"
     dst.mkdir()
     (dst / "thesis.tex").write_text("years of work\n")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    run = lambda *extra, to="hf", out=dst: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "bert_jax.convert", str(ws["tiny"]), str(out), f"--to={to}",
-         *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    run = lambda *extra, to="hf", out=dst: forked_cli.run(  # noqa: E731
+        "bert_jax.convert", [str(ws["tiny"]), str(out), f"--to={to}", *extra], env, str(REPO))
     for extra in ((), ("--overwrite",)):
         proc = run(*extra)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -704,9 +704,9 @@ def test_gz_corpus_is_streamed(tmp_path):
 def test_bucket_root_is_never_a_destination(gcs, ws):
     """convert / prepare into gs://BUCKET or gs://BUCKET/ (no prefix): one line,
     with --overwrite too, and the bucket's objects stay."""
-    from bert_jax import storage
-    keep = storage.join(gcs.bucket, "someones", "object.txt")
-    storage.write_text(keep, "keep me")
+    from bert_jax.storage import paths
+    keep = paths.join(gcs.bucket, "someones", "object.txt")
+    paths.write_text(keep, "keep me")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     for args in (["bert_jax.convert", str(ws["tiny"]), gcs.bucket, "--to=hf", "--overwrite"],
                  ["bert_jax.convert", str(ws["tiny"]), gcs.bucket + "/"],
@@ -717,7 +717,7 @@ def test_bucket_root_is_never_a_destination(gcs, ws):
         last = proc.stderr.strip().splitlines()[-1]
         assert proc.returncode == 1 and "is a bucket root, which is never replaced" in last, \
             proc.stderr[-2000:]
-        assert storage.read_text(keep) == "keep me"
+        assert paths.read_text(keep) == "keep me"
 
 
 # ---------------------------------------------------------------- reruns
@@ -735,11 +735,9 @@ def _sha16(path) -> str:
     return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
 
 
-# Runs that train: LLVM at -O0 and a compilation cache shared by them (the
-# resumed run compiles what the first one did).
-TRAIN_ENV = {"XLA_FLAGS": "--xla_backend_optimization_level=0",
-             "JAX_COMPILATION_CACHE_DIR": "{root}/jax_cache",
-             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+# Runs that train: LLVM at -O0, and the suite's compilation cache (conftest:
+# the resumed run loads what the first one compiled). Forked like the cases.
+TRAIN_ENV = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
 
 
 @pytest.fixture(scope="module")

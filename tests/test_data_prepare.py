@@ -12,7 +12,7 @@ from conftest import data_path
 from bert_jax.data import corpora
 from bert_jax.data.pipeline import PretrainingPipeline, default_data_config
 from bert_jax.data.prepare import prepare_corpus
-from bert_jax.data.prepared import PreparedError, open_prepared
+from bert_jax.data.token_cache import PreparedError, open_prepared
 from bert_jax.data.tokenizer import load_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,7 +155,7 @@ def test_cli_prepare_and_inspect(novels, vocab, tmp_path):
                        capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert "3 documents" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "bert_jax.data.inspect", f"--prepared={out}",
+    r = subprocess.run([sys.executable, "-m", "bert_jax.data.inspect_batches", f"--prepared={out}",
                         "--num_batches=3", "--batch_size=16", "--json"],
                        capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr
@@ -174,7 +174,7 @@ def test_cli_prepare_and_inspect(novels, vocab, tmp_path):
         f"    c.data.prepared_dir = {str(out)!r}\n"
         "    c.data.nsp = False\n"
         "    return c\n")
-    r = subprocess.run([sys.executable, "-m", "bert_jax.data.inspect", f"--config={cfg}",
+    r = subprocess.run([sys.executable, "-m", "bert_jax.data.inspect_batches", f"--config={cfg}",
                         "--num_batches=2", "--config.data.max_seq_length=64"],
                        capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr

@@ -70,7 +70,7 @@ def _losses(workdir):
 
 def test_sst2_from_modernbert_trains_resumes_predicts_and_exports(modern_hf, tmp_path,
                                                                    monkeypatch):
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     from bert_jax.finetune import trainer
     from bert_jax.finetune.task import PredictRequest
     from bert_jax.predict import Predictor

@@ -10,7 +10,7 @@ from flax import nnx
 from bert_jax.model import flops
 from bert_jax.model.config import BertConfig
 from bert_jax.model.heads import BertForPreTraining
-from bert_jax.train.pretraining import pretraining_objective
+from bert_jax.train.pretrain_job import pretraining_objective
 
 SEQ, MASKED, BATCH = 128, 20, 2
 # Wide enough that matmuls dominate: XLA also counts every elementwise op

@@ -16,7 +16,7 @@ import test_pretrain
 from conftest import JAX_CACHE_DIR
 from test_pretrain import REPO, STEPS, assert_bitwise_equal, numbers
 
-from bert_jax import storage
+from bert_jax.storage import paths
 from bert_jax.train import checkpointing
 
 # The local tests' fixtures: the CLI runner and the uninterrupted local run.
@@ -24,16 +24,16 @@ cli, straight = test_pretrain.cli, test_pretrain.straight
 
 
 def gs_records(url):
-    return [json.loads(line) for line in storage.read_text(storage.join(url, "metrics.jsonl"))
+    return [json.loads(line) for line in paths.read_text(paths.join(url, "metrics.jsonl"))
             .splitlines()]
 
 
 def gs_steps(url, committed=True):
     """Checkpoint step dirs in the bucket; committed: only those orbax finished
     (commit_success.txt, its marker on object storage)."""
-    ckpts = storage.join(url, "checkpoints")
-    return sorted(int(n) for n in storage.listdir(ckpts) if n.isdigit() and (
-        not committed or storage.exists(storage.join(ckpts, n, "commit_success.txt"))))
+    ckpts = paths.join(url, "checkpoints")
+    return sorted(int(n) for n in paths.listdir(ckpts) if n.isdigit() and (
+        not committed or paths.exists(paths.join(ckpts, n, "commit_success.txt"))))
 
 
 def assert_same_gs_metrics(url, reference):
@@ -52,8 +52,8 @@ def gs_data(gcs, tiny_pretraining_data):
     """The tiny prepared corpora uploaded to the bucket."""
     out = {}
     for name in ("train", "heldout"):
-        out[name] = storage.join(gcs.bucket, "prepared", name)
-        storage.upload_tree(tiny_pretraining_data[name], out[name])
+        out[name] = paths.join(gcs.bucket, "prepared", name)
+        paths.upload_tree(tiny_pretraining_data[name], out[name])
     return out
 
 
@@ -92,7 +92,7 @@ def gs_resumed(gs_cli, gcs):
     8, exit 75 "preempted, rerun"), rerun SIGKILLed while the step-15 save is in flight, rerun to
     the end. Returns (url, outputs of the three runs, checkpoint steps after
     the first run)."""
-    url = storage.join(gcs.bucket, "run-resume")
+    url = paths.join(gcs.bucket, "run-resume")
     first = gs_cli(url, hook={"term_at": 7}, expect_rc=75)
     steps_after_first = gs_steps(url)
     second = gs_cli(url, hook={"kill_in_save": 15}, expect_rc=-9)
@@ -114,15 +114,15 @@ def test_gs_workdir_preempted_killed_resumes_exactly(gs_resumed, gcs, straight):
     resumed = int(third.stdout.split(f"resumed from {url} at step ")[1].split()[0])
     assert resumed in (10, 15)  # 15 only if its save finished before the kill
     assert gs_steps(url) == [5, 8, 10, 15, 20]
-    assert json.loads(storage.read_text(storage.join(url, "summary.json")))["start_step"] == \
+    assert json.loads(paths.read_text(paths.join(url, "summary.json")))["start_step"] == \
         resumed
     assert_bitwise_equal(checkpointing.load_state_on_host(url, STEPS),
                          checkpointing.load_state_on_host(reference, STEPS))
     assert_same_gs_metrics(url, reference)
     for name in ("bert_jax.json", "vocab.txt", "config.json", "summary.json"):
-        assert storage.exists(storage.join(url, name)), name
-    assert any(n.startswith("events.out.tfevents.") for n in storage.listdir(
-        storage.join(url, "tb")))
+        assert paths.exists(paths.join(url, name)), name
+    assert any(n.startswith("events.out.tfevents.") for n in paths.listdir(
+        paths.join(url, "tb")))
     # Objects land where the server keeps them (ROOT/bucket/key): a real server.
     assert (gcs.root / "data" / "bert-jax-test" / "run-resume" / "metrics.jsonl").is_file()
     # curves.png from the bucket's metrics.jsonl, into the bucket.
@@ -130,7 +130,7 @@ def test_gs_workdir_preempted_killed_resumes_exactly(gs_resumed, gcs, straight):
                           text=True, timeout=120, cwd=REPO,
                           env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr
-    assert storage.read_bytes(storage.join(url, "curves.png"))[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths.read_bytes(paths.join(url, "curves.png"))[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_damaged_newest_checkpoint_in_bucket_falls_back(gs_cli, gs_resumed, gcs, straight,
@@ -141,7 +141,7 @@ def test_damaged_newest_checkpoint_in_bucket_falls_back(gs_cli, gs_resumed, gcs,
     import fsspec
     reference, _ = straight
     fs = fsspec.filesystem("gs")
-    url = storage.join(gcs.bucket, "run-damaged")
+    url = paths.join(gcs.bucket, "run-damaged")
     fs.copy(gs_resumed[0] + "/", url + "/", recursive=True)
     [victim] = fs.glob(f"{url}/checkpoints/{STEPS}/state/d/*")
     data = fs.cat_file(victim)
@@ -155,9 +155,9 @@ def test_damaged_newest_checkpoint_in_bucket_falls_back(gs_cli, gs_resumed, gcs,
     assert_bitwise_equal(checkpointing.load_state_on_host(url, STEPS),
                          checkpointing.load_state_on_host(reference, STEPS))
     assert_same_gs_metrics(url, reference)
-    [aside] = storage.listdir(storage.join(url, "checkpoints_unreadable"))
+    [aside] = paths.listdir(paths.join(url, "checkpoints_unreadable"))
     assert aside.startswith(f"{STEPS}-")
-    assert storage.exists(storage.join(url, "checkpoints_unreadable", aside, "state",
+    assert paths.exists(paths.join(url, "checkpoints_unreadable", aside, "state",
                                        "manifest.ocdbt"))
     if has_strace:
         peers = inet_peers(trace)
@@ -180,19 +180,19 @@ def test_finetune_from_bucket_into_bucket_then_convert_and_predict(gcs, tmp_path
                BERT_JAX_CACHE=os.environ["BERT_JAX_CACHE"])
     glue = data_path("glue")
     local_init = common.save_tiny_model(tmp_path / "init")
-    gs_init = storage.join(gcs.bucket, "ft", "init")
+    gs_init = paths.join(gcs.bucket, "ft", "init")
     common.save_tiny_model(gs_init)  # the same seed: the same weights, written by orbax to gs
-    gs_glue = storage.join(gcs.bucket, "ft", "glue")
-    storage.upload_tree(glue / "RTE", storage.join(gs_glue, "RTE"))
+    gs_glue = paths.join(gcs.bucket, "ft", "glue")
+    paths.upload_tree(glue / "RTE", paths.join(gs_glue, "RTE"))
     args = ("--config.max_train_examples=64", "--config.num_epochs=1")
-    local, url = tmp_path / "rte", storage.join(gcs.bucket, "ft", "rte")
+    local, url = tmp_path / "rte", paths.join(gcs.bucket, "ft", "rte")
     finetune_cli("rte", local, local_init, glue, env, *args)
     finetune_cli("rte", url, gs_init, gs_glue, env, *args)
     for rel in ("eval/epoch_1/dev/eval_results.json", "eval/epoch_1/dev/predictions.tsv",
                 "test_predictions/RTE.tsv", "model/vocab.txt"):
-        assert storage.read_bytes(storage.join(url, rel)) == (local / rel).read_bytes(), rel
+        assert paths.read_bytes(paths.join(url, rel)) == (local / rel).read_bytes(), rel
     # The model's metadata differs only in the paths its task config names.
-    metas = [json.loads(storage.read_text(storage.join(d, "model", "bert_jax.json")))
+    metas = [json.loads(paths.read_text(paths.join(d, "model", "bert_jax.json")))
              for d in (url, local)]
     assert metas[0]["task"]["config"]["init_checkpoint"] == gs_init
     assert [{k: v for k, v in m.items() if k != "task"} for m in metas] == [
@@ -200,23 +200,23 @@ def test_finetune_from_bucket_into_bucket_then_convert_and_predict(gcs, tmp_path
     assert [r["step"] for r in gs_records(url) if "loss" in r] == [2]
 
     hf = tmp_path / "hf"
-    r = common.run_module("bert_jax.convert", storage.join(url, "model"), str(hf), "--to=hf",
+    r = common.run_module("bert_jax.convert", paths.join(url, "model"), str(hf), "--to=hf",
                           env=env)
     common.check_ok(r)
     transformers = pytest.importorskip("transformers")
     model = transformers.BertForSequenceClassification.from_pretrained(hf)
-    from bert_jax.convert import model_dir
-    _, meta, flat = model_dir.load_flat(local / "model")
+    from bert_jax.convert import formats
+    _, meta, flat = formats.load_flat(local / "model")
     assert model.config.id2label == dict(enumerate(meta["label_names"]))
     np.testing.assert_array_equal(model.classifier.weight.detach().numpy(),
                                   flat["classifier/kernel"].T)
 
     rows = common.read_tsv(glue / "RTE" / "dev.tsv")[1:4]
     pairs = "".join(f"{r[1]}\t{r[2]}\n" for r in rows)
-    storage.write_text(storage.join(gcs.bucket, "ft", "pairs.txt"), pairs)
+    paths.write_text(paths.join(gcs.bucket, "ft", "pairs.txt"), pairs)
     (tmp_path / "pairs.txt").write_text(pairs)
     outs = []
-    for ckpt, inp in ((url, storage.join(gcs.bucket, "ft", "pairs.txt")),
+    for ckpt, inp in ((url, paths.join(gcs.bucket, "ft", "pairs.txt")),
                       (local, tmp_path / "pairs.txt")):
         r = common.run_module("bert_jax.predict", f"--checkpoint={ckpt}", f"--input={inp}",
                               "--json", env=env)
@@ -234,7 +234,7 @@ def test_prepare_from_bucket_into_bucket(gcs, tiny_pretraining_data, tmp_path):
     paths, and the pipeline opens the result from the bucket."""
     from conftest import data_path
 
-    from bert_jax.data import prepared
+    from bert_jax.data import token_cache
     from bert_jax.data.pipeline import PretrainingPipeline
     novel = sorted(data_path("corpus", "eltec-eng").glob("*.txt"))[6]
     lines = novel.read_text().splitlines()
@@ -242,10 +242,10 @@ def test_prepare_from_bucket_into_bucket(gcs, tiny_pretraining_data, tmp_path):
     texts.mkdir()
     for i in range(2):
         (texts / f"{i}.txt").write_text("\n".join(lines[300 * i:300 * i + 250]))
-    src = storage.join(gcs.bucket, "prep-src")
-    storage.upload_tree(texts, storage.join(src, "texts"))
-    storage.copy_file(tiny_pretraining_data["vocab"], storage.join(src, "vocab.txt"))
-    out = storage.join(gcs.bucket, "prep-out")
+    src = paths.join(gcs.bucket, "prep-src")
+    paths.upload_tree(texts, paths.join(src, "texts"))
+    paths.copy_file(tiny_pretraining_data["vocab"], paths.join(src, "vocab.txt"))
+    out = paths.join(gcs.bucket, "prep-out")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     for corpus, vocab, dst in ((f"raw:{src}/texts", f"{src}/vocab.txt", out),
                                (f"raw:{texts}", str(tiny_pretraining_data["vocab"]),
@@ -254,11 +254,11 @@ def test_prepare_from_bucket_into_bucket(gcs, tiny_pretraining_data, tmp_path):
                             f"--vocab={vocab}", f"--out={dst}", "--num_workers=1"], env=env,
                            cwd=REPO, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-    remote = json.loads(storage.read_text(storage.join(out, prepared.MANIFEST)))
-    local = json.loads((tmp_path / "local" / prepared.MANIFEST).read_text())
+    remote = json.loads(paths.read_text(paths.join(out, token_cache.MANIFEST)))
+    local = json.loads((tmp_path / "local" / token_cache.MANIFEST).read_text())
     assert remote["data_fingerprint"] == local["data_fingerprint"]
     assert remote["totals"] == local["totals"] and len(remote["shards"]) == 2
-    a, b = prepared.open_prepared(out), prepared.open_prepared(tmp_path / "local")
+    a, b = token_cache.open_prepared(out), token_cache.open_prepared(tmp_path / "local")
     for x, y in zip(a.tokens, b.tokens):
         np.testing.assert_array_equal(x, y)
     pipe = PretrainingPipeline.from_config(
@@ -282,6 +282,14 @@ from bert_jax import pretrain
 from bert_jax.train import checkpointing
 for ctx in (tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT, tensorstore_utils._BASE_TS_CONTEXT):
     ctx["gcs_request_retries"] = {"max_retries": 3, "initial_delay": "0.2s", "max_delay": "1s"}
+# gcsfs (everything but the arrays) backs off 1+2+4+8+16 s per request against
+# the dead server; the same 6 tries, at most 0.2 s apart, keep the test short.
+import asyncio, types
+import gcsfs.retry
+fast_asyncio = types.ModuleType("asyncio")
+fast_asyncio.__dict__.update(asyncio.__dict__)
+fast_asyncio.sleep = lambda delay, *a, **k: asyncio.sleep(min(delay, 0.2), *a, **k)
+gcsfs.retry.asyncio = fast_asyncio
 save = checkpointing.Checkpointer.save
 
 def first_object(step_dir, timeout=120):
@@ -319,7 +327,7 @@ def test_missing_bucket_stops_before_any_compile(gs_cli, gcs):
             (("--workdir=gs://no-such-bucket-17/run",), "gs://no-such-bucket-17/run"),
             (("--config.data.prepared_dir=gs://no-such-bucket-17/prepared",),
              "gs://no-such-bucket-17/prepared")):
-        workdir = storage.join(gcs.bucket, "never")
+        workdir = paths.join(gcs.bucket, "never")
         proc = gs_cli(workdir, *overrides, expect_rc=1, extra_env={"JAX_LOG_COMPILES": "1"})
         assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == [
             f"error: {bad}: bucket gs://no-such-bucket-17 does not exist"]
@@ -333,14 +341,14 @@ def test_server_stopped_during_save(cli, gs_cli, straight, tiny_pretraining_data
     with the server back (same data), the rerun resumes from step 15, which the
     failed save did not touch, and logs every step once with the local run's
     numbers."""
-    from bert_jax import gcs_emulator
+    from bert_jax.devtools import gcs_emulator
     reference, _ = straight
     emu = gcs_emulator.GcsEmulator(tmp_path / "gcs").start()
     try:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", emu.url)
-        data = storage.join("gs://bert-jax-test", "prepared")
+        data = paths.join("gs://bert-jax-test", "prepared")
         for name in ("train", "heldout"):
-            storage.upload_tree(tiny_pretraining_data[name], storage.join(data, name))
+            paths.upload_tree(tiny_pretraining_data[name], paths.join(data, name))
         url = "gs://bert-jax-test/run"
         hook = tmp_path / "hook.py"
         hook.write_text(STOP_SERVER_HOOK)
@@ -381,22 +389,22 @@ def test_restarted_emulator_drops_half_written_objects(tmp_path, monkeypatch):
     an unfinished upload on GCS never becomes an object; the finished objects
     beside it are listed and read as before (without the fix fake-gcs-server
     answers 404 to the whole listing)."""
-    from bert_jax import gcs_emulator
+    from bert_jax.devtools import gcs_emulator
     emu = gcs_emulator.GcsEmulator(tmp_path / "gcs").start()
     try:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", emu.url)
         base = "gs://bert-jax-test/ckpt"
         for step in (5, 20):
-            storage.write_text(storage.join(base, str(step), "a"), f"step {step}")
-        storage.write_text(storage.join(base, "20", "b"), "half")
+            paths.write_text(paths.join(base, str(step), "a"), f"step {step}")
+        paths.write_text(paths.join(base, "20", "b"), "half")
         emu.stop()
         half = emu.root / "data" / "bert-jax-test" / "ckpt" / "20" / "b"
         os.removexattr(half, gcs_emulator.METADATA_XATTR)
         emu.start()
         assert not half.exists()
-        assert storage.listdir(base) == ["20", "5"]
-        assert storage.listdir(storage.join(base, "20")) == ["a"]
-        assert storage.read_text(storage.join(base, "20", "a")) == "step 20"
+        assert paths.listdir(base) == ["20", "5"]
+        assert paths.listdir(paths.join(base, "20")) == ["a"]
+        assert paths.read_text(paths.join(base, "20", "a")) == "step 20"
     finally:
         emu.stop()
 
@@ -410,7 +418,7 @@ def test_two_processes_into_one_bucket_workdir_and_resume(cli, gcs, gs_data, str
     rerun, they resume from the newest committed step and finish with the
     single-process local run's losses; only process 0 logs, once per step."""
     reference, _ = straight
-    url = storage.join(gcs.bucket, "run-2proc")
+    url = paths.join(gcs.bucket, "run-2proc")
 
     def launch(hook=None):
         return test_pretrain.run_two_processes(
@@ -434,5 +442,5 @@ def test_two_processes_into_one_bucket_workdir_and_resume(cli, gcs, gs_data, str
     for a, b in zip(got, ref):
         for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
-    assert json.loads(storage.read_text(storage.join(url, "summary.json")))[
+    assert json.loads(paths.read_text(paths.join(url, "summary.json")))[
         "num_processes"] == 2

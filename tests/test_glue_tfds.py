@@ -5,14 +5,14 @@ import pytest
 from conftest import data_path
 from ml_collections import config_dict
 
-from bert_jax.finetune import glue
+from bert_jax.finetune import glue, glue_data
 
 N = 9  # mock examples per split
 
 
 @pytest.fixture(scope="module")
 def tfds():
-    return glue._import_tfds()
+    return glue_data._import_tfds()
 
 
 @pytest.fixture(scope="module")

@@ -150,7 +150,7 @@ def test_random_pretraining_heads_match_transformers(tmp_path):
     import jax.numpy as jnp
     from flax import nnx
 
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     from bert_jax.convert.model_dir import save_model_dir
     from bert_jax.model.config import BertConfig
     from bert_jax.model.heads import build_model
@@ -189,8 +189,8 @@ def test_pytorch_bin_and_unprefixed_names(converted, tmp_path):
     src, out, _ = converted
     from safetensors.numpy import load_file
 
-    from bert_jax import convert
-    from bert_jax.convert.model_dir import load_flat
+    from bert_jax.convert import formats as convert
+    from bert_jax.convert.formats import load_flat
     tensors = load_file(str(src / "model.safetensors"))
     d = tmp_path / "bin"
     d.mkdir()
@@ -206,7 +206,7 @@ def test_pytorch_bin_and_unprefixed_names(converted, tmp_path):
 
 def test_shape_mismatch_names_parameter(converted, tmp_path):
     src, _, _ = converted
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     d = tmp_path / "bad"
     d.mkdir()
     cfg = json.loads((src / "config.json").read_text())
@@ -225,7 +225,7 @@ def test_head_option_on_our_dir(converted, tmp_path):
     src, out, _ = converted
     from safetensors.numpy import load_file
 
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     report = convert.convert(out, tmp_path / "enc", "hf", head="encoder")
     assert any("ignored (unused by the model): seq_relationship/kernel" in r for r in report)
     enc = load_file(str(tmp_path / "enc" / "model.safetensors"))

@@ -1,6 +1,7 @@
 """The package layout: no import cycles (every import counted, also those inside
-functions), commands at the top level, and the console scripts of pyproject.toml
-run the same modules as `python -m bert_jax.<name>`."""
+functions), no module importing from a layer above its own, commands at the top
+level, and the console scripts of pyproject.toml run the same modules as
+`python -m bert_jax.<name>`."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def _modules() -> dict[str, pathlib.Path]:
     return mods
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_edges() -> dict[tuple[str, str], int]:
+    """{(module, bert_jax module it imports): first line} for every import,
+    at the top of a module or inside a function."""
     mods = _modules()
 
     def owner(name: str) -> str | None:
@@ -33,7 +36,7 @@ def import_graph() -> dict[str, set[str]]:
             name = name.rpartition(".")[0]
         return name or None
 
-    graph = {m: set() for m in mods}
+    edges: dict[tuple[str, str], int] = {}
     for m, p in mods.items():
         pkg = m if p.name == "__init__.py" else m.rpartition(".")[0]
         for node in ast.walk(ast.parse(p.read_text())):
@@ -52,7 +55,14 @@ def import_graph() -> dict[str, set[str]]:
             for t in targets:
                 o = owner(t) if t.startswith("bert_jax") else None
                 if o and o != m:
-                    graph[m].add(o)
+                    edges[(m, o)] = min(edges.get((m, o), node.lineno), node.lineno)
+    return edges
+
+
+def import_graph() -> dict[str, set[str]]:
+    graph = {m: set() for m in _modules()}
+    for m, o in import_edges():
+        graph[m].add(o)
     return graph
 
 
@@ -118,7 +128,7 @@ def test_console_scripts_run_the_python_m_modules():
 
     script = run("-c", "from bert_jax import scripts; scripts.inspect()")
     assert "--num_examples" in script[1]
-    assert script == run("-m", "bert_jax.data.inspect")
+    assert script == run("-m", "bert_jax.data.inspect_batches")
 def test_top_level_modules_are_commands():
     # Library code lives in the role folders; the top level holds the commands.
     for p in sorted(PKG.glob("*.py")):
@@ -126,4 +136,71 @@ def test_top_level_modules_are_commands():
             continue
         assert 'if __name__ == "__main__":' in p.read_text(), f"{p.name} is not a command"
 
+
+# The layers, lowest first: a module imports from its own layer or lower ones,
+# never from a higher one. Derived from the import graph: storage and cli need
+# nothing of ours; the model, the data pipeline and the TPU slice tables need
+# only those; the
+# checkpoint file formats need the model (and the tokenizer); training writes
+# model dirs; reading any checkpoint (a training workdir included) needs the
+# trainer's checkpoints; fine-tuning reads checkpoints; commands sit on top.
+LAYERS = (
+    ("foundation", ("bert_jax", "bert_jax.storage", "bert_jax.cli")),
+    ("model, data, tpu", ("bert_jax.model", "bert_jax.data", "bert_jax.tpu")),
+    ("checkpoint formats", ("bert_jax.convert", "bert_jax.convert.model_dir",
+                            "bert_jax.convert.hf_format", "bert_jax.convert.tf1_format",
+                            "bert_jax.convert.bounds")),
+    ("train", ("bert_jax.train",)),
+    ("any checkpoint", ("bert_jax.convert.formats",)),
+    # conlleval is also a script (as the Perl original is), but the CoNLL task imports it.
+    ("fine-tuning", ("bert_jax.finetune", "bert_jax.finetune.conlleval")),
+    ("commands", ("bert_jax.scripts", "bert_jax.devtools")),
+)
+
+
+def _is_command(module: str) -> bool:
+    p = _modules()[module]
+    return p.name == "__main__.py" or 'if __name__ == "__main__":' in p.read_text()
+
+
+def layer_of(module: str) -> int:
+    """Index into LAYERS: the layer naming `module` itself; else a command's
+    module is a command wherever it lives; else the layer naming the longest
+    prefix of `module`."""
+    for i, (_, prefixes) in enumerate(LAYERS):
+        if module in prefixes:
+            return i
+    if _is_command(module):
+        return len(LAYERS) - 1
+    best, depth = None, -1
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for pre in prefixes:
+            if (module == pre or module.startswith(pre + ".")) and pre.count(".") > depth:
+                best, depth = i, pre.count(".")
+    assert best is not None, f"{module}: in no layer; add it to LAYERS in tests/test_layout.py"
+    return best
+
+
+def upward_imports(edges: dict[tuple[str, str], int], layer) -> list[str]:
+    """'a (layer) imports b (higher layer), line N' for each import from above."""
+    bad = []
+    for (m, o), line in sorted(edges.items()):
+        lm, lo = layer(m), layer(o)
+        if lo > lm:
+            bad.append(f"{m} ({LAYERS[lm][0]}) imports {o} ({LAYERS[lo][0]}) at line {line}")
+    return bad
+
+
+def test_layering_checker_sees_an_import_from_above():
+    # The checker itself: one function-level import from a higher layer is named.
+    layers = {"bert_jax.model.heads": 1, "bert_jax.train.losses": 3, "bert_jax.storage": 0}
+    edges = {("bert_jax.model.heads", "bert_jax.storage"): 3,
+             ("bert_jax.model.heads", "bert_jax.train.losses"): 259}
+    assert upward_imports(edges, layers.get) == [
+        "bert_jax.model.heads (model, data, tpu) imports bert_jax.train.losses (train) at line 259"]
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    bad = upward_imports(import_edges(), layer_of)
+    assert not bad, "imports from a higher layer:\n" + "\n".join(bad)
 

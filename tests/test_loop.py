@@ -182,7 +182,7 @@ def test_model_is_the_best_evaluation(straight):
     metrics.jsonl, and the predictions that evaluation wrote."""
     import jax
 
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     from bert_jax.convert import model_dir
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.finetune import glue
@@ -296,8 +296,8 @@ def test_restore_error_stops_and_damaged_checkpoint_falls_back(init, straight, t
     run (as pretraining does)."""
     import orbax.checkpoint as ocp
 
-    from bert_jax import storage
     from bert_jax.finetune import trainer
+    from bert_jax.storage import paths
     from bert_jax.train import checkpointing
     reference, _ = straight
     workdir = tmp_path / "run"
@@ -313,7 +313,7 @@ def test_restore_error_stops_and_damaged_checkpoint_falls_back(init, straight, t
         raise ValueError(f'UNAVAILABLE: Error reading "{workdir}/checkpoints/{step}": '
                          "Connection refused")
     monkeypatch.setattr(ocp.CheckpointManager, "restore", unreachable)
-    with pytest.raises(storage.StorageError) as e:
+    with pytest.raises(paths.StorageError) as e:
         trainer.finetune(rte_config(init), workdir)
     monkeypatch.undo()
     assert "\n" not in str(e.value)

@@ -110,7 +110,7 @@ def mlm(request, tmp_path_factory):
 
 
 def _ours(path, head=None, **kw):
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     from bert_jax.model.heads import build_model
     from bert_jax.model.params import assign_params
     cfg, meta, flat = convert.read_any(path, head=head)
@@ -242,7 +242,7 @@ def test_task_heads_both_ways(cls, shape, head, outputs, tmp_path):
     QuestionAnswering} -> ours: same logits on a padded batch (padding positions
     of per-token heads left out); ours -> HF: transformers loads the export with
     nothing missing and gives them again."""
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     model = hf_model(cls, shape, seed=1, num_labels=2 if head == "span" else 3)
     model.save_pretrained(tmp_path / "hf")
     ids, mask = _batch(model.config.vocab_size, [21, 8, 14], 21, seed=2)
@@ -274,7 +274,7 @@ def test_task_heads_both_ways(cls, shape, head, outputs, tmp_path):
 def test_encoder_export_loads_as_modernbertmodel(mlm, tmp_path):
     """--head encoder: ModernBertModel names (no `model.` prefix, no head or
     decoder), loaded by transformers with nothing missing; same last hidden state."""
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     _, d, _, (ids, mask), ref = mlm
     report = convert.convert(d, tmp_path / "enc", "hf", head="encoder")
     assert any("ignored (unused by the model): decoder.bias" in r for r in report) or \
@@ -482,7 +482,7 @@ def test_bad_modernbert_dirs_name_file_and_parameter(mlm, tmp_path):
     one-line error naming the dir / file and the parameter, and nothing is written."""
     from safetensors.numpy import load_file, save_file
 
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     _, d, _, _, _ = mlm
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -542,7 +542,7 @@ def test_new_task_head_keeps_prediction_head(mlm):
     """A classifier started from a ModernBERT MLM checkpoint keeps the encoder and
     the shared prediction head (head/), as transformers' from_pretrained does;
     only the classifier starts fresh."""
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     from bert_jax.model.params import flat_params
     _, d, _, _, _ = mlm
     _, _, src = convert.read_any(d)

@@ -187,7 +187,7 @@ def test_recipe_config(size, phase, shape):
     """The config builds ModernBERT-base/large as the paper and HF's configs
     give them; phase 2 is 8,192 tokens with the global theta raised."""
     from bert_jax.pretrain import validate_config
-    from bert_jax.train.pretraining import bert_config
+    from bert_jax.train.pretrain_job import bert_config
     from configs.pretrain import modernbert
     c = modernbert.get_config(f"size={size},phase={phase}")
     c.data.prepared_dir = "x"
@@ -346,7 +346,7 @@ def hf_export(straight, tmp_path_factory):
     """Our ModernBERT workdir exported by `convert --to hf`, and transformers'
     tokenizer for it."""
     transformers = pytest.importorskip("transformers")
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     out = tmp_path_factory.mktemp("modern_hf") / "hf"
     convert.convert(straight, out, to="hf")
     return out, transformers.AutoTokenizer.from_pretrained(out)

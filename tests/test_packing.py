@@ -14,7 +14,7 @@ from bert_jax.data import packing
 from bert_jax.data.pipeline import PackedPipeline, PretrainingPipeline, default_data_config
 from bert_jax.model.config import BertConfig
 from bert_jax.model.heads import build_model
-from bert_jax.train.pretraining import pretraining_objective
+from bert_jax.train.pretrain_job import pretraining_objective
 
 T = 64
 

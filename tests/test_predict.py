@@ -34,7 +34,7 @@ def task_meta(kind: str, config) -> dict:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """{head: (bert_jax model dir, HF dir)} for classification, span, tagging."""
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     from configs.finetune import conll2003, glue, squad
 
     root = tmp_path_factory.mktemp("predict_models")

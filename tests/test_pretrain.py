@@ -360,12 +360,12 @@ def abstract_state(workdir, mesh_shape):
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.model import sharding
     from bert_jax.model.heads import BertForPreTraining
-    from bert_jax.train import pretraining
+    from bert_jax.train import pretrain_job
     from bert_jax.train.optim import build_optimizer
     from bert_jax.train.step import state_spec
 
     config = ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
-    cfg = pretraining.bert_config(config, load_tokenizer(Path(workdir) / "vocab.txt").vocab_size)
+    cfg = pretrain_job.bert_config(config, load_tokenizer(Path(workdir) / "vocab.txt").vocab_size)
     optimizer, _ = build_optimizer(config.optim, config.num_train_steps)
     mesh = sharding.make_mesh(mesh_shape)
     with jax.set_mesh(mesh):
@@ -573,7 +573,8 @@ def test_fill_mask_matches_transformers(straight, tmp_path):
     softmax at every [MASK] as we do on the workdir, our model dir and the HF dir."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from bert_jax import convert, fill_mask
+    from bert_jax import fill_mask
+    from bert_jax.convert import formats as convert
     reference, _ = straight
     convert.convert(reference, tmp_path / "hf", to="hf")
     convert.convert(reference, tmp_path / "ours", to="bert_jax")
@@ -615,8 +616,8 @@ def test_fill_mask_errors(tmp_path, straight):
     with pytest.raises(ValueError, match=r"text 2 \('no mask here'\) has no \[MASK\] token"):
         fill_mask.fill_mask(reference, ["a [MASK] b", "no mask here"])
     # A bare encoder (HF BertModel) has no MLM head to predict with.
-    from bert_jax.convert import hf_format, model_dir
-    cfg, _, flat = model_dir.load_flat(reference)
+    from bert_jax.convert import formats, hf_format, model_dir
+    cfg, _, flat = formats.load_flat(reference)
     enc = tmp_path / "encoder"
     enc.mkdir()
     hf_format.write_hf_dir(enc, cfg, {k: v for k, v in flat.items() if k.startswith("bert/")},

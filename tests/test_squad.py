@@ -15,7 +15,7 @@ import pytest
 from conftest import data_path
 
 from bert_jax.data.tokenizer import load_tokenizer
-from bert_jax.finetune import squad
+from bert_jax.finetune import squad, squad_decoding, squad_examples, squad_features
 from bert_jax.finetune import squad_metrics as sm
 from configs.finetune import squad as squad_config
 
@@ -63,10 +63,10 @@ def test_reads_official_v2_json(tmp_path):
     path = tmp_path / "v2.json"
     path.write_text(json.dumps(obj))
     a, b = squad.read_squad_json(path)
-    assert (a.qas_id, a.answers, a.is_impossible, a.title) == ("a", (squad.Answer("Paris", 0),),
-                                                               False, "T")
-    assert b.is_impossible and b.answers == () and b.plausible_answers == (squad.Answer("Paris", 0),)
-    assert squad.gold_answers([a, b]) == {"a": ["Paris"], "b": []}
+    paris = squad_examples.Answer("Paris", 0)
+    assert (a.qas_id, a.answers, a.is_impossible, a.title) == ("a", (paris,), False, "T")
+    assert b.is_impossible and b.answers == () and b.plausible_answers == (paris,)
+    assert squad_examples.gold_answers([a, b]) == {"a": ["Paris"], "b": []}
 
 
 def test_reads_dev_v1(dev):
@@ -225,7 +225,7 @@ def _failure_kind(ex, features, ei, max_answer_length):
     """Why the gold answer could not come back (every failure must have one)."""
     a = ex.answers[0]
     offsets = features.char_offsets[ei]
-    first, last = squad._token_span(offsets, a.start, a.start + len(a.text))
+    first, last = squad_features._token_span(offsets, a.start, a.start + len(a.text))
     if offsets[first, 0] != a.start or offsets[last, 1] != a.start + len(a.text):
         return "answer boundary inside a word piece"
     if last - first + 1 > max_answer_length:
@@ -253,16 +253,17 @@ def test_gold_spans_round_trip_on_dev(dev, dev_features):
             assert ex.context[x.char_start:x.char_end] == x.text
     # Scored the official way, the oracle reaches the same rate (and more with
     # the other gold answers).
-    assert sm.evaluate_v1(squad.gold_answers(dev), preds.predictions)["exact_match"] >= 99.0
+    gold = squad_examples.gold_answers(dev)
+    assert sm.evaluate_v1(gold, preds.predictions)["exact_match"] >= 99.0
 
 
 def test_windows_follow_google_stride():
-    assert squad.doc_windows(10, 4, 3) == [(0, 4), (3, 4), (6, 4)]
-    assert squad.doc_windows(10, 4, 8) == [(0, 4), (4, 4), (8, 2)]  # step <= window
-    assert squad.doc_windows(3, 4, 2) == [(0, 3)]
+    assert squad_features.doc_windows(10, 4, 3) == [(0, 4), (3, 4), (6, 4)]
+    assert squad_features.doc_windows(10, 4, 8) == [(0, 4), (4, 4), (8, 2)]  # step <= window
+    assert squad_features.doc_windows(3, 4, 2) == [(0, 3)]
     # Token 4 sits in windows 1 and 2 with 1 / 2 tokens left and 2 / 1 right:
     # min 1 in both, and the first of equal scores wins.
-    mask = squad.max_context_mask(np.array([0, 3, 6]), np.array([4, 4, 4]), 10)
+    mask = squad_features.max_context_mask(np.array([0, 3, 6]), np.array([4, 4, 4]), 10)
     assert mask.sum(0).tolist() == [1] * 10
     assert mask[:, 4].tolist() == [False, True, False]
 
@@ -272,16 +273,16 @@ def test_windows_follow_google_stride():
 def test_bad_input_is_counted_skipped_in_training_kept_in_eval(tok):
     ctx = "The Eiffel Tower is in Paris."
     examples = [
-        squad.SquadExample("good", "Where is it?", ctx, (squad.Answer("Paris", 23),)),
-        squad.SquadExample("moved", "Where?", ctx, (squad.Answer("Paris", 3),)),
-        squad.SquadExample("outside", "Where?", ctx, (squad.Answer("Paris", 40),)),
-        squad.SquadExample("empty_ctx", "Where?", "   ", (squad.Answer("", 0),)),
-        squad.SquadExample("long_q", "why " * 40, ctx, (squad.Answer("Paris", 23),)),
-        squad.SquadExample("blank_answer", "What?", ctx, (squad.Answer(" ", 3),)),
+        squad.SquadExample("good", "Where is it?", ctx, (squad_examples.Answer("Paris", 23),)),
+        squad.SquadExample("moved", "Where?", ctx, (squad_examples.Answer("Paris", 3),)),
+        squad.SquadExample("outside", "Where?", ctx, (squad_examples.Answer("Paris", 40),)),
+        squad.SquadExample("empty_ctx", "Where?", "   ", (squad_examples.Answer("", 0),)),
+        squad.SquadExample("long_q", "why " * 40, ctx, (squad_examples.Answer("Paris", 23),)),
+        squad.SquadExample("blank_answer", "What?", ctx, (squad_examples.Answer(" ", 3),)),
         squad.SquadExample("no_answer", "What?", ctx, ()),
         squad.SquadExample("accents", "Où est la tour Eiffel?", "La tour est à Paris.",
-                           (squad.Answer("Paris", 14),)),
-        squad.SquadExample("cjk", "东京在哪里?", "东京是日本的首都。", (squad.Answer("日本", 3),)),
+                           (squad_examples.Answer("Paris", 14),)),
+        squad.SquadExample("cjk", "东京在哪里?", "东京是日本的首都。", (squad_examples.Answer("日本", 3),)),
     ]
     train = squad.build_features(examples, tok, 64, 16, 16, training=True)
     assert dict(train.report.counts) == {
@@ -309,7 +310,7 @@ def test_article_split_and_unanswerable_v2_set(dev_path, tmp_path):
     v2 = squad.build_unanswerable_v2(held, fraction=0.5, seed=0)
     assert v2 == squad.build_unanswerable_v2(held, fraction=0.5, seed=0)  # deterministic
     path = tmp_path / "v2.json"
-    squad.write_json(path, v2)
+    squad_decoding.write_json(path, v2)
     examples = squad.read_squad_json(path)
     origin = {qa["id"]: a["title"] for a in held for p in a["paragraphs"] for qa in p["qas"]}
     impossible = [e for e in examples if e.is_impossible]
@@ -324,7 +325,7 @@ def test_article_split_and_unanswerable_v2_set(dev_path, tmp_path):
     train_questions = {qa["question"] for a in train for p in a["paragraphs"] for qa in p["qas"]}
     assert not {e.question for e in impossible} & train_questions
     # Gold answers (and "" for the new questions) score 100 with the v2.0 scorer.
-    gold = squad.gold_answers(examples)
+    gold = squad_examples.gold_answers(examples)
     perfect = {q: (a[0] if a else "") for q, a in gold.items()}
     result = sm.evaluate_v2(gold, perfect)
     assert result["exact"] == 100.0 and result["NoAns_total"] == len(impossible)
@@ -364,7 +365,7 @@ def test_task_batches_and_evaluate_write_official_files(tok, tmp_path, version):
     read = lambda n: json.loads((tmp_path / "dev" / n).read_text())
     assert read("eval_results.json") == pytest.approx(metrics)
     preds = read("predictions.json")
-    gold = squad.gold_answers(task.evals["dev"].examples)
+    gold = squad_examples.gold_answers(task.evals["dev"].examples)
     assert list(preds) == list(gold)
     assert all(set(x) == {"text", "probability", "start_logit", "end_logit"}
                for v in read("nbest_predictions.json").values() for x in v)

@@ -21,7 +21,7 @@ tf = pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from bert_jax import convert  # noqa: E402
+from bert_jax.convert import formats as convert  # noqa: E402
 from bert_jax.convert import tf1_format  # noqa: E402
 from bert_jax.model.config import BertConfig  # noqa: E402
 
@@ -212,7 +212,7 @@ def test_both_readers_give_identical_weights(ours_dir, transformers_model):
     """The parameters our reader produced equal, bit for bit, those transformers'
     TF loader put into BertForPreTraining (compared in HF layout)."""
     from bert_jax.convert import hf_format
-    from bert_jax.convert.model_dir import load_flat
+    from bert_jax.convert.formats import load_flat
     dst, _ = ours_dir
     model = transformers_model
     theirs = {k: v.numpy() for k, v in model.state_dict().items()}
@@ -355,7 +355,7 @@ def test_without_tensorflow_one_line_hint(tf1_dir, tmp_path, monkeypatch):
         tf1_format.write_tf1_dir(tmp_path, TINY, tiny_params())
     # The CLI prints the hint alone, no traceback.
     code = ("import sys; sys.modules['tensorflow'] = None; from absl import app; "
-            "from bert_jax import convert; app.run(convert.main)")
+            "from bert_jax.convert import command; app.run(command.main)")
     r = subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "x"), "--to",
                         "bert_jax"], capture_output=True, text=True,
                        env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from bert_jax.model import sharding
 from bert_jax.model.heads import BertForPreTraining
-from bert_jax.train import pretraining
+from bert_jax.train import pretrain_job
 from bert_jax.train.optim import build_optimizer
 from bert_jax.train.step import global_batch, init_state, jit_train_step, state_spec
 
@@ -51,8 +51,8 @@ def tiny_config(prepared_dir):
 @pytest.fixture(scope="module")
 def setup(tiny_pretraining_data):
     config = tiny_config(tiny_pretraining_data["train"])
-    pipe = pretraining.open_pipeline(config.data, BATCH)
-    cfg = pretraining.bert_config(config, pipe.tokenizer.vocab_size)
+    pipe = pretrain_job.open_pipeline(config.data, BATCH)
+    cfg = pretrain_job.bert_config(config, pipe.tokenizer.vocab_size)
     optimizer, schedule = build_optimizer(config.optim, 10)
 
     def model_fn(key):
@@ -64,7 +64,7 @@ def setup(tiny_pretraining_data):
         init = jax.device_get(init_state(spec, model_fn, optimizer, seed=0))
     batches = [pipe.batch(0), pipe.batch(1)]
     return dict(model_fn=model_fn, optimizer=optimizer, schedule=schedule, init=init,
-                batches=batches, objective=pretraining.pretraining_objective(True, True),
+                batches=batches, objective=pretrain_job.pretraining_objective(True, True),
                 steps={})
 
 

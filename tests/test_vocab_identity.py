@@ -39,7 +39,7 @@ def tiny_model_dir(path, vocab_name: str):
 @pytest.mark.parametrize("vocab_name", sorted(CASED))
 def test_hf_export_tokenizes_like_us(tmp_path, vocab_name):
     transformers = pytest.importorskip("transformers")
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     from bert_jax.convert import model_dir
 
     ours_dir = tiny_model_dir(tmp_path / "ours", vocab_name)

@@ -26,8 +26,7 @@ import types
 import numpy as np
 import pytest
 
-from bert_jax import storage
-from bert_jax.storage import run_dir, workdir_lock
+from bert_jax.storage import paths, run_dir, workdir_lock
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -204,17 +203,17 @@ def fast(lock, beat=0.05, stale=0.5):
 
 
 def test_bucket_heartbeat_is_conditional_a_rewrite_loses_the_lock(gcs):
-    wd = storage.join(gcs.bucket, "lost-lock")
-    obj = storage.join(wd, workdir_lock.LOCK_NAME)
+    wd = paths.join(gcs.bucket, "lost-lock")
+    obj = paths.join(wd, workdir_lock.LOCK_NAME)
     lock = fast(workdir_lock.WorkdirLock(wd))
     lock.acquire()
     try:
-        g0 = storage.generation(obj)
-        wait_until(lambda: storage.generation(obj) != g0)  # the heartbeat lands
-        workdir_lock.check_held(storage.join(wd, "lr1e-5_seed0"))  # still ours: no error
-        storage.write_text(obj, json.dumps({"pid": 1, "host": "elsewhere", "started": "x",
-                                            "heartbeat": time.time()}))
-        theirs = storage.generation(obj)
+        g0 = paths.generation(obj)
+        wait_until(lambda: paths.generation(obj) != g0)  # the heartbeat lands
+        workdir_lock.check_held(paths.join(wd, "lr1e-5_seed0"))  # still ours: no error
+        paths.write_text(obj, json.dumps({"pid": 1, "host": "elsewhere", "started": "x",
+                                          "heartbeat": time.time()}))
+        theirs = paths.generation(obj)
         wait_until(lambda: lock.lost() is not None)
         with pytest.raises(workdir_lock.LockLost) as e:
             workdir_lock.check_held(wd)
@@ -222,22 +221,22 @@ def test_bucket_heartbeat_is_conditional_a_rewrite_loses_the_lock(gcs):
                                 "rewritten or deleted by someone else); stopped so that this "
                                 "run writes nothing more there")
         time.sleep(0.2)  # no more heartbeats over the other writer's object
-        assert storage.generation(obj) == theirs
-        assert json.loads(storage.read_text(obj))["host"] == "elsewhere"
+        assert paths.generation(obj) == theirs
+        assert json.loads(paths.read_text(obj))["host"] == "elsewhere"
     finally:
         lock.release()
-    assert storage.generation(obj) == theirs  # released: not ours to delete
-    storage.remove(obj)
+    assert paths.generation(obj) == theirs  # released: not ours to delete
+    paths.remove(obj)
 
 
 def test_bucket_heartbeat_storage_errors_lose_the_lock(gcs, monkeypatch):
-    wd = storage.join(gcs.bucket, "failing-beat")
+    wd = paths.join(gcs.bucket, "failing-beat")
     lock = fast(workdir_lock.WorkdirLock(wd), beat=0.05, stale=0.4)
     lock.acquire()
 
     def down(path, data, gen):
-        raise storage.StorageError(f"{path}: conditional write failed (ServerDisconnected)")
-    monkeypatch.setattr(storage, "write_if_generation", down)
+        raise paths.StorageError(f"{path}: conditional write failed (ServerDisconnected)")
+    monkeypatch.setattr(paths, "write_if_generation", down)
     try:
         t0 = time.time()
         wait_until(lambda: lock.lost() is not None)
@@ -312,9 +311,9 @@ def run_loop_losing_the_lock(workdir, lose, at_step=5):
                      init_state=lambda: {"step": jnp.int32(0), "params": jnp.float32(0)},
                      rng=None, peak_flops=None)
     # Steps 2 and 4 saved while the lock was held; none after step 5 lost it.
-    ckpts = storage.join(workdir, "checkpoints")
-    assert sorted(int(n) for n in storage.listdir(ckpts) if n.isdigit()) == [2, 4]
-    logged = storage.read_text(storage.join(workdir, "metrics.jsonl")).splitlines()
+    ckpts = paths.join(workdir, "checkpoints")
+    assert sorted(int(n) for n in paths.listdir(ckpts) if n.isdigit()) == [2, 4]
+    logged = paths.read_text(paths.join(workdir, "metrics.jsonl")).splitlines()
     assert [json.loads(x)["step"] for x in logged] == [1, 2, 3, 4, 5]
     return e.value
 
@@ -342,17 +341,17 @@ def test_loop_stops_when_the_bucket_lock_is_lost(gcs, monkeypatch):
     """The same in a bucket: another writer rewrites the lock object; the
     holder's conditional heartbeat fails, and the loop stops with one line."""
     monkeypatch.setattr(workdir_lock.BucketLock, "HEARTBEAT_S", 0.05)
-    workdir = storage.join(gcs.bucket, "loop-lost-lock")
-    obj = storage.join(workdir, workdir_lock.LOCK_NAME)
+    workdir = paths.join(gcs.bucket, "loop-lost-lock")
+    obj = paths.join(workdir, workdir_lock.LOCK_NAME)
 
     def lose(held):
-        storage.write_text(obj, json.dumps({"pid": 1, "host": "elsewhere", "started": "x",
-                                            "heartbeat": time.time()}))
+        paths.write_text(obj, json.dumps({"pid": 1, "host": "elsewhere", "started": "x",
+                                          "heartbeat": time.time()}))
         wait_until(lambda: held.lock.lost() is not None)
 
     e = run_loop_losing_the_lock(workdir, lose)
     assert str(e) == (f"{workdir}: lost the workdir lock (the lock object {obj} was "
                       "rewritten or deleted by someone else); stopped so that this run "
                       "writes nothing more there")
-    assert json.loads(storage.read_text(obj))["host"] == "elsewhere"  # theirs, kept
-    storage.remove(workdir)
+    assert json.loads(paths.read_text(obj))["host"] == "elsewhere"  # theirs, kept
+    paths.remove(workdir)

@@ -18,8 +18,13 @@ Exit codes (README, "Exit codes"):
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+
+from absl import app, flags
+
+from bert_jax.cli.renamed_fields import renamed_error
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -71,7 +76,6 @@ def _describe(e: BaseException) -> str:
 def _config_field_error(argv: list[str]) -> str | None:
     """For the first `--<config flag>.a.b=v` whose path does not exist in the
     loaded config: the flag, the unknown field and the fields there are."""
-    from absl import flags
     for arg in argv[1:]:
         m = re.match(r"--?(\w+)\.([\w.]+)(=|$)", arg)
         if not m or m.group(1) not in flags.FLAGS:
@@ -93,7 +97,6 @@ def _config_field_error(argv: list[str]) -> str | None:
                 node = node[part]
                 continue
             if i == 0 and len(parts) == 1:
-                from bert_jax.train.train_config import renamed_error
                 renamed = renamed_error(part, m.group(1))
                 if renamed:
                     return renamed
@@ -117,7 +120,6 @@ def _is_ours(module: str) -> bool:
 def help_text(flag_values=None) -> str:
     """The command's usage (its __main__ docstring) and its own flags; absl's
     generic flags (logging) only with --helpfull."""
-    from absl import flags
     fv = flag_values if flag_values is not None else flags.FLAGS
     doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
     full = "--helpfull" in sys.argv
@@ -145,7 +147,6 @@ def configs_importable() -> None:
     the command runs from the repository root. Append the checkout (after the
     user's own paths) so commands run from any directory, with any config path,
     including a user's own config file that builds on ours."""
-    import os
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if os.path.isfile(os.path.join(root, "configs", "__init__.py")) and root not in sys.path:
         sys.path.append(root)
@@ -153,7 +154,6 @@ def configs_importable() -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with one-line errors (exit 2)."""
-    from absl import flags
     maybe_help(argv)
     configs_importable()
     try:
@@ -165,7 +165,6 @@ def parse_flags(argv: list[str]) -> list[str]:
                 if type(value).__name__ == "_ErrorConfig":
                     spec = flag.config_filename if hasattr(flag, "config_filename") else ""
                     path = str(spec).split(":", 1)[0]
-                    import os
                     why = "no such file" if path and not os.path.exists(path) else \
                         "the file does not load"
                     error(f"--{name}={spec}: {why}")
@@ -190,7 +189,6 @@ INPUT_ERRORS = (ValueError, OSError, FloatingPointError)
 
 def run(main) -> None:
     """absl's app.run(main) with the exit codes above."""
-    from absl import app
 
     def wrapped(argv):
         try:

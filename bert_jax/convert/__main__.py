@@ -1,10 +1,10 @@
-"""`python -m bert_jax.convert SRC DST` (the usage text is the package's docstring)."""
+"""`python -m bert_jax.convert SRC DST` (the usage text is the command's docstring)."""
 
-import bert_jax.convert
 from bert_jax import cli
+from bert_jax.convert import command
 
-# absl prints the __main__ module's docstring as --help: show the package's full usage.
-__doc__ = bert_jax.convert.__doc__
+# absl prints the __main__ module's docstring as --help: show the command's full usage.
+__doc__ = command.__doc__
 
 if __name__ == "__main__":
-    cli.run(bert_jax.convert.main)
+    cli.run(command.main)

@@ -14,8 +14,11 @@ import pathlib
 import re
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from bert_jax.model.config import BertConfig
+from bert_jax.model.heads import get_head
+from bert_jax.storage import json_input
 
 _LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 
@@ -212,7 +215,6 @@ def is_hf_dir(path: pathlib.Path) -> bool:
 def read_hf_dir(path: pathlib.Path) -> tuple[BertConfig, dict[str, np.ndarray], dict]:
     """config + tensors from a HF BERT directory. pytorch_model.bin is read only
     with `torch.load(weights_only=True)` (no general unpickling)."""
-    from bert_jax.storage import json_input
     raw_cfg = json_input.read(path / "config.json")
     if not isinstance(raw_cfg, dict):
         raise ValueError(f"{path / 'config.json'}: expected a JSON object")
@@ -221,10 +223,10 @@ def read_hf_dir(path: pathlib.Path) -> tuple[BertConfig, dict[str, np.ndarray], 
                          "not bert or modernbert")
     cfg = BertConfig.from_dict(raw_cfg, source=str(path / "config.json"))
     if (path / "model.safetensors").exists():
-        from safetensors.numpy import load_file
         tensors = load_file(str(path / "model.safetensors"))
     else:
         try:
+            # optional: only a pytorch_model.bin needs torch
             import torch
         except ImportError:
             raise SystemExit(f"{path / 'pytorch_model.bin'}: reading .bin needs PyTorch "
@@ -243,7 +245,6 @@ def hf_config_dict(cfg: BertConfig, head: str, label_names: list[str] | None = N
                          f"(vocab_size={cfg.vocab_size}): set it to the tokenizer's [PAD] id")
     d = cfg.to_hf_dict()
     d["architectures"] = [architectures(cfg.architecture)[head]]
-    from bert_jax.model.heads import get_head  # JAX: not needed to read HF files
     h = get_head(head)
     if h.named_labels and label_names:
         d["id2label"] = {str(i): n for i, n in enumerate(label_names)}
@@ -256,7 +257,6 @@ def hf_config_dict(cfg: BertConfig, head: str, label_names: list[str] | None = N
 
 def write_hf_dir(out: pathlib.Path, cfg: BertConfig, flat: dict[str, np.ndarray], head: str,
                  label_names: list[str] | None = None) -> None:
-    from safetensors.numpy import save_file
     tensors = to_hf(flat, cfg.architecture)
     if cfg.modern:
         # The tied decoder.weight is left out, as transformers' save_pretrained does.
@@ -295,7 +295,6 @@ def read_casing(path: pathlib.Path) -> bool | None:
     f = path / "tokenizer_config.json"
     if not f.exists():
         return None
-    from bert_jax.storage import json_input
     obj = json_input.read(f)
     value = obj.get("do_lower_case") if isinstance(obj, dict) else None
     return value if isinstance(value, bool) else None

@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from bert_jax import storage
+from bert_jax.convert import hf_format
+from bert_jax.data.tokenizer import load_tokenizer, vocab_in_dir
 from bert_jax.model.config import BertConfig
 from bert_jax.model.params import nest, unnest
+from bert_jax.storage import json_input, outputs, paths
 
 META_FILE = "bert_jax.json"
 
@@ -33,7 +35,6 @@ def write_meta(path: str | os.PathLike, cfg: BertConfig, head: str, num_labels: 
     readers then infer it from the vocabulary). `written_by`: the command and
     kind of output (storage/outputs.py); by default what `task` implies (a
     pretraining workdir, a fine-tuned model)."""
-    from bert_jax.storage import outputs
     meta = {"format": "bert_jax", "config": cfg.to_google_dict(), "head": head,
             "num_labels": num_labels, "label_names": list(label_names or []),
             "task": task or {}}
@@ -42,12 +43,11 @@ def write_meta(path: str | os.PathLike, cfg: BertConfig, head: str, num_labels: 
         meta[outputs.RECORD_KEY] = rec
     if do_lower_case is not None:
         meta["do_lower_case"] = bool(do_lower_case)
-    storage.write_text(storage.join(path, META_FILE), json.dumps(meta, indent=2))
+    paths.write_text(paths.join(path, META_FILE), json.dumps(meta, indent=2))
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    from bert_jax.storage import json_input
-    f = storage.join(path, META_FILE)
+    f = paths.join(path, META_FILE)
     meta = json_input.read(f)
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise ValueError(f"{f}: not a bert_jax model description (no \"config\" object)")
@@ -55,15 +55,17 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def save_params(path: str | os.PathLike, flat: dict[str, np.ndarray]) -> None:
+    # orbax (~0.4 s to import): only reading or writing parameters needs it
     import orbax.checkpoint as ocp
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(storage.orbax_path(path), nest(flat))
+        ckptr.save(paths.orbax_path(path), nest(flat))
         ckptr.wait_until_finished()
 
 
 def load_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    # orbax (~0.4 s to import): only reading or writing parameters needs it
     import orbax.checkpoint as ocp
-    path = storage.orbax_path(path)
+    path = paths.orbax_path(path)
     with ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(path)
         tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
@@ -75,15 +77,15 @@ def load_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def copy_vocab(src: str | os.PathLike | None, dst_dir: str | os.PathLike) -> None:
     if src is None:
         return
-    if storage.isdir(src):
+    if paths.isdir(src):
         src = vocab_path(src)
         if src is None:
             return
-    if storage.exists(src):
-        base = storage.name(src)
+    if paths.exists(src):
+        base = paths.name(src)
         if base == "tokenizer.json":  # travels with its config files (tokenizer_files)
             return
-        storage.copy_file(src, storage.join(dst_dir, base if base.endswith(".model")
+        paths.copy_file(src, paths.join(dst_dir, base if base.endswith(".model")
                                             else "vocab.txt"))
 
 
@@ -95,18 +97,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def tokenizer_files(path: str | os.PathLike) -> list:
     """The TOKENIZER_FILES a dir holds, when its vocabulary is a tokenizer.json
     (no vocab.txt or *.model; else [])."""
-    if not storage.isdir(path):
+    if not paths.isdir(path):
         return []
-    names = storage.listdir(path)
+    names = paths.listdir(path)
     if "tokenizer.json" not in names or "vocab.txt" in names or any(
             n.endswith(".model") for n in names):
         return []
-    return [storage.join(path, n) for n in TOKENIZER_FILES if n in names]
+    return [paths.join(path, n) for n in TOKENIZER_FILES if n in names]
 
 
 def copy_tokenizer_files(files, dst_dir: str | os.PathLike) -> None:
     for f in files or ():
-        storage.copy_file(f, storage.join(dst_dir, storage.name(f)))
+        paths.copy_file(f, paths.join(dst_dir, paths.name(f)))
 
 
 def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.ndarray],
@@ -121,7 +123,6 @@ def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.n
     with bert_jax.json last (`outputs.upload_dir`): a dir is a model dir only
     once that marker exists, and only the old objects are deleted.
     The caller has checked the destination (`outputs.check_destination`)."""
-    from bert_jax.storage import outputs
 
     def write(tmp):
         save_params(tmp / "params", flat)
@@ -134,44 +135,46 @@ def save_model_dir(out: str | os.PathLike, cfg: BertConfig, flat: dict[str, np.n
 def recorded_casing(checkpoint) -> bool | None:
     """do_lower_case as a checkpoint dir records it (bert_jax.json, or a HF /
     TF1 dir's tokenizer_config.json); None when it records none."""
-    path = checkpoint if storage.is_url(checkpoint) else pathlib.Path(checkpoint)
+    path = checkpoint if paths.is_url(checkpoint) else pathlib.Path(checkpoint)
     if is_model_dir(path):
         return read_meta(path).get("do_lower_case")
-    from bert_jax.convert import hf_format
-    return hf_format.read_casing(storage.local_copy(path))
+    return hf_format.read_casing(paths.local_copy(path))
 
 
 def tokenizer_of(checkpoint, meta: dict | None = None, vocab=None):
     """The tokenizer a checkpoint was trained with: its vocabulary (or `vocab`)
     with the casing its metadata records (inferred from the vocabulary when it
     records none)."""
-    from bert_jax.data.tokenizer import load_tokenizer
     vocab = vocab or (meta or {}).get("vocab") or vocab_path(checkpoint)
     if vocab is None:
         raise FileNotFoundError(f"{checkpoint}: no vocab.txt or *.model inside")
     return load_tokenizer(vocab, lowercase=(meta or {}).get("do_lower_case"))
 
 
+def checked_tokenizer(checkpoint, vocab=None, allow_vocab_mismatch: bool = False):
+    """The checkpoint's own tokenizer; `vocab` only where it has none, or where
+    it is the same vocabulary, or when a mismatch is explicitly allowed (other
+    token ids would give silently wrong vectors)."""
+    own = vocab_path(checkpoint)
+    lowercase = recorded_casing(checkpoint)
+    if vocab is None:
+        if own is None:
+            raise FileNotFoundError(f"{checkpoint}: no vocab.txt inside; pass --vocab")
+        return load_tokenizer(own, lowercase=lowercase)
+    tok = load_tokenizer(vocab, lowercase=lowercase)
+    if own is not None and not allow_vocab_mismatch:
+        theirs = load_tokenizer(own)
+        if theirs.fingerprint != tok.fingerprint:
+            raise ValueError(f"--vocab={vocab}: not the vocabulary the checkpoint was trained "
+                             f"with ({own}, fingerprint {theirs.fingerprint} vs "
+                             f"{tok.fingerprint}); drop --vocab, or pass "
+                             "--allow_vocab_mismatch to use it anyway")
+    return tok
+
+
 def vocab_path(model_dir: str | os.PathLike) -> pathlib.Path | str | None:
-    from bert_jax.data.tokenizer import vocab_in_dir
     return vocab_in_dir(model_dir)
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
-    return storage.exists(storage.join(path, META_FILE))
-
-
-def load_flat(path: str | os.PathLike) -> tuple[BertConfig, dict[str, Any], dict[str, np.ndarray]]:
-    """(config, meta, canonical params) from a model dir or a training workdir."""
-    if not storage.is_url(path):
-        path = pathlib.Path(path)
-    if not is_model_dir(path):
-        raise FileNotFoundError(f"{path}: not a bert_jax model dir (no {META_FILE})")
-    meta = read_meta(path)
-    cfg = BertConfig.from_dict(meta["config"], source=storage.join(path, META_FILE))
-    from bert_jax.convert import bounds
-    bounds.check_fields(cfg, storage.join(path, META_FILE))
-    if storage.exists(storage.join(path, "params")):
-        return cfg, meta, load_params(storage.join(path, "params"))
-    from bert_jax.train import checkpointing
-    return cfg, meta, checkpointing.load_latest_params(path)
+    return paths.exists(paths.join(path, META_FILE))

@@ -24,8 +24,12 @@ import pathlib
 import re
 
 import numpy as np
+from flax import nnx
 
+from bert_jax.cli import optional
+from bert_jax.convert import bounds
 from bert_jax.model.config import BertConfig
+from bert_jax.model.heads import build_model
 
 CKPT_NAME = "bert_model.ckpt"
 CONFIG_NAME = "bert_config.json"
@@ -71,8 +75,8 @@ _OPTIMIZER = re.compile(r"(^|/)(adam_m|adam_v|global_step)$")
 def _tf():
     """TensorFlow, or a one-line exit saying how to get it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from bert_jax.cli import optional
     optional.require("tensorflow", "reading or writing a TF1 checkpoint")
+    # optional (the `tf` extra): only TFDS / TF1 paths need TensorFlow
     import tensorflow as tf
     return tf
 
@@ -144,9 +148,7 @@ def source_head(flat: dict[str, np.ndarray]) -> str:
 
 def model_shapes(cfg: BertConfig, head: str, num_labels: int) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape of the model for `head`, without allocating it."""
-    from flax import nnx
 
-    from bert_jax.model.heads import build_model
     model = nnx.eval_shape(lambda: build_model(cfg.replace(scan_layers=False), head, num_labels))
     return {"/".join(str(p) for p in path): tuple(var.value.shape)
             for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
@@ -177,7 +179,6 @@ def read_tf1_dir(path: str | os.PathLike) -> tuple[BertConfig, dict[str, np.ndar
     naming the checkpoint and the variable."""
     path = pathlib.Path(path)
     cfg = BertConfig.from_json_file(path / CONFIG_NAME)
-    from bert_jax.convert import bounds
     bounds.check_fields(cfg, path / CONFIG_NAME)
     prefix = checkpoint_prefix(path)
     tf = _tf()

@@ -45,7 +45,10 @@ import sysconfig
 import zlib
 from collections.abc import Callable, Iterator
 
-from bert_jax import storage
+import pysbd
+import sentencex
+
+from bert_jax.storage import paths
 
 # Big BERT-format files are cut into units of about this size so that worker
 # processes share one file.
@@ -144,13 +147,13 @@ def resolve(spec: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Unit]:
 
 
 def _expand_paths(pattern: str) -> list[str]:
-    if storage.is_url(pattern):  # a file or a directory, read through the local cache
+    if paths.is_url(pattern):  # a file or a directory, read through the local cache
         if any(c in pattern for c in "*?["):
             raise CorpusError(f"corpus {pattern}: globs are for local paths; name a gs:// "
                               "file or directory")
-        if not storage.exists(pattern):
+        if not paths.exists(pattern):
             raise CorpusError(f"corpus {pattern}: no such file or directory")
-        pattern = str(storage.local_copy(pattern))
+        pattern = str(paths.local_copy(pattern))
     p = pathlib.Path(pattern).expanduser()
     if p.is_dir():
         return sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
@@ -350,11 +353,9 @@ def make_segmenter(name: str = "sentencex", language: str = "en") -> Callable[[s
     comparison; blingfire (~7 MB/s) splits after 'Mr.' / 'Dr.' and is unmaintained.
     """
     if name == "sentencex":
-        import sentencex
 
         seg = functools.partial(sentencex.segment, language)
     elif name == "pysbd":
-        import pysbd
 
         seg = pysbd.Segmenter(language=language, clean=False).segment
     else:
@@ -373,6 +374,7 @@ def _parse_tfds(rest: str) -> tuple[str, str]:
 
 
 def _tfds_source(name: str, split: str):
+    # optional (the `tf` extra): only TFDS / TF1 paths need TensorFlow
     import tensorflow_datasets as tfds
 
     try:

@@ -26,15 +26,15 @@ import math
 
 import numpy as np
 
-from bert_jax.data import pretraining
+from bert_jax.data import instances
 
 _PACK_SALT = 0x5041434B  # "PACK"
 
 
-def instance_lengths(corpus, plan: pretraining.Plan, cfg: pretraining.PairingConfig) -> np.ndarray:
+def instance_lengths(corpus, plan: instances.Plan, cfg: instances.PairingConfig) -> np.ndarray:
     """Token count of every plan row after truncation ([CLS] and [SEP]s included),
-    the `length` that `pretraining.materialize` will give it."""
-    *_, na, nb = pretraining.segment_spans(corpus, plan, slice(None), cfg)
+    the `length` that `instances.materialize` will give it."""
+    *_, na, nb = instances.segment_spans(corpus, plan, slice(None), cfg)
     return (2 + na + nb + (nb > 0)).astype(np.int64)
 
 

@@ -8,7 +8,7 @@
     pipe.check_state(state)                # clear error if data / vocab / stream differ
 
 The global example stream is epoch 0's shuffled plan, then epoch 1's, ...
-(each plan seeded by (seed, epoch), see `pretraining.build_plan`), and step s
+(each plan seeded by (seed, epoch), see `instances.build_plan`), and step s
 covers global examples [s * G, (s + 1) * G); process p materializes rows
 [p * G / n, (p + 1) * G / n) of it. Truncation and masking draws are keyed by
 (seed, global example index), so a batch is a pure function of (seed, step,
@@ -33,10 +33,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 
+import ml_collections
 import numpy as np
 
-from bert_jax.data import masking, packing, pretraining
-from bert_jax.data.prepared import PreparedCorpus, check_vocab, open_prepared
+from bert_jax.data import instances, masking, packing
+from bert_jax.data.token_cache import PreparedCorpus, check_vocab, open_prepared
 from bert_jax.data.tokenizer import load_tokenizer
 
 _STREAM_FIELDS = ("seed", "max_seq_length", "max_predictions_per_seq", "masked_lm_prob",
@@ -45,7 +46,6 @@ _STREAM_FIELDS = ("seed", "max_seq_length", "max_predictions_per_seq", "masked_l
 
 def default_data_config():
     """The `data` sub-config of a pretraining config (ml_collections.ConfigDict)."""
-    import ml_collections
 
     c = ml_collections.ConfigDict()
     c.prepared_dir = ""       # output of `python -m bert_jax.data.prepare`
@@ -161,10 +161,10 @@ class PretrainingPipeline:
         self.global_batch_size = global_batch_size
         self.process_index, self.process_count = process_index, process_count
         self.local_batch_size = global_batch_size // process_count
-        self.pairing = pretraining.PairingConfig(cfg.max_seq_length, cfg.short_seq_prob, cfg.nsp)
+        self.pairing = instances.PairingConfig(cfg.max_seq_length, cfg.short_seq_prob, cfg.nsp)
         self.pool = masking.random_token_pool(tokenizer)
         self._epoch_ends = [0]  # cumulative instance counts: epoch e = [ends[e], ends[e+1])
-        self._plans: OrderedDict[int, pretraining.Plan] = OrderedDict()
+        self._plans: OrderedDict[int, instances.Plan] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -181,13 +181,13 @@ class PretrainingPipeline:
 
     # ------------------------------------------------------------------ epochs
 
-    def _plan(self, epoch: int) -> pretraining.Plan:
+    def _plan(self, epoch: int) -> instances.Plan:
         with self._lock:
             if epoch in self._plans:
                 self._plans.move_to_end(epoch)
                 return self._plans[epoch]
-        plan = pretraining.build_plan(self.corpus.sentence_length, self.corpus.document_offsets,
-                                      self.pairing, self.cfg.seed, epoch)
+        plan = instances.build_plan(self.corpus.sentence_length, self.corpus.document_offsets,
+                                    self.pairing, self.cfg.seed, epoch)
         if not len(plan):
             raise ValueError(f"{self.corpus.path}: epoch {epoch} has no instances")
         with self._lock:
@@ -232,7 +232,7 @@ class PretrainingPipeline:
 
     # ------------------------------------------------------------------ batches
 
-    def sequences(self, g: np.ndarray) -> pretraining.Sequences:
+    def sequences(self, g: np.ndarray) -> instances.Sequences:
         """Unmasked instances for global indices g (any order, any epochs)."""
         g = np.asarray(g, np.int64)
         for x in (g.min(), g.max()):
@@ -242,7 +242,7 @@ class PretrainingPipeline:
         parts, index = [], []
         for e in np.unique(epochs):
             sel = np.nonzero(epochs == e)[0]
-            parts.append(pretraining.materialize(
+            parts.append(instances.materialize(
                 self.corpus, self._plan(int(e)), g[sel] - ends[e], g[sel], self.pairing,
                 self.cfg.seed, self.tokenizer.cls_id, self.tokenizer.sep_id,
                 self.tokenizer.pad_id))
@@ -250,8 +250,8 @@ class PretrainingPipeline:
         if len(parts) == 1:
             return parts[0]
         inv = np.argsort(np.concatenate(index))
-        return pretraining.Sequences(*(np.concatenate([getattr(p, f.name) for p in parts])[inv]
-                                       for f in dataclasses.fields(pretraining.Sequences)))
+        return instances.Sequences(*(np.concatenate([getattr(p, f.name) for p in parts])[inv]
+                                     for f in dataclasses.fields(instances.Sequences)))
 
     def examples(self, g: np.ndarray) -> dict[str, np.ndarray]:
         """Masked training examples for global instance indices g."""

@@ -1,4 +1,4 @@
-"""Tokenize a corpus once into the prepared cache (see `prepared.py` for the layout).
+"""Tokenize a corpus once into the prepared cache (see `token_cache.py` for the layout).
 
     python -m bert_jax.data.prepare --corpus=../shared/data/corpus/eltec-eng \\
         --vocab=../shared/data/vocab/bert-base-uncased/vocab.txt --out=/tmp/eltec --num_workers=2
@@ -33,11 +33,12 @@ import sys
 import time
 
 import numpy as np
+from absl import flags
+from tqdm import tqdm
 
-from bert_jax import storage
-from bert_jax.data import corpora, prepared
+from bert_jax.data import corpora, token_cache
 from bert_jax.data.tokenizer import load_tokenizer
-from bert_jax.storage import json_input, outputs
+from bert_jax.storage import json_input, outputs, paths
 
 _ENCODE_BATCH = 4096  # sentences per tokenizer call
 _MAX_WARNINGS = 5
@@ -64,7 +65,7 @@ def _tokenizer(vocab: str):
 
 
 def _shard_header(unit: corpora.Unit, fingerprint: str, opts: PrepareOptions) -> dict:
-    return {"format_version": prepared.FORMAT_VERSION, "unit": unit.describe(),
+    return {"format_version": token_cache.FORMAT_VERSION, "unit": unit.describe(),
             "vocab_fingerprint": fingerprint, "options": dataclasses.asdict(opts)}
 
 
@@ -122,7 +123,7 @@ class _ShardBuilder:
                                  f"of <= {limit} tokens (policy: split)")
 
     def arrays(self) -> dict[str, np.ndarray]:
-        dtype = prepared.token_dtype(self.tok.vocab_size)
+        dtype = token_cache.token_dtype(self.tok.vocab_size)
         zero = np.zeros(1, np.int64)
         cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)
         return {
@@ -137,10 +138,10 @@ def build_shard(index: int, unit: corpora.Unit, vocab: str, out_dir: str,
                 opts: PrepareOptions) -> dict:
     """Tokenize one unit into out_dir/shard-NNNNN (or reuse a finished one); returns its meta."""
     out = pathlib.Path(out_dir)
-    final = out / prepared.shard_name(index)
+    final = out / token_cache.shard_name(index)
     tok = _tokenizer(vocab)
     header = _shard_header(unit, tok.fingerprint, opts)
-    meta_path = final / prepared.SHARD_META
+    meta_path = final / token_cache.SHARD_META
     if meta_path.exists():
         meta = json_input.read(meta_path)
         if {k: meta.get(k) for k in header} == header:
@@ -164,14 +165,14 @@ def build_shard(index: int, unit: corpora.Unit, vocab: str, out_dir: str,
     stats_d.update(builder.counts)
     meta = dict(header, name=final.name, documents=len(arrays["document_offsets"]) - 1,
                 sentences=len(arrays["sentence_offsets"]) - 1, tokens=len(arrays["tokens"]),
-                sha=prepared.array_sha(arrays), stats=stats_d, warnings=builder.warnings,
+                sha=token_cache.array_sha(arrays), stats=stats_d, warnings=builder.warnings,
                 seconds=round(time.perf_counter() - t0, 3))
     tmp = out / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for name, a in arrays.items():
         np.save(tmp / f"{name}.npy", a)
-    (tmp / prepared.SHARD_META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    (tmp / token_cache.SHARD_META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     if final.exists():  # a stale shard from other options or vocab
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -200,10 +201,10 @@ def _vocab_copy_name(tok) -> str:
 
 def _prepared_entry(name: str) -> bool:
     """A name `prepare_corpus` writes into its output directory."""
-    return (name in (prepared.MANIFEST, "vocab.txt", "tokenizer.json")
+    return (name in (token_cache.MANIFEST, "vocab.txt", "tokenizer.json")
             or name.endswith((".model", ".vocab"))
             or name.startswith(("shard-", ".shard-", ".vocab.txt.tmp-", ".tokenizer.json.tmp-",
-                                f".{prepared.MANIFEST}.")))
+                                f".{token_cache.MANIFEST}.")))
 
 
 def _clean_stale(out: pathlib.Path, n_units: int) -> None:
@@ -216,8 +217,6 @@ def _clean_stale(out: pathlib.Path, n_units: int) -> None:
 
 
 def _run_workers(jobs: list[tuple], num_workers: int, progress: bool) -> list[dict]:
-    from tqdm import tqdm
-
     metas: dict[int, dict] = {}
     total_bytes = shown = 0
     t0 = time.perf_counter()
@@ -276,7 +275,7 @@ def prepare_corpus(corpus: str, vocab: str | os.PathLike, out_dir: str | os.Path
     Returns:
       The manifest dict (also in out_dir/manifest.json).
     """
-    if storage.is_url(out_dir):
+    if paths.is_url(out_dir):
         return _prepare_to_url(os.fspath(out_dir), corpus, vocab, num_workers=num_workers,
                                segmenter=segmenter, encoding_errors=encoding_errors,
                                max_sentence_tokens=max_sentence_tokens,
@@ -312,8 +311,8 @@ def prepare_corpus(corpus: str, vocab: str | os.PathLike, out_dir: str | os.Path
 
 def _prepare(out: pathlib.Path, corpus: str, tok, units, opts, num_workers: int,
              progress: bool) -> dict:
-    mpath = out / prepared.MANIFEST
-    header = {"format_version": prepared.FORMAT_VERSION, "vocab_fingerprint": tok.fingerprint,
+    mpath = out / token_cache.MANIFEST
+    header = {"format_version": token_cache.FORMAT_VERSION, "vocab_fingerprint": tok.fingerprint,
               "units": [u.describe() for u in units], "options": dataclasses.asdict(opts)}
     if mpath.exists():
         try:
@@ -337,7 +336,7 @@ def _prepare(out: pathlib.Path, corpus: str, tok, units, opts, num_workers: int,
         # from its cause: say it here, naming what was skipped.
         raise EmptyCorpusError(f"--corpus={corpus}: yields no documents; {summary(manifest)}")
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
-    prepared.write_json_atomic(mpath, manifest)
+    token_cache.write_json_atomic(mpath, manifest)
     return manifest
 
 
@@ -350,11 +349,11 @@ def _prepare_to_url(url: str, corpus: str, vocab, overwrite: bool = False, **kwa
                               is_own=outputs.only_entries(_prepared_entry),
                               what="--out directory", record=RECORD, resume=True)
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    local = storage.cache_root() / "prepare" / digest
+    local = paths.cache_root() / "prepare" / digest
     # The staging dir is our own cache: whatever a crashed run left there may go.
     manifest = prepare_corpus(corpus, vocab, local, overwrite=True, **kwargs)
-    mpath = storage.join(url, prepared.MANIFEST)
-    if storage.exists(mpath) and json_input.read(mpath).get(
+    mpath = paths.join(url, token_cache.MANIFEST)
+    if paths.exists(mpath) and json_input.read(mpath).get(
             "data_fingerprint") == manifest["data_fingerprint"]:
         return manifest
     # The old manifest goes first (a reader never sees it over new shards),
@@ -370,7 +369,7 @@ def _manifest(header: dict, corpus: str, tok, vocab_name: str, metas: list[dict]
             stats[k] = stats.get(k, 0) + v
     shards = [{k: m[k] for k in ("name", "unit", "documents", "sentences", "tokens", "sha")}
               for m in metas]
-    h = hashlib.sha256(f"{prepared.FORMAT_VERSION}:{tok.fingerprint}".encode())
+    h = hashlib.sha256(f"{token_cache.FORMAT_VERSION}:{tok.fingerprint}".encode())
     for s in shards:
         h.update(s["sha"].encode())
     totals = {k: sum(s[k] for s in shards) for k in ("documents", "sentences", "tokens")}
@@ -394,8 +393,6 @@ def summary(manifest: dict) -> str:
 
 
 def main(argv) -> None:
-    from absl import flags
-
     del argv
     f = flags.FLAGS
     try:

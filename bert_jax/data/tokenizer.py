@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import pathlib
 from collections.abc import Sequence
 
-from bert_jax import storage
+import sentencepiece as spm
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+from bert_jax.storage import paths
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -64,8 +69,6 @@ class WordPieceTokenizer:
 
     def __init__(self, vocab_file: str | os.PathLike, lowercase: bool | None = None,
                  strip_accents: bool | None = None, max_input_chars_per_word: int = 100):
-        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-
         self.vocab_file = str(vocab_file)
         with open(vocab_file, encoding="utf-8") as f:
             tokens = [line.rstrip("\n") for line in f]
@@ -83,8 +86,8 @@ class WordPieceTokenizer:
         self.lowercase = (not _vocab_is_cased(tokens)) if lowercase is None else lowercase
         self._tokens = tokens
         self._vocab = vocab
-        tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]",
-                                         max_input_chars_per_word=max_input_chars_per_word))
+        tok = HFTokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]",
+                                           max_input_chars_per_word=max_input_chars_per_word))
         tok.normalizer = normalizers.BertNormalizer(
             clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents,
             lowercase=self.lowercase)
@@ -118,8 +121,6 @@ class SentencePieceTokenizer:
     kind = "sentencepiece"
 
     def __init__(self, model_file: str | os.PathLike):
-        import sentencepiece as spm
-
         self.vocab_file = str(model_file)
         self._sp = spm.SentencePieceProcessor(model_file=str(model_file))
         n = self._sp.get_piece_size()
@@ -177,10 +178,6 @@ class HFTokenizerJSON:
     kind = "bpe"
 
     def __init__(self, tokenizer_file: str | os.PathLike, config_dir=None):
-        import json
-
-        from tokenizers import Tokenizer as HFTokenizer
-
         self.vocab_file = str(tokenizer_file)
         try:
             self._tok = HFTokenizer.from_file(str(tokenizer_file))
@@ -189,11 +186,11 @@ class HFTokenizerJSON:
         names = {t: t for t in SPECIAL_TOKENS}
         d = pathlib.Path(tokenizer_file).parent if config_dir is None else config_dir
         for f in ("special_tokens_map.json", "tokenizer_config.json"):
-            f = storage.join(d, f) if storage.is_url(d) else pathlib.Path(d) / f
-            if not storage.exists(f):
+            f = paths.join(d, f) if paths.is_url(d) else pathlib.Path(d) / f
+            if not paths.exists(f):
                 continue
             try:
-                cfg = json.loads(storage.read_text(f))
+                cfg = json.loads(paths.read_text(f))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{f}: invalid JSON at line {e.lineno}: {e.msg}") from None
             for special in SPECIAL_TOKENS:
@@ -418,7 +415,6 @@ def hf_special_token_files(tokenizer: Tokenizer) -> dict[str, str]:
     special_tokens_map.json that tell transformers which tokens of a bare
     tokenizer.json are [CLS], [SEP], [PAD], [MASK] and [UNK] (AutoTokenizer
     cannot pad or mask without them)."""
-    import json
     names = {f"{s.strip('[]').lower()}_token": tokenizer.id_to_token(tokenizer.token_to_id(s))
              for s in SPECIAL_TOKENS}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **names}
@@ -429,30 +425,30 @@ def hf_special_token_files(tokenizer: Tokenizer) -> dict[str, str]:
 def vocab_in_dir(d: str | os.PathLike) -> str | pathlib.Path | None:
     """The vocabulary file of a directory (local or URL): `vocab.txt`, else the
     first `*.model`, else a HF `tokenizer.json`; None if it has none."""
-    names = storage.listdir(d)
+    names = paths.listdir(d)
     pick = "vocab.txt" if "vocab.txt" in names else next(
         (n for n in names if n.endswith(".model")),
         "tokenizer.json" if "tokenizer.json" in names else None)
     if pick is None:
         return None
-    return storage.join(d, pick) if storage.is_url(d) else pathlib.Path(d) / pick
+    return paths.join(d, pick) if paths.is_url(d) else pathlib.Path(d) / pick
 
 
 def load_tokenizer(path: str | os.PathLike, lowercase: bool | None = None) -> Tokenizer:
     """A BERT `vocab.txt` (WordPiece), a SentencePiece `.model` file or a HF
     `tokenizer.json`; a directory is searched for `vocab.txt`, then `*.model`,
     then `tokenizer.json`. A URL is read through the local cache
-    (bert_jax.storage.local_copy)."""
-    if storage.isdir(path):
+    (bert_jax.storage.paths.local_copy)."""
+    if paths.isdir(path):
         found = vocab_in_dir(path)
         if found is None:
             raise FileNotFoundError(f"{path}: no vocab.txt or SentencePiece *.model inside")
         path = found
-    if not storage.exists(path):
+    if not paths.exists(path):
         raise FileNotFoundError(f"{path}: vocabulary file not found")
-    p = storage.local_copy(path)
+    p = paths.local_copy(path)
     if p.suffix == ".model":
         return Tokenizer(SentencePieceTokenizer(p))
     if p.name == "tokenizer.json":  # its special-token files are read where it lies
-        return Tokenizer(HFTokenizerJSON(p, config_dir=storage.parent(path)))
+        return Tokenizer(HFTokenizerJSON(p, config_dir=paths.parent(path)))
     return Tokenizer(WordPieceTokenizer(p, lowercase=lowercase))

@@ -20,8 +20,21 @@ import os
 import pathlib
 from collections.abc import Iterator
 
+import sentencepiece as spm
+from absl import flags
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+
 from bert_jax.data import corpora
 from bert_jax.data.tokenizer import load_tokenizer
+from bert_jax.storage import outputs
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -72,8 +85,6 @@ def _check_size(vocab_size: int, num_unused: int) -> None:
 
 
 def _train_wordpiece(corpus, vocab_size, out, lowercase, num_unused, min_frequency, segmenter):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-
     specials = ["[PAD]"] + [f"[unused{i}]" for i in range(num_unused)] + list(BERT_SPECIALS[1:])
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
@@ -94,8 +105,6 @@ def _train_wordpiece(corpus, vocab_size, out, lowercase, num_unused, min_frequen
 
 
 def _train_bpe(corpus, vocab_size, out, min_frequency, segmenter):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -117,8 +126,6 @@ def _train_bpe(corpus, vocab_size, out, min_frequency, segmenter):
 
 
 def _train_sentencepiece(corpus, vocab_size, out, num_unused, segmenter):
-    import sentencepiece as spm
-
     prefix = out.with_suffix("") if out.suffix == ".model" else out
     prefix.parent.mkdir(parents=True, exist_ok=True)
     tmp = prefix.with_name(f".{prefix.name}.tmp-{os.getpid()}")
@@ -136,10 +143,6 @@ def _train_sentencepiece(corpus, vocab_size, out, num_unused, segmenter):
 
 
 def main(argv) -> None:
-    from absl import flags
-
-    from bert_jax.storage import outputs
-
     del argv
     f = flags.FLAGS
     _check_size(f.vocab_size, f.num_unused)  # values first, then where they go

@@ -13,9 +13,10 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import cli, storage
+from bert_jax import cli
 from bert_jax.finetune import checks
-from bert_jax.storage import outputs, run_dir
+from bert_jax.storage import outputs, paths, run_dir
+from bert_jax.train import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Fine-tuning config file.", lock_config=True)
@@ -36,6 +37,7 @@ def main(argv):
                               is_own=checks.is_finetune_workdir, resume=True,
                               record=outputs.record("finetune", "fine-tuning workdir"),
                               sources=[FLAGS.config.get("init_checkpoint") or None])
+    # JAX: its config and workdir checks run first, before JAX loads
     from bert_jax.train import distributed
     distributed.initialize()
     with run_dir.claim(workdir, has_progress=_has_progress):
@@ -45,11 +47,10 @@ def main(argv):
 
 def _has_progress(workdir) -> bool:
     """A checkpoint or a logged step in the run, or in one run of a sweep."""
-    from bert_jax.train import loop
     if loop.has_progress(workdir):
         return True
     try:
-        return any(loop.has_progress(storage.join(workdir, e)) for e in storage.listdir(workdir)
+        return any(loop.has_progress(paths.join(workdir, e)) for e in paths.listdir(workdir)
                    if e.startswith("lr") and "_seed" in e)
     except OSError:
         return True  # cannot tell: keep it
@@ -57,8 +58,10 @@ def _has_progress(workdir) -> bool:
 
 def _run() -> dict:
     """The run's summary; 'preempted_at' in it when a signal stopped it (exit 75)."""
+    # JAX: its config and workdir checks run first, before JAX loads
     import jax
 
+    # JAX: its config and workdir checks run first, before JAX loads
     from bert_jax.finetune import sweep, trainer
     if not FLAGS.sweep:
         return trainer.finetune(FLAGS.config, FLAGS.workdir)
@@ -66,8 +69,8 @@ def _run() -> dict:
     if "preempted_at" in result:
         return result
     if jax.process_index() == 0:  # the others saw no metrics (trainer returns {})
-        storage.write_text(storage.join(FLAGS.workdir, "sweep_results.json"),
-                           json.dumps(result, indent=2, default=float))
+        paths.write_text(paths.join(FLAGS.workdir, "sweep_results.json"),
+                         json.dumps(result, indent=2, default=float))
         print(sweep.format_table(result))
     return result
 

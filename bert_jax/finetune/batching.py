@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from bert_jax.data.packing import best_fit_decreasing
 from bert_jax.finetune.task import Batch
 
 # Pad value per feature; anything not listed pads with 0. -100 is the "no loss"
@@ -135,7 +136,6 @@ def plan_packed_rows(lengths: Sequence[int], capacity: int, max_per_row: int, se
     decreasing into `capacity` tokens), in a random order. Which examples share
     a row changes with (seed, epoch) among examples of equal length; the row
     count depends only on the lengths, so it is the same every epoch."""
-    from bert_jax.data.packing import best_fit_decreasing
     lengths = np.asarray(lengths, np.int64)
     rng = np.random.default_rng([seed, epoch])
     perm = rng.permutation(lengths.size)
@@ -210,7 +210,6 @@ def iterate_packed_batches(examples: Sequence[Mapping[str, object]], batch_size:
 
 
 def num_packed_rows(lengths: Sequence[int], capacity: int, max_per_row: int) -> int:
-    from bert_jax.data.packing import best_fit_decreasing
     return len(best_fit_decreasing(np.asarray(lengths, np.int64), capacity, max_per_row))
 
 

@@ -13,6 +13,9 @@ summary.json.
 from __future__ import annotations
 
 from bert_jax.cli import optional
+from bert_jax.finetune import task as tasks
+from bert_jax.storage import paths, workdir_lock
+from bert_jax.train import train_config
 
 # Fine-tuning workdir entries (workdir itself and a sweep's lr*_seed*/ runs).
 WORKDIR_ENTRIES = ("metrics.jsonl", "metrics.jsonl.tmp", "tb", "eval", "model", "best",
@@ -22,12 +25,10 @@ WORKDIR_ENTRIES = ("metrics.jsonl", "metrics.jsonl.tmp", "tb", "eval", "model", 
 
 
 def is_finetune_workdir(path) -> bool:
-    from bert_jax import storage
-    from bert_jax.storage import workdir_lock
-    for e in storage.listdir(path):
+    for e in paths.listdir(path):
         if e in WORKDIR_ENTRIES or e == workdir_lock.LOCK_NAME:
             continue
-        if e.startswith("lr") and "_seed" in e and storage.isdir(storage.join(path, e)):
+        if e.startswith("lr") and "_seed" in e and paths.isdir(paths.join(path, e)):
             continue  # a sweep run
         if e.startswith((".model.", ".best.", ".summary.json")):
             continue  # temp siblings of an interrupted write
@@ -50,14 +51,12 @@ def check_files(config) -> None:
     its own splits; SQuAD's article_split trains on dev_file's articles) is
     one line naming the field. (GLUE's data_dir and init_checkpoint are
     checked where they are opened, before any compile, too.)"""
-    from bert_jax import storage
-    from bert_jax.finetune import task
     tfds = _tfds_on(config)
     if config.get("tfds_data_dir") and not tfds:
         raise ValueError(f"config.tfds_data_dir={config.tfds_data_dir!r} is read only with "
                          "config.tfds=True; set config.tfds=True or unset it")
     unread = {"test_file": "with config.tfds (TFDS brings its own splits)"} if tfds else {}
-    unread.update(task.get(config.get("task")).unread_files(config, tfds))
+    unread.update(tasks.get(config.get("task")).unread_files(config, tfds))
     for field in ("train_file", "dev_file", "test_file"):
         value = config.get(field)
         if not value:
@@ -66,18 +65,16 @@ def check_files(config) -> None:
             raise ValueError(f"config.{field}={value!r} is not read {unread[field]}")
         if tfds:
             continue  # conll's default train/dev files: TFDS is read instead
-        if not storage.exists(value):
+        if not paths.exists(value):
             raise FileNotFoundError(f"config.{field}={value}: no such file")
-        if storage.isdir(value):
+        if paths.isdir(value):
             raise ValueError(f"config.{field}={value}: a directory, not a file")
 
 
 def check_config(config) -> None:
     """The task is registered; ranges of the fields every task has, the files
     it names, and TFDS where asked for."""
-    from bert_jax.finetune import task
-    from bert_jax.train import train_config
-    task.get(config.get("task"))
+    tasks.get(config.get("task"))
     check_files(config)
     train_config.check_renamed(config)
     train_config.check_optim(config.optim)
@@ -121,6 +118,7 @@ def check_model_fit(config, cfg) -> None:
 
 def check_batch_split(config, mesh) -> None:
     """The batches must split evenly over the mesh's batch axes."""
+    # Flax: the checks before a mesh exists (config, files) run before JAX loads
     from bert_jax.model import sharding
     shards = sharding.batch_shards(mesh)
     for field in ("global_batch_size", "eval_batch_size"):

@@ -24,6 +24,7 @@ import collections
 import dataclasses
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 
@@ -319,7 +320,6 @@ def evaluate_file(path: str | os.PathLike) -> dict[str, float]:
 
 def main(argv: Iterable[str] | None = None) -> None:
     """`python -m bert_jax.finetune.conlleval FILE`: print conlleval's report."""
-    import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import statistics
 
-from bert_jax import storage
 from bert_jax.finetune import trainer
+from bert_jax.storage import paths
 
 
 def _final_metrics(summary: dict) -> dict[str, float]:
@@ -63,7 +63,7 @@ def run_sweep(config, workdir) -> dict:
             with c.unlocked():
                 c.optim.lr = float(lr)
                 c.seed = int(seed)
-            run_dir = storage.join(workdir, f"lr{lr}_seed{seed}")
+            run_dir = paths.join(workdir, f"lr{lr}_seed{seed}")
             summary = trainer.finetune(c, run_dir)
             if "preempted_at" in summary:
                 return {"preempted_at": run_dir, "runs": runs}

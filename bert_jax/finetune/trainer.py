@@ -20,16 +20,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from bert_jax import storage
-from bert_jax.convert import model_dir
+from bert_jax.convert import formats, model_dir
+from bert_jax.data.tokenizer import load_tokenizer
 from bert_jax.finetune import checks
 from bert_jax.finetune import task as tasks
-from bert_jax.model import sharding
+from bert_jax.model import flops, sharding
 from bert_jax.model.heads import build_model, dropout_overrides, encoder_params, get_head
-from bert_jax.train import run_identity
+from bert_jax.model.params import pure_to_flat, unstack_layers
+from bert_jax.storage import paths
+from bert_jax.train import checkpointing, loop, run_identity
+from bert_jax.train.loop import Evaluation
 from bert_jax.train.optim import build_optimizer
 from bert_jax.train.step import (
     Objective,
@@ -106,23 +110,21 @@ def init_weights(config):
     """(BertConfig, encoder params, vocab path, its casing: True / False as the
     checkpoint records it, None to infer it from the vocabulary) from
     config.init_checkpoint."""
-    from bert_jax import convert
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required: a bert_jax model dir or workdir, "
                          "a HF dir or a TF1 dir")
-    if not storage.exists(config.init_checkpoint):
+    if not paths.exists(config.init_checkpoint):
         raise FileNotFoundError(f"config.init_checkpoint={config.init_checkpoint}: no such "
                                 "checkpoint")
-    cfg, meta, flat = convert.read_any(config.init_checkpoint)
+    cfg, meta, flat = formats.read_any(config.init_checkpoint)
     own = meta.get("vocab") or model_dir.vocab_path(config.init_checkpoint)
     vocab = config.get("vocab") or own
     if not vocab:
         raise ValueError(f"{config.init_checkpoint}: no vocab.txt inside; set config.vocab")
     if own and config.get("vocab"):
-        from bert_jax.embed import checked_tokenizer
         try:
-            checked_tokenizer(config.init_checkpoint, config.vocab,
-                              config.get("allow_vocab_mismatch", False))
+            model_dir.checked_tokenizer(config.init_checkpoint, config.vocab,
+                                        config.get("allow_vocab_mismatch", False))
         except ValueError as e:
             raise ValueError(str(e).replace("--vocab=", "config.vocab=").replace(
                 "drop --vocab, or pass --allow_vocab_mismatch",
@@ -249,10 +251,9 @@ class FinetuneJob:
         return f"step_{step}" if every and step % every == 0 else None
 
     def evaluate(self, params, step, label):
-        from bert_jax.train.loop import Evaluation
         # Every process runs the (collective) forward passes; one writes files.
         with contextlib.ExitStack() as stack:
-            out_dir = stack.enter_context(storage.staged_dir(storage.join(
+            out_dir = stack.enter_context(paths.staged_dir(paths.join(
                 self.workdir, "eval", label))) if jax.process_index() == 0 else None
             results = evaluate_task(self.task, self.predict, params, out_dir,
                                     self.config.eval_batch_size)
@@ -262,7 +263,7 @@ class FinetuneJob:
         return Evaluation(flat, score=results.get(split, {}).get(key), detail=results)
 
     def save_best(self, params, step):
-        self.saver(storage.join(self.workdir, "best"), params, step)
+        self.saver(paths.join(self.workdir, "best"), params, step)
 
 
 def finetune(config, workdir) -> dict:
@@ -284,9 +285,6 @@ def finetune(config, workdir) -> dict:
       'preempted_at' when a signal stopped the run after saving); {} on the
       processes other than 0.
     """
-    from bert_jax.data.tokenizer import load_tokenizer
-    from bert_jax.model import flops
-    from bert_jax.train import loop
     workdir = str(workdir)
     is_main = jax.process_index() == 0
 
@@ -316,7 +314,7 @@ def finetune(config, workdir) -> dict:
         tqdm.write(checks.format_report(input_report))
     identity = run_identity_of(config, cfg, task, tokenizer, vocab, task_cls)
     run_identity.check(workdir, identity)  # another model, vocab, task or data: refused
-    storage.makedirs(workdir)  # only now that the inputs are known good
+    paths.makedirs(workdir)  # only now that the inputs are known good
 
     # ---- Model, optimizer -------------------------------------------------------------
     B = config.global_batch_size
@@ -341,7 +339,6 @@ def finetune(config, workdir) -> dict:
                                          list(task.label_names), {**task_meta, "step": int(step)},
                                          vocab, tokenizer.lowercase, tokenizer=tok_files)
             except Exception as e:
-                from bert_jax.train import checkpointing
                 if not checkpointing.is_disk_full(e):
                     raise
                 # The model dir is written beside its place and swapped in
@@ -402,7 +399,7 @@ def _write_test_predictions(task, predict, params, workdir, config) -> None:
         except FileNotFoundError:
             continue
         if jax.process_index() == 0:
-            with storage.staged_dir(storage.join(workdir, "test_predictions")) as d:
+            with paths.staged_dir(paths.join(workdir, "test_predictions")) as d:
                 task.write_test_predictions(split, outputs, d)
 
 
@@ -410,13 +407,13 @@ def _export(config, workdir, summary, state, save) -> dict:
     """model/: the best evaluation's parameters (kept in best/ as the run went)
     or, with config.export="last" or no scored evaluation, the last ones."""
     best = summary.get("best")
-    model, kept = storage.join(workdir, "model"), storage.join(workdir, "best")
+    model, kept = paths.join(workdir, "model"), paths.join(workdir, "best")
     if config.export == "best" and best is not None:
         entry = next(h for h in summary["history"] if h["step"] == best["step"])
         if jax.process_index() == 0:
-            if storage.exists(kept):
+            if paths.exists(kept):
                 _publish(kept, model)
-            elif not storage.exists(model):
+            elif not paths.exists(model):
                 raise FileNotFoundError(f"{kept}: the best model (step {best['step']}) is "
                                         "missing")
         return {"export": "best", "step": best["step"], "metric": summary["main_metric"],
@@ -424,7 +421,7 @@ def _export(config, workdir, summary, state, save) -> dict:
                                            if k not in ("step", "label", "epoch")}}
     save(model, state["params"], summary["steps"])
     if jax.process_index() == 0:
-        storage.remove(kept)
+        paths.remove(kept)
     last = summary["final"]
     split, key = summary["main_metric"].split("/")
     return {"export": "last", "step": summary["steps"], "metric": summary["main_metric"],
@@ -435,25 +432,25 @@ def _export(config, workdir, summary, state, save) -> dict:
 def _publish(kept, model) -> None:
     """best/ becomes model/: locally one rename; in a bucket (no rename) it is
     written again as a model dir from its parameters."""
-    storage.remove(model)
-    if not storage.is_url(model):
-        storage.rename(kept, model)
+    paths.remove(model)
+    if not paths.is_url(model):
+        paths.rename(kept, model)
         return
-    cfg, meta, flat = model_dir.load_flat(kept)
+    cfg, meta, flat = formats.load_flat(kept)
     model_dir.save_model_dir(model, cfg, flat, meta["head"], meta.get("num_labels", 0),
                              meta.get("label_names"),
-                             meta.get("task"), storage.join(kept, "vocab.txt"),
+                             meta.get("task"), paths.join(kept, "vocab.txt"),
                              meta.get("do_lower_case"), tokenizer=model_dir.tokenizer_files(kept))
-    storage.remove(kept)
+    paths.remove(kept)
 
 
 def finished_summary(workdir) -> dict | None:
     """The summary of a run that finished in `workdir` (model/ exported), else None."""
-    path = storage.join(str(workdir), "summary.json")
+    path = paths.join(str(workdir), "summary.json")
     try:
-        if not storage.exists(path):
+        if not paths.exists(path):
             return None
-        summary = json.loads(storage.read_text(path))
+        summary = json.loads(paths.read_text(path))
     except (OSError, ValueError):
         return None
     if "preempted_at" in summary or "model" not in summary:
@@ -466,11 +463,9 @@ def _to_host(x: jax.Array) -> np.ndarray:
     processes (fsdp across hosts) is gathered; every process must call this."""
     if x.is_fully_addressable or x.is_fully_replicated:
         return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _host_params(params, scanned: bool) -> dict[str, np.ndarray]:
-    from bert_jax.model.params import pure_to_flat, unstack_layers
     flat = {k: _to_host(v) for k, v in pure_to_flat(params).items()}
     return unstack_layers(flat) if scanned else flat

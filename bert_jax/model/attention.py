@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from bert_jax.model import sharding
+
 
 class Mask(NamedTuple):
     """Who attends to whom, in the two forms the kernels take.
@@ -102,10 +104,9 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     `tensor`, each shard vmapped over its rows. Padding (segment 0) attends only
     to padding, so no softmax row is empty; those outputs are never read.
     """
+    # Pallas TPU kernels: only attention_impl='splash' needs them
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
-
-    from bert_jax.model import sharding
 
     b, s, n, h = q.shape
     q = q * jnp.asarray(h ** -0.5, q.dtype)  # the kernel does not scale the logits

@@ -13,6 +13,8 @@ import dataclasses
 import os
 from typing import Any
 
+from bert_jax.storage import json_input
+
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
 ATTENTION_IMPLS = ("reference", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -227,7 +229,6 @@ class BertConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> BertConfig:
-        from bert_jax.storage import json_input
         d = json_input.read(path)
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a JSON object")

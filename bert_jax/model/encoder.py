@@ -27,6 +27,13 @@ from bert_jax.model.layers import (  # noqa: F401
     activation,
     dropout,
 )
+from bert_jax.model.modern import (
+    Context,
+    ModernEmbeddings,
+    ModernLayer,
+    layer_kinds,
+    segment_positions,
+)
 
 _REMAT = {
     "full": None,
@@ -106,12 +113,10 @@ class BertEncoder(nnx.Module):
             @nnx.vmap(in_axes=(0,), out_axes=0)
             def create(r):
                 if cfg.modern:  # one uniform layer: kinds come per layer in the scan
-                    from bert_jax.model.modern import ModernLayer
                     return ModernLayer(cfg, None, rngs=r)
                 return BertLayer(cfg, rngs=r)
             self.layers = create(rngs)
         elif cfg.modern:
-            from bert_jax.model.modern import ModernLayer
             self.layers = nnx.List([ModernLayer(cfg, i, rngs=rngs)
                                     for i in range(cfg.num_hidden_layers)])
         else:
@@ -127,7 +132,6 @@ class BertEncoder(nnx.Module):
         if self.cfg.scan_layers:
             kinds = None
             if self.cfg.modern:  # (is_global, is_first) of each layer, scanned over
-                from bert_jax.model.modern import layer_kinds
                 kinds = layer_kinds(self.cfg)
 
             @nnx.scan(in_axes=(nnx.Carry, 0, None, 0 if keys is not None else None,
@@ -175,7 +179,6 @@ class BertModel(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, add_pooler: bool = True):
         self.cfg = cfg
         if cfg.modern:
-            from bert_jax.model.modern import ModernEmbeddings
             self.embeddings = ModernEmbeddings(cfg, rngs=rngs)
             add_pooler = False
         else:
@@ -194,7 +197,6 @@ class BertModel(nnx.Module):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if position_ids is None and segment_ids is not None and self.cfg.modern:
-            from bert_jax.model.modern import segment_positions
             position_ids = segment_positions(segment_ids)
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -205,7 +207,6 @@ class BertModel(nnx.Module):
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
         mask = make_attention_mask(attention_mask, segment_ids)
         if self.cfg.modern:
-            from bert_jax.model.modern import Context
             mask = Context.make(self.cfg, mask, position_ids)
         emb = x
         x, hidden = self.encoder(x, mask, enc_rng, output_hidden_states)

@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import time
 
+import jax
+import jax.numpy as jnp
+
 from bert_jax.model.config import BertConfig
 from bert_jax.model.heads import get_head
 
@@ -80,7 +83,6 @@ def finetune_flops_per_sequence(cfg: BertConfig, seq_len: int, head: str,
 def device_peak_flops(device=None, measure_cpu: bool = True) -> float | None:
     """Peak FLOP/s of one device: the vendor table, or on CPU a measured fp32
     matmul rate (so CPU MFU is relative to what this machine actually does)."""
-    import jax
     device = device or jax.devices()[0]
     kind = getattr(device, "device_kind", "")
     for name, peak in PEAK_FLOPS.items():
@@ -95,8 +97,6 @@ _CPU_PEAK: dict = {}
 
 
 def measured_matmul_flops(device=None, n: int = 1024, seconds: float = 0.5) -> float:
-    import jax
-    import jax.numpy as jnp
     key = str(device)
     if key in _CPU_PEAK:
         return _CPU_PEAK[key]

@@ -17,16 +17,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bert_jax.model import losses
 from bert_jax.model.config import BertConfig
 from bert_jax.model.encoder import BertModel
 from bert_jax.model.layers import Dense, LayerNorm, activation, dropout, gather_positions
+from bert_jax.model.modern import ModernHead, pool
+from bert_jax.model.params import flat_into_pure, pure_to_flat
 
 
 def _modern_head(cfg: BertConfig, rngs: nnx.Rngs):
     """ModernBERT's prediction head under a task classifier; None for BERT."""
     if not cfg.modern:
         return None
-    from bert_jax.model.modern import ModernHead
     return ModernHead(cfg, rngs=rngs)
 
 
@@ -48,7 +50,6 @@ class BertForPreTraining(nnx.Module):
         if cfg.modern:
             # ModernBertForMaskedLM: head (dense, act, norm), tied decoder with
             # its bias (decoder_bias) and no NSP.
-            from bert_jax.model.modern import ModernHead
             self.head = ModernHead(cfg, rngs=rngs)
             self.output_bias = bias if cfg.decoder_bias else None
             return
@@ -110,7 +111,6 @@ class BertForSequenceClassification(nnx.Module):
         out = self.bert(input_ids, token_type_ids, attention_mask, segment_ids=segment_ids,
                         position_ids=position_ids, dropout_rng=dropout_rng)
         if self.cfg.modern:
-            from bert_jax.model.modern import pool
             if attention_mask is None:
                 attention_mask = jnp.ones_like(input_ids)
             pooled = self.head(pool(self.cfg, out["last_hidden_state"], attention_mask,
@@ -255,27 +255,22 @@ def _row_weights(batch):
     return w if w.ndim == 1 else jnp.max(w, axis=-1)
 
 
-def _losses():
-    from bert_jax.train import losses  # a leaf module of pure loss functions
-    return losses
-
-
 def _classification_loss(out, batch):
-    return _losses().classification_sums(out["logits"], batch["labels"], batch["example_weights"])
+    return losses.classification_sums(out["logits"], batch["labels"], batch["example_weights"])
 
 
 def _regression_loss(out, batch):
-    return _losses().regression_sums(out["logits"][..., 0], batch["labels"],
-                                     batch["example_weights"])
+    return losses.regression_sums(out["logits"][..., 0], batch["labels"],
+                                  batch["example_weights"])
 
 
 def _span_loss(out, batch):
-    return _losses().span_sums(out["start_logits"], out["end_logits"], batch["start_positions"],
-                               batch["end_positions"], batch["example_weights"])
+    return losses.span_sums(out["start_logits"], out["end_logits"], batch["start_positions"],
+                            batch["end_positions"], batch["example_weights"])
 
 
 def _tagging_loss(out, batch):
-    return _losses().tagging_sums(out["logits"], batch["label_ids"], _row_weights(batch))
+    return losses.tagging_sums(out["logits"], batch["label_ids"], _row_weights(batch))
 
 
 def _print_label(r, line):
@@ -341,7 +336,6 @@ def restore_model(cfg: BertConfig, head: str, num_labels: int, flat: dict, sourc
     """(graphdef, state) of the `head` model filled from canonical `flat`, built
     abstractly. A parameter `flat` lacks or has in another shape is a ValueError
     naming `source`."""
-    from bert_jax.model.params import flat_into_pure, pure_to_flat
 
     graphdef, state = nnx.split(abstract_model(cfg, head, num_labels))
     pure = nnx.to_pure_dict(state)

@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any
 
+from bert_jax.storage import paths
+
 
 class JsonInputError(ValueError):
     """A user's JSON file that cannot be read (the message names it)."""
@@ -36,5 +38,4 @@ def loads(text: str | bytes, source: str | os.PathLike, line: int | None = None)
 
 def read(path: str | os.PathLike) -> Any:
     """The JSON document in file `path` (local or gs://)."""
-    from bert_jax import storage
-    return loads(storage.read_bytes(path), path)
+    return loads(paths.read_bytes(path), path)

@@ -27,13 +27,14 @@ the destination is ever deleted.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 
-from bert_jax import storage
+from bert_jax.storage import json_input, paths
 
 
 class OutputError(ValueError):
@@ -56,7 +57,7 @@ def _url_inside(child: str, parent: str) -> bool:
 def _check_not_source_url(dst, sources: Iterable, what: str) -> None:
     d = os.fspath(dst)
     for src in sources:
-        if src is None or src == "" or not storage.is_url(src):
+        if src is None or src == "" or not paths.is_url(src):
             continue
         s = os.fspath(src)
         if d.rstrip("/") == s.rstrip("/"):
@@ -71,10 +72,10 @@ def _check_not_source_url(dst, sources: Iterable, what: str) -> None:
 
 def check_not_source(dst, sources: Iterable, what: str = "output") -> None:
     """`dst` must neither be a source, nor lie inside one, nor contain one."""
-    if storage.is_url(dst):
+    if paths.is_url(dst):
         _check_not_source_url(dst, sources, what)
         return
-    sources = [s for s in sources if not (s and storage.is_url(s))]
+    sources = [s for s in sources if not (s and paths.is_url(s))]
     d = _resolved(dst)
     real_d = pathlib.Path(os.path.realpath(d))
     for src in sources:
@@ -107,9 +108,9 @@ def check_writable_parent(path, what: str = "output") -> None:
 
 def check_writable_dir(path, what: str = "workdir") -> None:
     """`path` is a writable directory, or can be created as one."""
-    if storage.is_url(path):
-        storage.check_bucket(path)  # raises StorageError naming the URL
-        if storage.isfile(path):
+    if paths.is_url(path):
+        paths.check_bucket(path)  # raises StorageError naming the URL
+        if paths.isfile(path):
             raise OutputError(f"{path}: the {what} is a file, not a directory")
         return
     p = _resolved(path)
@@ -159,10 +160,9 @@ def written_by(path) -> dict | None:
     """The record of the command that wrote directory `path`; None when it has
     none (not ours, or written before records existed). A marker that cannot
     be read is someone else's file: it gets a record no command matches."""
-    from bert_jax.storage import json_input
     for marker in MARKER_FILES:
-        f = storage.join(path, marker)
-        if not storage.isfile(f):
+        f = paths.join(path, marker)
+        if not paths.isfile(f):
             continue
         try:
             obj = json_input.read(f)
@@ -177,9 +177,8 @@ def written_by(path) -> dict | None:
 
 def write_record(dir_path, rec: dict) -> None:
     """RECORD_FILE in `dir_path` (for outputs with no marker of their own)."""
-    import json
-    storage.write_text(storage.join(dir_path, RECORD_FILE),
-                       json.dumps({RECORD_KEY: rec}, indent=2) + "\n")
+    paths.write_text(paths.join(dir_path, RECORD_FILE),
+                     json.dumps({RECORD_KEY: rec}, indent=2) + "\n")
 
 
 def is_bucket_root(url) -> bool:
@@ -218,7 +217,7 @@ def _own_or_refuse(dst, p, *, kind, overwrite, is_own, what, flag, rec, resume=F
         raise OutputError(f"{dst}: the {what} {held} and is not this command's earlier "
                           f"output; pass {flag} to replace it, or choose another path")
     if overwrite and kind == "dir":
-        names = [e for e in storage.listdir(p)][:3]
+        names = [e for e in paths.listdir(p)][:3]
         raise OutputError(f"{dst}: the {what} {held} and holds files this command did not "
                           f"write ({', '.join(names)}); {flag} replaces only an earlier "
                           "output of this command, never other files: choose another path")
@@ -250,7 +249,7 @@ def check_destination(dst, *, kind: str = "dir", overwrite: bool = False,
       bucket root is never a directory output.
     """
     check_not_source(dst, sources, what)
-    if storage.is_url(dst):
+    if paths.is_url(dst):
         _check_destination_url(dst, kind, overwrite, is_own, what, flag, record, resume)
         return
     p = _resolved(dst)
@@ -276,15 +275,15 @@ def _check_destination_url(dst, kind, overwrite, is_own, what, flag, rec, resume
         raise OutputError(f"{dst}: the {what} is a bucket root, which is never replaced or "
                           f"written into as a whole; give a prefix, e.g. "
                           f"{os.fspath(dst).rstrip('/')}/run1")
-    storage.check_bucket(dst)
-    is_dir, is_file = storage.isdir(dst), storage.isfile(dst)
+    paths.check_bucket(dst)
+    is_dir, is_file = paths.isdir(dst), paths.isfile(dst)
     if not (is_dir or is_file):
         return
     if kind == "dir" and is_file:
         raise OutputError(f"{dst}: the {what} is a file, not a directory")
     if kind == "file" and is_dir:
         raise OutputError(f"{dst}: the {what} is a directory, not a file")
-    empty = is_dir and not storage.listdir(dst)
+    empty = is_dir and not paths.listdir(dst)
     if not empty:
         _own_or_refuse(dst, os.fspath(dst), kind=kind, overwrite=overwrite, is_own=is_own,
                        what=what, flag=flag, rec=rec, resume=resume)
@@ -294,13 +293,13 @@ def only_entries(allowed: Callable[[str], bool]) -> Callable[[pathlib.Path | str
     """is_own for directories: every entry's name is one the command writes.
     Takes a pathlib.Path (local) or a URL string."""
     def is_own(p) -> bool:
-        return storage.isdir(p) and all(allowed(e) for e in storage.listdir(p))
+        return paths.isdir(p) and all(allowed(e) for e in paths.listdir(p))
     return is_own
 
 
 def _objects(url) -> list[str]:
     """Relative names of every object under URL `url` ([] if none)."""
-    fs, inner = storage._fs(url)
+    fs, inner = paths._fs(url)
     inner = inner.rstrip("/")
 
     def find(fs, p):
@@ -308,7 +307,7 @@ def _objects(url) -> list[str]:
             return fs.find(p)
         except FileNotFoundError:
             return []
-    found = storage._remote("list", url, find)
+    found = paths._remote("list", url, find)
     return sorted(f[len(inner) + 1:] for f in found if f.startswith(inner + "/"))
 
 
@@ -333,18 +332,18 @@ def upload_dir(local: pathlib.Path, dst, skip: Callable[[str], bool] | None = No
     old = _objects(dst)
     for rel in old:
         if rel in MARKER_FILES or rel in ("config.json", "bert_config.json"):
-            storage.remove(storage.join(dst, rel))
+            paths.remove(paths.join(dst, rel))
     for rel in files:
-        storage.copy_file(local / rel, storage.join(dst, *rel.split("/")))
+        paths.copy_file(local / rel, paths.join(dst, *rel.split("/")))
     for rel in sorted(set(old) - set(files), key=lambda r: (-r.count("/"), r)):
-        storage.remove(storage.join(dst, *rel.split("/")))
+        paths.remove(paths.join(dst, *rel.split("/")))
 
 
 def write_dir_atomic(dst, writer: Callable[[pathlib.Path], None]) -> None:
     """writer(tmp) fills a temp sibling of `dst`, which then takes `dst`'s place.
     An old `dst` is renamed aside first and deleted only after the swap. For a
     URL: writer fills a local temp dir, then `upload_dir`."""
-    if storage.is_url(dst):
+    if paths.is_url(dst):
         tmp = pathlib.Path(tempfile.mkdtemp(prefix="bert_jax_out_"))
         try:
             writer(tmp)
@@ -381,12 +380,12 @@ def write_dir_atomic(dst, writer: Callable[[pathlib.Path], None]) -> None:
 def write_file_atomic(dst, writer: Callable[[pathlib.Path], None], suffix: str = "") -> None:
     """writer(tmp) writes a temp sibling of file `dst`, then renamed onto it;
     for a URL a local temp file, then uploaded once as the final object."""
-    if storage.is_url(dst):
+    if paths.is_url(dst):
         tmpdir = pathlib.Path(tempfile.mkdtemp(prefix="bert_jax_out_"))
         try:
-            tmp = tmpdir / f"{storage.name(dst)}{suffix}"
+            tmp = tmpdir / f"{paths.name(dst)}{suffix}"
             writer(tmp)
-            storage.copy_file(tmp, dst)
+            paths.copy_file(tmp, dst)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
         return

@@ -26,8 +26,7 @@ import contextlib
 import os
 import sys
 
-from bert_jax import storage
-from bert_jax.storage import workdir_lock
+from bert_jax.storage import paths, workdir_lock
 
 
 def _jax():
@@ -46,6 +45,7 @@ def _agree(ok: bool, workdir: str) -> None:
     jax = _jax()
     if jax is None or jax.process_count() == 1:
         return
+    # JAX: the fine-tuning command imports this module before its config checks
     import numpy as np
     from jax.experimental import multihost_utils
     failed = int(multihost_utils.broadcast_one_to_all(np.int32(not ok)))
@@ -82,15 +82,15 @@ class Claim:
 
     def __init__(self, workdir: str):
         self.workdir = workdir
-        if storage.is_url(workdir):
-            storage.check_bucket(workdir)  # object storage has no directories to make
+        if paths.is_url(workdir):
+            paths.check_bucket(workdir)  # object storage has no directories to make
             self.made: list[str] = []
         else:
             self.made = _mkdirs(os.path.abspath(workdir))
         self.lock = workdir_lock.WorkdirLock(workdir)
         self.lock.acquire()  # not ours on failure: nothing is removed
         try:
-            self.before = set(storage.listdir(workdir)) - {workdir_lock.LOCK_NAME}
+            self.before = set(paths.listdir(workdir)) - {workdir_lock.LOCK_NAME}
         except BaseException:
             self.lock.release()
             raise
@@ -109,13 +109,13 @@ class Claim:
         left = True
         if not progressed:
             try:
-                for e in storage.listdir(self.workdir):
+                for e in paths.listdir(self.workdir):
                     if e != workdir_lock.LOCK_NAME and e not in self.before:
-                        storage.remove(storage.join(self.workdir, e))
-                left = bool(set(storage.listdir(self.workdir)) - {workdir_lock.LOCK_NAME})
+                        paths.remove(paths.join(self.workdir, e))
+                left = bool(set(paths.listdir(self.workdir)) - {workdir_lock.LOCK_NAME})
             except OSError:
                 pass  # e.g. the storage server that made the run fail: keep the rest
-        made_it = bool(self.made) or (storage.is_url(self.workdir) and not self.before)
+        made_it = bool(self.made) or (paths.is_url(self.workdir) and not self.before)
         self.lock.release(remove=made_it and not left)
         if not left:
             for d in reversed(self.made):

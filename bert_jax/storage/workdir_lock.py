@@ -51,7 +51,7 @@ import threading
 import time
 import weakref
 
-from bert_jax import storage
+from bert_jax.storage import paths
 
 LOCK_NAME = ".bert_jax.lock"
 
@@ -74,7 +74,7 @@ _HELD: weakref.WeakSet = weakref.WeakSet()
 
 def _key(path) -> str:
     path = os.fspath(path)
-    return path.rstrip("/") if storage.is_url(path) else os.path.realpath(path)
+    return path.rstrip("/") if paths.is_url(path) else os.path.realpath(path)
 
 
 def check_held(workdir) -> None:
@@ -102,7 +102,7 @@ def _alive_here(pid: int) -> bool:
 
 def WorkdirLock(workdir):  # noqa: N802 - a factory standing for the two classes
     """The lock for `workdir`: flock locally, a lock object in a bucket."""
-    if storage.is_url(workdir):
+    if paths.is_url(workdir):
         return BucketLock(workdir)
     return FileLock(workdir)
 
@@ -135,7 +135,7 @@ class BucketLock(_Lock):
 
     def __init__(self, workdir):
         self.workdir = os.fspath(workdir)
-        self.path = storage.join(self.workdir, LOCK_NAME)
+        self.path = paths.join(self.workdir, LOCK_NAME)
         self._gen = None
         self._stop = threading.Event()
         self._thread = None
@@ -159,14 +159,14 @@ class BucketLock(_Lock):
     def acquire(self) -> None:
         self._rec = _record()
         for _ in range(3):
-            if storage.create_exclusive(self.path, self._payload()):
-                self._gen = storage.generation(self.path)
+            if paths.create_exclusive(self.path, self._payload()):
+                self._gen = paths.generation(self.path)
                 break
-            gen = storage.generation(self.path)
+            gen = paths.generation(self.path)
             if gen is None:
                 continue  # released meanwhile: try again
             try:
-                holder = json.loads(storage.read_text(self.path))
+                holder = json.loads(paths.read_text(self.path))
                 holder = holder if isinstance(holder, dict) else None
             except (FileNotFoundError, json.JSONDecodeError):
                 holder = None
@@ -176,7 +176,7 @@ class BucketLock(_Lock):
                     f"{holder.get('host')} since {holder.get('started')}); wait for it to "
                     f"finish or stop it (lock object {self.path}, taken over once its "
                     f"heartbeat is {self.STALE_S:.0f} s old)")
-            if storage.remove_generation(self.path, gen):
+            if paths.remove_generation(self.path, gen):
                 who = (f"pid {holder.get('pid')} on {holder.get('host')} since "
                        f"{holder.get('started')}" if holder else "an unreadable record")
                 print(f"warning: {self.workdir}: taking over from a run that ended without "
@@ -207,10 +207,10 @@ class BucketLock(_Lock):
         while not self._stop.wait(self.HEARTBEAT_S):
             payload = self._payload()
             try:
-                gen = storage.write_if_generation(self.path, payload, self._gen)
-                if gen is None and storage.read_bytes(self.path) == payload:
+                gen = paths.write_if_generation(self.path, payload, self._gen)
+                if gen is None and paths.read_bytes(self.path) == payload:
                     # a retried upload whose first try had landed: still ours
-                    gen = storage.generation(self.path)
+                    gen = paths.generation(self.path)
             except FileNotFoundError:
                 gen = None
             except OSError as e:
@@ -238,7 +238,7 @@ class BucketLock(_Lock):
         _HELD.discard(self)
         if self._lost is None:  # a lost lock object belongs to someone else now
             try:
-                storage.remove_generation(self.path, self._gen)
+                paths.remove_generation(self.path, self._gen)
             except OSError:
                 pass  # left behind: its heartbeat stops, so the next run takes it over
         self._gen = None

@@ -10,7 +10,7 @@ Restoring tells three failures apart (`restore_latest`):
 - a step whose tree or shapes do not fit the model (another config): a
   one-line `CheckpointMismatch`, nothing moved;
 - a storage error that may pass (a bucket unreachable, a timeout, a local
-  error other than a missing file): a one-line `storage.StorageError`, nothing
+  error other than a missing file): a one-line `paths.StorageError`, nothing
   moved, the rerun tries again;
 - real damage (a file of the step truncated, missing or corrupt): a warning,
   the step is set aside in checkpoints_unreadable/ and the previous one is
@@ -30,12 +30,14 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
-from bert_jax import storage
+from bert_jax.model.params import unnest, unstack_layers
+from bert_jax.storage import paths
 
 
 def _dir(workdir):
-    return storage.orbax_path(storage.join(workdir, "checkpoints"))
+    return paths.orbax_path(paths.join(workdir, "checkpoints"))
 
 
 class CheckpointMismatch(ValueError):
@@ -72,7 +74,7 @@ def is_transient(e: BaseException) -> bool:
     file, or a message with a transient status. Unsure means transient: the
     run stops with nothing moved, which loses nothing."""
     for x in _chain(e):
-        if isinstance(x, (storage.StorageError, ConnectionError, TimeoutError)):
+        if isinstance(x, (paths.StorageError, ConnectionError, TimeoutError)):
             return True
         if isinstance(x, OSError) and not isinstance(x, (FileNotFoundError,
                                                          IsADirectoryError,
@@ -204,7 +206,7 @@ class Checkpointer:
         resumes from the previous one."""
         try:
             yield
-        except storage.StorageError:
+        except paths.StorageError:
             raise
         except Exception as e:
             step = f"step {self._in_flight}" if self._in_flight is not None else "a step"
@@ -219,11 +221,11 @@ class Checkpointer:
                               f"left on device; checkpoints kept: {kept or 'none'}; free "
                               "space and rerun the same command to continue"
                               + (f" from step {kept[-1]}" if kept else "")) from None
-            if not storage.is_url(self.directory):
+            if not paths.is_url(self.directory):
                 raise
             first = (str(e).splitlines() or [""])[0][:200]
-            raise storage.StorageError(f"{self.directory}: saving checkpoint {step} failed "
-                                       f"({type(e).__name__}: {first})") from None
+            raise paths.StorageError(f"{self.directory}: saving checkpoint {step} failed "
+                                     f"({type(e).__name__}: {first})") from None
 
     def _finalized(self) -> list[int]:
         try:
@@ -247,7 +249,7 @@ class Checkpointer:
 
         Raises:
           CheckpointMismatch: a step's tree or shapes are not `abstract_state`'s.
-          storage.StorageError: reading failed in a way that may pass.
+          paths.StorageError: reading failed in a way that may pass.
           NoReadableCheckpoint: every step is damaged (nothing moved).
         """
         unreadable, first_error = [], None
@@ -263,7 +265,7 @@ class Checkpointer:
                 raise
             except Exception as e:  # noqa: BLE001 - sorted into transient or damage
                 if is_transient(e):
-                    raise storage.StorageError(
+                    raise paths.StorageError(
                         f"{self.directory}: reading checkpoint step {step} failed "
                         f"({type(e).__name__}: {_first_line(e)}); nothing was moved, rerun "
                         "to try again") from None
@@ -285,6 +287,7 @@ class Checkpointer:
     def _check_fits(self, step: int, abstract_state) -> None:
         """Compare the step's saved tree and shapes (its metadata) with the
         model's. Unreadable metadata is damage (raised as read)."""
+        # orbax's path type: only checkpoint paths need it
         from etils import epath
         handler = ocp.PyTreeCheckpointHandler()
         try:
@@ -294,7 +297,7 @@ class Checkpointer:
         saved, want = _shapes(getattr(meta, "tree", meta)), _shapes(abstract_state)
         if not saved:
             raise ValueError(f"step {step}: no arrays in its metadata")
-        where = f"{storage.parent(os.fspath(self.directory))}: checkpoint step {step}"
+        where = f"{paths.parent(os.fspath(self.directory))}: checkpoint step {step}"
         how = ("; rerun with the config it was saved with, or use a new --workdir to start "
                "a new run")
         for k in sorted(want, key=lambda k: (k[0] != "params", k)):  # parameters first
@@ -315,15 +318,14 @@ class Checkpointer:
         refuses while the old directories exist."""
         if jax.process_index() == 0:
             directory = os.fspath(self.directory)
-            dest = storage.join(storage.parent(directory), "checkpoints_unreadable")
-            storage.makedirs(dest)
+            dest = paths.join(paths.parent(directory), "checkpoints_unreadable")
+            paths.makedirs(dest)
             for step in steps:
-                target = storage.join(dest, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-                storage.rename(storage.join(directory, str(step)), target)
+                target = paths.join(dest, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+                paths.rename(paths.join(directory, str(step)), target)
                 print(f"warning: moved unreadable checkpoint step {step} to {target}",
                       file=sys.stderr, flush=True)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("bert_jax_checkpoints_set_aside")
         self.manager.reload()
 
@@ -339,7 +341,7 @@ class Checkpointer:
 
 def _host_manager(workdir) -> ocp.CheckpointManager:
     ckdir = _dir(workdir)
-    if not storage.exists(os.fspath(ckdir)):
+    if not paths.exists(os.fspath(ckdir)):
         raise FileNotFoundError(f"{workdir}: no checkpoints/ directory")
     # Handlers named up front: without them the manager cannot read metadata.
     return ocp.CheckpointManager(ckdir, item_names=("state", "data"), item_handlers={
@@ -373,7 +375,6 @@ def load_state_on_host(workdir, step: int,
 def load_latest_params(workdir, step: int | None = None) -> dict[str, np.ndarray]:
     """Canonical flat params of the newest readable checkpoint (or of `step`) for
     conversion, fine-tuning init and inference, on the host."""
-    from bert_jax.model.params import unnest, unstack_layers
     manager = _host_manager(workdir)
     try:
         steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)

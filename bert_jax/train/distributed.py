@@ -28,6 +28,7 @@ import threading
 import time
 
 import jax
+from tqdm import tqdm
 
 # Seconds without a heartbeat after which JAX declares a process dead (JAX's
 # default is 100; heartbeats come from a gRPC thread, so a long compile or a
@@ -70,6 +71,7 @@ def finished() -> None:
 
 
 def _client():
+    # JAX's own distributed client: only a multi-process run reaches here
     from jax._src import distributed as jax_distributed
     return jax_distributed.global_state.client
 
@@ -102,7 +104,6 @@ class _Watchdog(threading.Thread):
             if dead and not self.leaving.is_set():
                 which = ", ".join(str(p) for p in dead)
                 # tqdm.write: on a line of its own, not glued to the progress bar.
-                from tqdm import tqdm
                 tqdm.write(f"error: process {which} of {self.n} stopped (no heartbeat for "
                            f"{HEARTBEAT_TIMEOUT_S} s); process {self.me} stops too: rerun all "
                            f"{self.n} processes to resume from the newest checkpoint",

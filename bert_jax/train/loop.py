@@ -26,7 +26,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from bert_jax.storage import workdir_lock
+from tqdm import tqdm
+
+from bert_jax.storage import paths, workdir_lock
 
 # The loop's own entry in a checkpoint's JSON data item (next to the job's).
 LOOP_KEY = "_loop"
@@ -82,9 +84,10 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
     restore leaves the workdir's files as they were). Returns (summary, final
     state); summary has 'preempted_at' when a signal stopped the run (after
     saving)."""
+    # JAX: the fine-tuning command imports this module before its config checks
     import jax
-    from tqdm import tqdm
 
+    # JAX: the fine-tuning command imports this module before its config checks
     from bert_jax.train import checkpointing
     from bert_jax.train.step import MetricWriter, PreemptionFlag, global_batch
 
@@ -92,21 +95,8 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
     c = config.checkpoint
     ckpt = checkpointing.Checkpointer(workdir, c.every, c.keep, c.get("keep_every") or None,
                                       c.get("async_save", True))
-    try:
-        restored = ckpt.restore_latest(spec.abstract)
-        if restored is not None:
-            start_step, state, saved = restored
-            loop_state = saved.pop(LOOP_KEY, {})
-            job.check_data_state(saved)
-            if is_main:
-                print(f"resumed from {workdir} at step {start_step}", flush=True)
-        else:
-            start_step, state, loop_state = 0, init_state(), {}
-        if started is not None:
-            started(start_step)
-    except BaseException:
-        ckpt.close()  # nothing was saved: this only stops orbax's threads
-        raise
+    start_step, state, loop_state = _restore(ckpt, job, workdir, spec, init_state, started,
+                                             is_main)
     best = loop_state.get("best")          # {'step', 'score', 'label'} or None
     history = list(loop_state.get("history", []))
 
@@ -245,6 +235,30 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
     return summary, state
 
 
+def _restore(ckpt, job: Job, workdir: str, spec, init_state: Callable[[], Any],
+             started: Callable[[int], None] | None, is_main: bool) -> tuple[int, Any, dict]:
+    """(start step, state, the loop's own saved state) from the newest
+    checkpoint, its data position checked by the job, else step 0 and
+    `init_state()`; then `started(start_step)`. Closes `ckpt` if any of it
+    fails."""
+    try:
+        restored = ckpt.restore_latest(spec.abstract)
+        if restored is not None:
+            start_step, state, saved = restored
+            loop_state = saved.pop(LOOP_KEY, {})
+            job.check_data_state(saved)
+            if is_main:
+                print(f"resumed from {workdir} at step {start_step}", flush=True)
+        else:
+            start_step, state, loop_state = 0, init_state(), {}
+        if started is not None:
+            started(start_step)
+    except BaseException:
+        ckpt.close()  # nothing was saved: this only stops orbax's threads
+        raise
+    return start_step, state, loop_state
+
+
 def _check_lock(workdir, multi: bool, is_main: bool) -> None:
     """Raise workdir_lock.LockLost when the workdir lock (held by process 0)
     was lost; with several processes process 0's answer is broadcast, so that
@@ -252,6 +266,7 @@ def _check_lock(workdir, multi: bool, is_main: bool) -> None:
     if not multi:
         workdir_lock.check_held(workdir)
         return
+    # JAX: the fine-tuning command imports this module before its config checks
     import numpy as np
     from jax.experimental import multihost_utils
     why = None
@@ -265,35 +280,34 @@ def _check_lock(workdir, multi: bool, is_main: bool) -> None:
 
 
 def has_checkpoint(workdir) -> bool:
-    from bert_jax import storage
-    return any(p.isdigit() for p in storage.listdir(storage.join(workdir, "checkpoints")))
+    return any(p.isdigit() for p in paths.listdir(paths.join(workdir, "checkpoints")))
 
 
 def has_progress(workdir) -> bool:
     """Whether a run in workdir got anywhere (a checkpoint or a logged step):
     a run that fails before that removes the workdir it created."""
-    from bert_jax import storage
     try:
         if has_checkpoint(workdir):
             return True
-        m = storage.join(workdir, "metrics.jsonl")
-        return storage.exists(m) and bool(storage.read_bytes(m).strip())
+        m = paths.join(workdir, "metrics.jsonl")
+        return paths.exists(m) and bool(paths.read_bytes(m).strip())
     except OSError:
         return True  # cannot tell: keep it
 
 
 def write_summary(workdir: str, summary: dict) -> None:
+    # JAX: the fine-tuning command imports this module before its config checks
     import jax
 
-    from bert_jax import storage
     if jax.process_index() == 0:
-        storage.write_text(storage.join(workdir, "summary.json"),
-                           json.dumps(_strict(summary), indent=2))
+        paths.write_text(paths.join(workdir, "summary.json"),
+                         json.dumps(_strict(summary), indent=2))
 
 
 def _strict(obj):
     """`obj` with numpy scalars as Python numbers and NaN / inf as None (null),
     so summary.json and the checkpoint's JSON stay strict JSON."""
+    # JAX: the fine-tuning command imports this module before its config checks
     import numpy as np
     if isinstance(obj, dict):
         return {k: _strict(v) for k, v in obj.items()}

@@ -24,10 +24,15 @@ at restore (`checkpointing.CheckpointMismatch`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
-from bert_jax import storage
+import jax
+
+from bert_jax.convert import model_dir
+from bert_jax.data.tokenizer import load_tokenizer
+from bert_jax.storage import paths
 
 RECORD = "run_identity.json"
 FORMAT = "bert_jax.run_identity/1"
@@ -49,7 +54,6 @@ class RerunMismatch(ValueError):
 def model_identity(cfg, head: str, num_labels: int = 0,
                    label_names=()) -> dict:
     """model.* entries of a BertConfig (or its dict in bert_jax.json) and head."""
-    import dataclasses
     d = dict(cfg) if isinstance(cfg, dict) else dataclasses.asdict(cfg)
     # Through JSON: tuples read back as lists, so a record compares equal to itself.
     out = {f"model.{k}": json.loads(json.dumps(v)) for k, v in sorted(d.items())
@@ -61,7 +65,7 @@ def model_identity(cfg, head: str, num_labels: int = 0,
 
 def file_identity(path) -> dict:
     """{'size', 'sha256'} of a file (a URL is read through the local cache)."""
-    local = storage.local_copy(path) if storage.is_url(path) else path
+    local = paths.local_copy(path) if paths.is_url(path) else path
     h = hashlib.sha256()
     size = 0
     with open(local, "rb") as f:
@@ -82,10 +86,10 @@ def make(task: str, model: dict, vocab: tuple[str, str], data: dict,
 def read(workdir) -> dict | None:
     """The workdir's record, its stand-in for an older pretraining workdir, or
     None (a new workdir, or an older one with nothing to tell)."""
-    path = storage.join(workdir, RECORD)
-    if storage.exists(path):
+    path = paths.join(workdir, RECORD)
+    if paths.exists(path):
         try:
-            record = json.loads(storage.read_text(path))
+            record = json.loads(paths.read_text(path))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
         if not isinstance(record, dict):
@@ -96,8 +100,7 @@ def read(workdir) -> dict | None:
 
 def _legacy(workdir) -> dict | None:
     """What an older pretraining workdir's bert_jax.json and vocabulary say."""
-    from bert_jax.convert import model_dir
-    if not storage.exists(storage.join(workdir, model_dir.META_FILE)):
+    if not paths.exists(paths.join(workdir, model_dir.META_FILE)):
         return None
     meta = model_dir.read_meta(workdir)
     kind = (meta.get("task") or {}).get("kind")
@@ -108,7 +111,6 @@ def _legacy(workdir) -> dict | None:
                                if k not in ("model.num_labels", "model.label_names")}}
     vocab = model_dir.vocab_path(workdir)
     if vocab is not None:
-        from bert_jax.data.tokenizer import load_tokenizer
         record["vocab"] = load_tokenizer(vocab).fingerprint
         record["where"] = {"vocab": str(vocab)}
     return record
@@ -131,7 +133,7 @@ def differences(old: dict, new: dict) -> list[str]:
 def check(workdir, identity: dict) -> None:
     """Raise RerunMismatch (one line) when `workdir` was made by a run with
     another model, vocabulary, task or data than `identity`."""
-    if not storage.isdir(workdir):
+    if not paths.isdir(workdir):
         return
     old = read(workdir)
     if old is None:
@@ -145,6 +147,5 @@ def check(workdir, identity: dict) -> None:
 
 def record(workdir, identity: dict) -> None:
     """Write the record (process 0; the caller has checked it matches)."""
-    import jax
     if jax.process_index() == 0:
-        storage.write_text(storage.join(workdir, RECORD), json.dumps(identity, indent=2))
+        paths.write_text(paths.join(workdir, RECORD), json.dumps(identity, indent=2))

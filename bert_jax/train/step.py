@@ -1,5 +1,8 @@
-"""The shared training machinery: sharded state, the pure jitted train step,
-evaluation, and the step loop with logging, checkpoints and preemption.
+"""The pieces the one training loop (`bert_jax.train.loop`, which holds the
+loop itself) is built from: the `Objective`, the sharded train state
+(`state_spec`, `init_state`), the pure jitted train and eval steps, the
+dropout key and host-to-global batches, and the loop's helpers for metrics
+files (`MetricWriter`), SIGTERM / Ctrl-C (`PreemptionFlag`) and timing.
 
 Pretraining and the fine-tuning tasks differ only in an `Objective`: how to
 run the model on a batch into metric sums, which denominators normalize them,
@@ -32,12 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import storage
 from bert_jax.model import sharding
 from bert_jax.model.config import RNG_IMPLS
 from bert_jax.model.params import flat_into_pure
+from bert_jax.storage import paths
 
 PyTree = Any
 
@@ -254,23 +258,23 @@ class MetricWriter:
 
     def __init__(self, workdir, resume_step: int = 0, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = storage.join(workdir, "metrics.jsonl")
-        self.remote = storage.is_url(workdir)
+        self.path = paths.join(workdir, "metrics.jsonl")
+        self.remote = paths.is_url(workdir)
         self._tb = None
         if not self.enabled:
             return
-        storage.makedirs(workdir)
+        paths.makedirs(workdir)
         kept = []
-        if storage.exists(self.path):
-            for line in storage.read_text(self.path).splitlines():
+        if paths.exists(self.path):
+            for line in paths.read_text(self.path).splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash
                 if rec.get("step", 0) <= resume_step:
                     kept.append(line)
-            storage.write_text(self.path, "".join(x + "\n" for x in kept))
-        self._tb_remote = storage.join(workdir, "tb")
+            paths.write_text(self.path, "".join(x + "\n" for x in kept))
+        self._tb_remote = paths.join(workdir, "tb")
         self._tb_dir = (tempfile.mkdtemp(prefix="bert_jax_tb_") if self.remote
                         else str(pathlib.Path(workdir) / "tb"))
         self._tb = _summary_writer_class()(self._tb_dir, purge_step=resume_step + 1)
@@ -288,7 +292,7 @@ class MetricWriter:
                 self._tb.add_scalar(f"{prefix}{k}", v, step)
         if self.remote:
             self._lines.append(json.dumps(rec))
-            storage.write_text(self.path, "".join(x + "\n" for x in self._lines))
+            paths.write_text(self.path, "".join(x + "\n" for x in self._lines))
             self._upload_tb()
         else:
             self._f.write(json.dumps(rec) + "\n")
@@ -296,13 +300,13 @@ class MetricWriter:
 
     def _upload_tb(self):
         self._tb.flush()
-        storage.upload_tree(self._tb_dir, self._tb_remote)
+        paths.upload_tree(self._tb_dir, self._tb_remote)
 
     def close(self):
         if self.enabled:
             if self.remote:
                 self._tb.close()
-                storage.upload_tree(self._tb_dir, self._tb_remote)
+                paths.upload_tree(self._tb_dir, self._tb_remote)
                 shutil.rmtree(self._tb_dir, ignore_errors=True)
             else:
                 self._f.close()
@@ -313,10 +317,12 @@ def _summary_writer_class():
     """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports
     torch (2-3 s, ~1 GB) when present only to accept torch tensors; we log floats."""
     if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        # ~3 s to import; only a run writing TensorBoard logs needs it
         from tensorboardX import SummaryWriter
         return SummaryWriter
     sys.modules["torch"] = None  # makes `import torch` raise ImportError
     try:
+        # ~3 s to import; only a run writing TensorBoard logs needs it
         from tensorboardX import SummaryWriter
     finally:
         del sys.modules["torch"]
@@ -378,7 +384,6 @@ class PreemptionFlag:
     def reached(self, step: int) -> bool:
         if jax.process_count() == 1:
             return self.set
-        from jax.experimental import multihost_utils
         try:
             if multihost_utils.reached_preemption_sync_point(step):
                 self.reason = "preemption"

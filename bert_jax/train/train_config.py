@@ -11,17 +11,7 @@ import math
 
 from ml_collections import config_dict
 
-# Old fine-tuning field -> its name now (same meaning).
-RENAMED = {
-    "learning_rate": "optim.lr",
-    "batch_size": "global_batch_size",
-    "warmup_ratio": "optim.warmup_ratio",
-    "warmup_steps": "optim.warmup_steps",
-    "weight_decay": "optim.weight_decay",
-    "optimizer": "optim.name",
-    "adam_eps": "optim.eps",
-    "clip_norm": "optim.clip_norm",
-}
+from bert_jax.cli.renamed_fields import RENAMED
 
 
 def optim(lr: float, *, warmup_steps: int = 0, warmup_ratio: float = 0.0,
@@ -63,12 +53,6 @@ def mesh() -> config_dict.ConfigDict:
     c = config_dict.ConfigDict()
     c.shape = (-1, 1, 1)          # (data, fsdp, tensor); -1 = remaining devices
     return c
-
-
-def renamed_error(field: str, flag: str = "config") -> str | None:
-    """'--config.learning_rate: renamed to --config.optim.lr' for an old name."""
-    new = RENAMED.get(field)
-    return None if new is None else f"--{flag}.{field}: renamed to --{flag}.{new}"
 
 
 def check_renamed(config) -> None:

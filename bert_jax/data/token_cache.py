@@ -29,8 +29,7 @@ import pathlib
 
 import numpy as np
 
-from bert_jax import storage
-from bert_jax.storage import json_input
+from bert_jax.storage import json_input, paths
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -125,16 +124,16 @@ def open_prepared(path: str | os.PathLike) -> PreparedCorpus:
     bucket, then the shards are downloaded once per host into a cache entry
     named after the URL and the manifest's data fingerprint, and memory-mapped
     from there (each process still reads only its own rows of them)."""
-    if storage.is_url(path):
+    if paths.is_url(path):
         url = os.fspath(path)
-        storage.check_bucket(url)
-        mpath = storage.join(url, MANIFEST)
-        if not storage.exists(mpath):
+        paths.check_bucket(url)
+        mpath = paths.join(url, MANIFEST)
+        if not paths.exists(mpath):
             raise PreparedError(
                 f"{url}: no {MANIFEST}; the directory is not a finished prepared corpus "
                 "(run `python -m bert_jax.data.prepare` to finish it)")
         fingerprint = json_input.read(mpath).get("data_fingerprint", "")
-        path = storage.local_copy(url, key=fingerprint)
+        path = paths.local_copy(url, key=fingerprint)
     root = pathlib.Path(path)
     mpath = root / MANIFEST
     if not mpath.exists():

@@ -43,7 +43,7 @@ import dataclasses
 import numpy as np
 
 from bert_jax.data import hashrng
-from bert_jax.data.prepared import PreparedCorpus
+from bert_jax.data.token_cache import PreparedCorpus
 
 # Purposes of counter-based draws (second counter after the instance index).
 STREAM_TRUNC = 1
