@@ -83,7 +83,7 @@ from bert_jax.model import flops, sharding  # noqa: E402
 from bert_jax.model.heads import BertForPreTraining  # noqa: E402
 from bert_jax.model.params import flat_params  # noqa: E402
 from bert_jax.storage.shared_data import shared_data_path  # noqa: E402
-from bert_jax.train import pretraining  # noqa: E402
+from bert_jax.train import pretrain_job  # noqa: E402
 from bert_jax.train.optim import build_optimizer  # noqa: E402
 from bert_jax.train.step import init_state, jit_eval_step, jit_train_step, state_spec  # noqa: E402
 from configs.pretrain import bert as bert_recipe  # noqa: E402
@@ -150,7 +150,7 @@ def model_configs(vocab: int, special: dict[str, int], bert_dropout: float):
     m = modern_recipe.get_config("size=tiny,runlocal")
     b = bert_recipe.get_config("size=tiny,runlocal")
     b.model.hidden_dropout_prob = b.model.attention_probs_dropout_prob = bert_dropout
-    return (pretraining.bert_config(m, vocab, special), pretraining.bert_config(b, vocab))
+    return (pretrain_job.bert_config(m, vocab, special), pretrain_job.bert_config(b, vocab))
 
 
 def optim_config(lr: float):
@@ -176,7 +176,7 @@ class Ours:
         self.cfg = cfg
         self.optimizer, self.schedule = build_optimizer(optim, steps)
         self.mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-        objective = pretraining.pretraining_objective(nsp=False, gathered=True)
+        objective = pretrain_job.pretraining_objective(nsp=False, gathered=True)
 
         def model_fn(key):
             return BertForPreTraining(cfg, rngs=nnx.Rngs(params=key))
@@ -301,7 +301,7 @@ def evaluate(contender, batches) -> dict[str, float]:
     for b in batches:
         for k, v in contender.eval_sums(b).items():
             acc[k] = acc.get(k, 0.0) + v
-    return pretraining.summarize(acc)
+    return pretrain_job.summarize(acc)
 
 
 def train_with_evals(contenders: dict, steps: dict[str, int], batches, eval_batches,
@@ -446,7 +446,7 @@ def main() -> None:
     eval_pipe = PretrainingPipeline.from_config(
         data_config(data["heldout"], args.seq, args.eval_seed), global_batch_size=args.batch)
     tok = train_pipe.tokenizer
-    modern_cfg, bert_cfg = model_configs(tok.vocab_size, pretraining.special_token_ids(tok),
+    modern_cfg, bert_cfg = model_configs(tok.vocab_size, pretrain_job.special_token_ids(tok),
                                          args.bert_dropout)
     preds = train_pipe.max_predictions
     optim = optim_config(args.lr)

@@ -177,7 +177,7 @@ def test_squad_at_the_checkpoint_context(modern_hf, tmp_path):
     and the exported span model gives transformers' logits on a full 512-token
     window. One token more than the context is a one-line error before any
     compile."""
-    from bert_jax import convert
+    from bert_jax.convert import formats as convert
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.finetune import squad, trainer
     from bert_jax.predict import Predictor
