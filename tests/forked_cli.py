@@ -7,11 +7,11 @@ directory and stdout/stderr, and exits with the code `python -m` would
 run). The bad-input matrix starts ~100 such processes: most of each one's 3-5 s
 was importing JAX; forked, a case takes ~0.4 s.
 
-What a fork cannot reproduce runs as a real subprocess instead (`run` decides):
-an environment that changes what the server read at import (any `JAX_*`
-variable), or another PYTHONPATH (its sitecustomize runs at startup). XLA_FLAGS
-may differ: XLA reads it when the first backend is created, which the server
-never does.
+A run whose environment changes what the preloaded modules read at import
+(`JAX_*`, the storage emulator's host, ...: IMPORT_TIME) is forked from a
+server started with that environment; one with another PYTHONPATH (its
+sitecustomize runs at startup) runs as a real subprocess. XLA_FLAGS may differ:
+XLA reads it when the first backend is created, which a server never does.
 
 (multiprocessing's forkserver would do, but its children re-import the parent's
 `__main__`: pytest's, when not under xdist.)"""
@@ -53,11 +53,23 @@ def _child(req: dict) -> None:  # runs in the forked process, never returns
     os.environ.clear()
     os.environ.update(req["env"])
     os.chdir(req["cwd"])
-    sys.path[:0] = [req["cwd"]]  # as `python -m` puts the working directory first
-    sys.argv = [req["module"], *req["args"]]
     code = 0
     try:
-        runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
+        if req["module"]:  # `python -m module`: the working directory first on the path
+            sys.path[:0] = [req["cwd"]]
+            sys.argv = [req["module"], *req["args"]]
+            runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
+        else:  # `python script.py`: the script's directory first
+            sys.path[:0] = [os.path.dirname(os.path.abspath(req["script"]))]
+            sys.argv = [req["script"], *req["args"]]
+            runpy.run_path(req["script"], run_name="__main__")
+    except KeyboardInterrupt:
+        # The interpreter ends by the signal itself (exit status -SIGINT).
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             code = e.code or 0
@@ -111,11 +123,20 @@ def _serve() -> None:
 # ------------------------------------------------------------------ the client
 
 
+# Variables the preloaded modules read when imported: a run whose values differ
+# gets a server of its own, started with them.
+IMPORT_TIME = ("JAX_", "TPU_", "TENSORSTORE_", "GCSFS_", "FSSPEC_", "GOOGLE_",
+               "STORAGE_EMULATOR_HOST", "XLA_PYTHON_")
+
+
+def _key(env: dict[str, str]) -> tuple:
+    return tuple(sorted((k, v) for k, v in env.items() if k.startswith(IMPORT_TIME)))
+
+
 class _Server:
-    def __init__(self):
-        self.env = dict(os.environ)  # what the server reads its imports' settings from
+    def __init__(self, env: dict[str, str]):
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)], cwd=REPO,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         if self.proc.stdout.readline() != b"ready\n":
             raise RuntimeError(f"forked_cli server did not start (exit {self.proc.wait()})")
         self.lock = threading.Lock()
@@ -130,13 +151,7 @@ class _Server:
                 fut = self.waiting.pop(i)
             fut.set_result(rc)
 
-    def forkable(self, env: dict[str, str]) -> bool:
-        if env.get("PYTHONPATH", REPO) != REPO:
-            return False
-        return all(env.get(k) == self.env.get(k) for k in set(env) | set(self.env)
-                   if k.startswith("JAX_"))
-
-    def run(self, module, args, env, cwd, timeout) -> subprocess.CompletedProcess:
+    def run(self, module, script, args, env, cwd, timeout) -> subprocess.CompletedProcess:
         with tempfile.TemporaryDirectory() as tmp:
             out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
             fut: concurrent.futures.Future = concurrent.futures.Future()
@@ -144,33 +159,44 @@ class _Server:
                 i, self.next_id = self.next_id, self.next_id + 1
                 self.waiting[i] = fut
                 self.proc.stdin.write(json.dumps(dict(
-                    id=i, module=module, args=list(args), env=dict(env), cwd=str(cwd),
+                    id=i, module=module, script=script, args=list(args), env=dict(env),
+                    cwd=str(cwd),
                     out=out, err=err, timeout=timeout)).encode() + b"\n")
                 self.proc.stdin.flush()
             rc = fut.result()
+            argv = [sys.executable, *(["-m", module] if module else [script]), *args]
             if rc == -signal.SIGALRM:
-                raise subprocess.TimeoutExpired([module, *args], timeout)
+                raise subprocess.TimeoutExpired(argv, timeout)
             with open(out, errors="replace") as o, open(err, errors="replace") as e:
-                return subprocess.CompletedProcess([sys.executable, "-m", module, *args], rc,
-                                                   o.read(), e.read())
+                return subprocess.CompletedProcess(argv, rc, o.read(), e.read())
 
 
-_SERVER: _Server | None = None
+_SERVERS: dict[tuple, _Server] = {}
 _START = threading.Lock()
+
+
+def run_argv(argv: list[str], env: dict[str, str], cwd: str,
+             timeout: float = 300) -> subprocess.CompletedProcess:
+    """`subprocess.run([python, *argv], env=env, cwd=cwd, capture_output=True,
+    text=True, timeout=timeout)` for argv `-m module args...` or `script
+    args...`, forked when it can be: not with another PYTHONPATH (its
+    sitecustomize runs at startup)."""
+    if env.get("PYTHONPATH", REPO) != REPO or argv[0].startswith("-") and argv[0] != "-m":
+        return subprocess.run([sys.executable, *argv], env=env, cwd=cwd, capture_output=True,
+                              text=True, timeout=timeout)
+    module, script, args = (argv[1], None, argv[2:]) if argv[0] == "-m" else (
+        None, argv[0], argv[1:])
+    with _START:
+        server = _SERVERS.get(_key(env))
+        if server is None:
+            server = _SERVERS[_key(env)] = _Server(dict(env))
+    return server.run(module, script, args, env, cwd, timeout)
 
 
 def run(module: str, args: list[str], env: dict[str, str], cwd: str,
         timeout: float = 300) -> subprocess.CompletedProcess:
-    """`subprocess.run([python, -m, module, *args], env=env, cwd=cwd,
-    capture_output=True, text=True, timeout=timeout)`, forked when it can be."""
-    global _SERVER
-    with _START:
-        if _SERVER is None:
-            _SERVER = _Server()
-    if not _SERVER.forkable(env):
-        return subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=cwd,
-                              capture_output=True, text=True, timeout=timeout)
-    return _SERVER.run(module, args, env, cwd, timeout)
+    """`python -m module args...` as `run_argv` runs it."""
+    return run_argv(["-m", module, *args], env, cwd, timeout)
 
 
 if __name__ == "__main__":

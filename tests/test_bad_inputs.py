@@ -735,9 +735,11 @@ def _sha16(path) -> str:
     return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
 
 
-# Runs that train: LLVM at -O0, and the suite's compilation cache (conftest:
-# the resumed run loads what the first one compiled). Forked like the cases.
-TRAIN_ENV = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
+# Runs that train: LLVM at -O0 and a compilation cache shared by them (the
+# resumed run compiles what the first one did).
+TRAIN_ENV = {"XLA_FLAGS": "--xla_backend_optimization_level=0",
+             "JAX_COMPILATION_CACHE_DIR": "{root}/jax_cache",
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
 @pytest.fixture(scope="module")

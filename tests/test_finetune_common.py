@@ -17,6 +17,7 @@ import pathlib
 import subprocess
 import sys
 
+import forked_cli
 import jax
 import ml_collections
 import numpy as np
@@ -90,7 +91,10 @@ def cli_env(cache_dir) -> dict[str, str]:
 
 def run_module(module: str, *args: str, env: dict[str, str], timeout: int = 600,
                stdin: str | None = None) -> subprocess.CompletedProcess:
-    """`python -m module args...` from the repository root (where configs/ lives)."""
+    """`python -m module args...` from the repository root (where configs/ lives),
+    forked from a server that imported JAX (tests/forked_cli.py) unless it reads stdin."""
+    if stdin is None:
+        return forked_cli.run_argv(["-m", module, *args], env, str(REPO), timeout)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout, input=stdin)
 

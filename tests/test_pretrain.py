@@ -26,6 +26,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import forked_cli
 import jax
 import numpy as np
 import pytest
@@ -111,8 +112,10 @@ def cli(tmp_path_factory, tiny_pretrain_args, tiny_pretraining_data):
                     **extra)
 
     def run(workdir, *overrides, hook=None, devices=8, expect_rc=0):
-        proc = subprocess.run(command(workdir, *overrides, hook=hook), env=env(devices),
-                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        # Forked from a server that imported JAX (tests/forked_cli.py): the run
+        # pays for its own work, not for the imports.
+        proc = forked_cli.run_argv(command(workdir, *overrides, hook=hook)[1:],
+                                   env(devices), str(REPO), timeout=600)
         assert proc.returncode == expect_rc, proc.stderr[-4000:]
         return proc
 

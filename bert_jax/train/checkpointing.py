@@ -100,17 +100,21 @@ def is_disk_full(e: BaseException) -> bool:
 class _BackgroundFailureFilter(logging.Filter):
     """Orbax logs a failed background save with its traceback (from each thread
     it passes through), then raises the same error to the caller, who reports
-    it in one line (`_writing`): drop those tracebacks."""
+    it in one line (`_writing`): drop those tracebacks, and asyncio's "Task
+    exception was never retrieved" for the same error in orbax's write tasks
+    (logged when the task is collected, after or before the line)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and record.exc_info
-                    and f"{os.sep}orbax{os.sep}checkpoint{os.sep}" in record.pathname)
+        orbax = f"{os.sep}orbax{os.sep}checkpoint{os.sep}"
+        return not (record.levelno >= logging.ERROR and record.exc_info and (
+            orbax in record.pathname
+            or record.name == "asyncio" and orbax in record.getMessage()))
 
 
 def _quiet_background_failures() -> None:
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _BackgroundFailureFilter) for f in logger.filters):
-        logger.addFilter(_BackgroundFailureFilter())
+    for logger in (logging.getLogger("absl"), logging.getLogger("asyncio")):
+        if not any(isinstance(f, _BackgroundFailureFilter) for f in logger.filters):
+            logger.addFilter(_BackgroundFailureFilter())
     if not getattr(sys.excepthook, "_bert_jax_closed_loop", False):
         previous = sys.excepthook
 
