@@ -8,9 +8,8 @@ transformers.BertModel; our side goes through the CLIs a user runs
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
+import forked_cli
 import numpy as np
 import pytest
 from conftest import data_path
@@ -29,7 +28,7 @@ def minilm_dir() -> pathlib.Path:
 
 def run_cli(*args):
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env)
+    r = forked_cli.run_argv(["-m", *args], env, os.getcwd())  # tests/forked_cli.py
     assert r.returncode == 0, r.stderr[-2000:]
     return r
 

@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import forked_cli
 import numpy as np
 import pytest
 from conftest import data_path
@@ -264,8 +265,9 @@ def cli(bpe_data, tmp_path_factory):
 
     def run(workdir, hook=None, rc=0):
         head = [str(tmp / "hook.py"), json.dumps(hook)] if hook else ["-m", "bert_jax.pretrain"]
-        proc = subprocess.run([sys.executable, *head, *args, f"--workdir={workdir}"], env=env,
-                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        # Forked from a server that imported JAX (tests/forked_cli.py).
+        proc = forked_cli.run_argv([*head, *args, f"--workdir={workdir}"], env, str(REPO),
+                                   timeout=600)
         assert proc.returncode == rc, proc.stderr[-3000:]
         return proc
     return run
