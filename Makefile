@@ -33,7 +33,7 @@ lint: $(TESTENV)
 	$(BIN)/ruff check bert_jax configs tests bench
 
 test: lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q --durations=20
 
 demo: $(CORE)
 	$(BIN)/python -m bert_jax.demo --workdir=$(WORKDIR)
