@@ -65,7 +65,7 @@ def gs_cli(cli, gcs, gs_data):
             f"--config.eval_data.prepared_dir={gs_data['heldout']}")
 
     def run(workdir, *overrides, hook=None, devices=8, expect_rc=0, trace=None,
-            extra_env=None):
+            extra_env=None, fork=True):
         env = cli.env(devices, **{"STORAGE_EMULATOR_HOST": gcs.url,
                                   "BERT_JAX_CACHE": os.environ["BERT_JAX_CACHE"],
                                   **(extra_env or {})})
@@ -73,7 +73,7 @@ def gs_cli(cli, gcs, gs_data):
         if trace:  # every connect() of the process tree, to check where it went
             command = ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect",
                        "-e", "signal=none", "-o", str(trace), *command]
-        if trace:
+        if trace or not fork:
             proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
                                   timeout=600)
         else:  # forked from a server that imported JAX (tests/forked_cli.py)
@@ -286,14 +286,6 @@ from bert_jax import pretrain
 from bert_jax.train import checkpointing
 for ctx in (tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT, tensorstore_utils._BASE_TS_CONTEXT):
     ctx["gcs_request_retries"] = {"max_retries": 3, "initial_delay": "0.2s", "max_delay": "1s"}
-# gcsfs (everything but the arrays) backs off 1+2+4+8+16 s per request against
-# the dead server; the same 6 tries, at most 0.2 s apart, keep the test short.
-import asyncio, types
-import gcsfs.retry
-fast_asyncio = types.ModuleType("asyncio")
-fast_asyncio.__dict__.update(asyncio.__dict__)
-fast_asyncio.sleep = lambda delay, *a, **k: asyncio.sleep(min(delay, 0.2), *a, **k)
-gcsfs.retry.asyncio = fast_asyncio
 save = checkpointing.Checkpointer.save
 
 def first_object(step_dir, timeout=120):
@@ -379,7 +371,7 @@ def test_server_stopped_during_save(cli, gs_cli, straight, tiny_pretraining_data
             5, 10, 15, 20]
         proc = gs_cli(url, f"--config.data.prepared_dir={data}/train",
                       f"--config.eval_data.prepared_dir={data}/heldout",
-                      extra_env={"STORAGE_EMULATOR_HOST": emu.url})
+                      extra_env={"STORAGE_EMULATOR_HOST": emu.url}, fork=False)
         assert f"resumed from {url} at step 15" in proc.stdout
         assert gs_steps(url) == [5, 10, 15, 20]
         assert_same_gs_metrics(url, reference)
