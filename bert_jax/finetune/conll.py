@@ -6,14 +6,9 @@ or TFDS `conll2003` (which drops the document boundaries). Tags are converted
 to IOB2 for training (every entity opens with `B-`), and the label set is read
 from the training data: 'O', then `B-T` and `I-T` for every type T, sorted.
 
-Features follow the BERT paper's NER setup: each word is labeled on its first
-word piece; other pieces, special tokens and context tokens carry -100 (no
-loss). A sentence longer than the window is cut into overlapping windows that
-start on word boundaries, and at evaluation each word is read from the window
-where it has the most context (Google BERT's `_check_is_max_context`). With
-`doc_context`, a short sentence is surrounded by the neighbouring sentences of
-its document, whole words only, to fill the window as unlabeled context
-(the paper's "maximal document context").
+Features (first-subword labels, word-boundary windows, the max-context read-back,
+`doc_context`) are built in `conll_features`; files and tags are read in
+`conll_sentences`.
 
 Evaluation writes conlleval's input (`WORD GOLD PRED`, gold converted to IOB2,
 so that token accuracy compares like with like; entity scores are the same for
