@@ -258,3 +258,46 @@ def test_missing_optional_dependencies_are_one_line_with_the_install_command(tmp
         assert proc.stderr.strip().splitlines()[-1].endswith(message), (command, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "out2").exists()
+
+
+ORPHANED_SAVE = r"""
+import atexit, sys, threading, time
+from orbax.checkpoint._src.futures import future, synchronization
+from bert_jax import cli
+
+# What a save that failed mid-way leaves: an orbax thread (non-daemon) waiting
+# for the signal of a part that never finished, here for up to 600 s.
+waiting = future._SignalingThread(
+    target=lambda: None, send_signals=[],
+    receive_signals=[synchronization.HandlerAwaitableSignal.STEP_DIRECTORY_CREATION],
+    timeout_secs=600)
+waiting.start()
+# A thread of our own that must still finish, and an atexit handler that must run.
+def late_write():
+    time.sleep(1)
+    open(sys.argv[1], "w").write("written")
+threading.Thread(target=late_write).start()
+atexit.register(lambda: print("atexit ran", flush=True))
+
+def main(argv):
+    raise OSError("gs://bucket/run/checkpoints: saving checkpoint step 20 failed (gone)")
+
+cli.run(main)
+"""
+
+
+def test_failed_run_exits_without_waiting_for_a_failed_saves_threads(tmp_path):
+    """The error line, then exit 1 at once: not after orbax's 300 s signal
+    timeout of the failed save's threads (the hang seen when the GCS server
+    died mid-save), while the run's other threads and atexit handlers still
+    finish as on a normal exit."""
+    script = tmp_path / "orphaned_save.py"
+    script.write_text(ORPHANED_SAVE)
+    marker = tmp_path / "late.txt"
+    proc = subprocess.run([sys.executable, str(script), str(marker)], env=ENV, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == [
+        "error: gs://bucket/run/checkpoints: saving checkpoint step 20 failed (gone)"]
+    assert marker.read_text() == "written"
+    assert "atexit ran" in proc.stdout

@@ -18,9 +18,11 @@ Exit codes (README, "Exit codes"):
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import sys
+import threading
 
 from absl import app, flags
 
@@ -207,4 +209,39 @@ def run(main) -> None:
             error("interrupted")
             return EXIT_ABORTED
 
-    app.run(wrapped, flags_parser=parse_flags)
+    try:
+        app.run(wrapped, flags_parser=parse_flags)
+    except SystemExit as e:
+        if e.code not in (None, EXIT_OK):
+            _exit_past_orphaned_saves(e.code)
+        raise
+
+
+def _orphaned_save_thread(t: threading.Thread) -> bool:
+    # orbax runs each part of an async save in a non-daemon thread that first
+    # waits for the signals of the save's earlier parts, for up to its
+    # coordination timeout (300 s). When a save fails (storage gone mid-save),
+    # the threads of the later parts wait for signals that never come, and the
+    # interpreter's exit waits for them: the run's error line was followed by
+    # a 5-minute hang (seen with the GCS server killed mid-save).
+    return type(t).__name__ == "_SignalingThread" and \
+        type(t).__module__.startswith("orbax.")
+
+
+def _exit_past_orphaned_saves(code) -> None:
+    """On a failed exit, leave without waiting for orbax threads of a save
+    that already failed. By then the loop has closed its checkpointer (which
+    waits for every save to finish or fail), so those threads can only wait
+    out their timeout; every other thread is joined and the atexit handlers
+    run, as a normal exit does."""
+    me = threading.current_thread()
+    alive = [t for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
+    if not any(_orphaned_save_thread(t) for t in alive):
+        return
+    for t in alive:
+        if not _orphaned_save_thread(t):
+            t.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else EXIT_ERROR)
