@@ -261,22 +261,25 @@ def test_missing_optional_dependencies_are_one_line_with_the_install_command(tmp
 
 
 ORPHANED_SAVE = r"""
-import atexit, sys, threading, time
+import atexit, concurrent.futures, sys, threading, time
 from orbax.checkpoint._src.futures import future, synchronization
 from bert_jax import cli
 
 # What a save that failed mid-way leaves: an orbax thread (non-daemon) waiting
-# for the signal of a part that never finished, here for up to 600 s.
+# for the signal of a part that never finished, here for up to 600 s; its part
+# (the target) must not run after the failure.
 waiting = future._SignalingThread(
-    target=lambda: None, send_signals=[],
+    target=lambda: open(sys.argv[1] + ".part", "w").write("ran"), send_signals=[],
     receive_signals=[synchronization.HandlerAwaitableSignal.STEP_DIRECTORY_CREATION],
     timeout_secs=600)
 waiting.start()
-# A thread of our own that must still finish, and an atexit handler that must run.
+# What must still end as on a normal exit: a thread of our own, an executor's
+# idle worker (as orbax's metadata store keeps), an atexit handler.
 def late_write():
     time.sleep(1)
     open(sys.argv[1], "w").write("written")
 threading.Thread(target=late_write).start()
+concurrent.futures.ThreadPoolExecutor(1).submit(lambda: None).result()
 atexit.register(lambda: print("atexit ran", flush=True))
 
 def main(argv):
@@ -290,7 +293,7 @@ def test_failed_run_exits_without_waiting_for_a_failed_saves_threads(tmp_path):
     """The error line, then exit 1 at once: not after orbax's 300 s signal
     timeout of the failed save's threads (the hang seen when the GCS server
     died mid-save), while the run's other threads and atexit handlers still
-    finish as on a normal exit."""
+    finish as on a normal exit and the failed save's waiting part never runs."""
     script = tmp_path / "orphaned_save.py"
     script.write_text(ORPHANED_SAVE)
     marker = tmp_path / "late.txt"
@@ -300,4 +303,5 @@ def test_failed_run_exits_without_waiting_for_a_failed_saves_threads(tmp_path):
     assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == [
         "error: gs://bucket/run/checkpoints: saving checkpoint step 20 failed (gone)"]
     assert marker.read_text() == "written"
+    assert not (tmp_path / "late.txt.part").exists()
     assert "atexit ran" in proc.stdout
