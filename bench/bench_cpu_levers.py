@@ -21,8 +21,9 @@ rounds. A lever that changes the program's numerics is checked against the
 baseline of its round: the loss of every step and a parameter checksum
 (sum |p| in float64) after the last step must agree within --rtol.
 
-Each child times steps 2..N (step 1 includes the first-run warmup) and splits
-them into host batch preparation, dispatch (until the jitted call returns) and
+Each child times steps 2..N (step 1 includes the first-run warmup); its step
+time is the fastest of them (load from other processes on the core only adds
+time), and the step is split into host batch preparation, dispatch (until the jitted call returns) and
 device compute (until the outputs are ready); compile time is
 lower().compile(); with --breakdown it also times one evaluation forward pass.
 """
@@ -30,9 +31,12 @@ lower().compile(); with --breakdown it also times one evaluation forward pass.
 from __future__ import annotations
 
 import argparse
+import collections
+import hashlib
 import json
 import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -61,8 +65,9 @@ LEVERS: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "eigen_1thread": ("--xla_cpu_multi_thread_eigen=false", [], {}),
     "dropout_off": ("", ["--dropout=0"], {}),
 }
-DEFAULT_LEVERS = ("onednn", "no_xnnpack", "xnn_dot", "fast_math", "fast_math_all",
-                  "eigen_1thread", "dropout_off")
+# What docs/performance.md's table ran (37 min on one loaded core for both steps).
+DEFAULT_LEVERS = ("onednn", "no_xnnpack", "xnn_dot", "fast_math", "eigen_1thread",
+                  "dropout_off")
 
 
 # ---------------------------------------------------------------- child -----
@@ -155,6 +160,14 @@ def _child(args) -> dict:
         t0 = time.perf_counter()
         compiled = step.lower(state, first, rng).compile()
         out["compile_s"] = time.perf_counter() - t0
+        # Which program the flags produced: a lever whose optimized HLO and
+        # library calls match the baseline's changed nothing that runs.
+        text = compiled.as_text() or ""
+        out["hlo_sha1"] = hashlib.sha1(text.encode()).hexdigest()[:12]
+        out["library_calls"] = dict(collections.Counter(
+            re.findall(r"__(?:xnn|ynn|onednn)[a-z_]*", text)))
+        if args.compile_only:
+            return out
         losses, parts = [], []
         for i in range(args.steps):
             t0 = time.perf_counter()
@@ -171,7 +184,10 @@ def _child(args) -> dict:
             losses=losses,
             checksum=float(sum(np.abs(np.asarray(x, np.float64)).sum()
                                for x in jax.tree.leaves(state["params"]))),
-            step_s=statistics.median(sum(p) for p in timed),
+            # The neighbour's load only ever adds time: the fastest timed step
+            # is the estimate of the step's own cost.
+            step_s=min(sum(p) for p in timed),
+            step_median_s=statistics.median(sum(p) for p in timed),
             host_s=statistics.median(p[0] for p in timed),
             dispatch_s=statistics.median(p[1] for p in timed),
             compute_s=statistics.median(p[2] for p in timed))
@@ -195,18 +211,21 @@ def minilm_dir_or_none() -> pathlib.Path:
 
 # --------------------------------------------------------------- parent -----
 
-def run_arm(workload: str, lever: str, args, breakdown: bool) -> dict:
+def run_arm(workload: str, lever: str, args, breakdown: bool, compile_only=False) -> dict:
     xla, extra, env_extra = LEVERS[lever]
     env = {**os.environ, **env_extra, "XLA_FLAGS": xla, "JAX_PLATFORMS": "cpu",
            "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, __file__, "--child", f"--workload={workload}",
-           f"--steps={args.steps}", *extra] + (["--breakdown"] if breakdown else [])
+           f"--steps={args.steps}", *extra] + (["--breakdown"] if breakdown else []) + \
+        (["--compile_only"] if compile_only else [])
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode:
         sys.exit(f"{workload}/{lever} failed (rc {p.returncode}):\n{p.stderr[-3000:]}")
     r = json.loads(p.stdout.strip().splitlines()[-1])
     r["wall_s"] = time.perf_counter() - t0
+    if compile_only:
+        return r
     print(f"  {workload:6s} {lever:16s} step {r['step_s'] * 1e3:8.0f} ms  compile "
           f"{r['compile_s']:5.1f} s  loss {r['losses'][-1]:.6f}  wall {r['wall_s']:.0f} s",
           file=sys.stderr, flush=True)
@@ -232,13 +251,15 @@ def bench(workload: str, levers: list[str], args) -> dict:
             ratios.append(arm["step_s"] / ((b0["step_s"] + b1["step_s"]) / 2))
             dl.append(max(rel(x, y) for x, y in zip(arm["losses"], b0["losses"])))
             dc.append(rel(arm["checksum"], b0["checksum"]))
-        rows.append({"lever": lv, "flags": " ".join([LEVERS[lv][0], *LEVERS[lv][1]]).strip(),
+        shas = {a.get("hlo_sha1") for a in arms[lv]} | {base[0].get("hlo_sha1")}
+        same = "-" if None in shas else ("same" if len(shas) == 1 else "changed")
+        rows.append({"lever": lv, "program": same, "flags": " ".join([LEVERS[lv][0], *LEVERS[lv][1]]).strip(),
                      "step_ms": statistics.median(a["step_s"] for a in arms[lv]) * 1e3,
                      "ratio": statistics.median(ratios), "ratios": ratios,
                      "compile_s": statistics.median(a["compile_s"] for a in arms[lv]),
                      "loss_rel": max(dl), "checksum_rel": max(dc),
                      "within_tol": max(dl) <= args.rtol and max(dc) <= args.rtol})
-    bl = {"lever": "baseline", "flags": "(none)",
+    bl = {"lever": "baseline", "flags": "(none)", "program": "-",
           "step_ms": statistics.median(b["step_s"] for b in base) * 1e3, "ratio": 1.0,
           "compile_s": statistics.median(b["compile_s"] for b in base),
           "loss_rel": max(max(rel(x, y) for x, y in zip(b["losses"], base[0]["losses"]))
@@ -246,8 +267,9 @@ def bench(workload: str, levers: list[str], args) -> dict:
           "checksum_rel": max(rel(b["checksum"], base[0]["checksum"]) for b in base)}
     bl["within_tol"] = bl["loss_rel"] <= args.rtol and bl["checksum_rel"] <= args.rtol
     return {"workload": workload, "source": base[0]["source"], "rows": [bl, *rows],
-            "breakdown": {k: base[0][k] for k in ("step_s", "host_s", "dispatch_s", "compute_s",
-                                                  "compile_s", "eval_s", "eval_compile_s")},
+            "breakdown": {k: base[0].get(k) for k in (
+                "step_s", "step_median_s", "host_s", "dispatch_s", "compute_s", "compile_s",
+                "eval_s", "eval_compile_s", "library_calls")},
             "baselines_ms": [b["step_s"] * 1e3 for b in base], "arms": arms}
 
 
@@ -255,12 +277,15 @@ def report(res: dict, rtol: float) -> str:
     rows = [[r["lever"], f"`{r['flags']}`" if r["flags"] != "(none)" else "(none)",
              f"{r['step_ms']:,.0f}", f"{r['ratio']:.3f}",
              " ".join(f"{x:.2f}" for x in r.get("ratios", [])) or "-",
-             f"{r['compile_s']:.1f}", f"{r['loss_rel']:.1e}", f"{r['checksum_rel']:.1e}",
-             "yes" if r["within_tol"] else "**no**"] for r in res["rows"]]
+             f"{r['compile_s']:.1f}", r.get("program", "-"), f"{r['loss_rel']:.1e}",
+             f"{r['checksum_rel']:.1e}", "yes" if r["within_tol"] else "**no**"]
+            for r in res["rows"]]
     b = res["breakdown"]
+    # The parts are medians over the timed steps; so is the whole step here.
+    whole = b.get("step_median_s") or b["step_s"]
     lines = [f"### {res['workload']} ({res['source']})", "",
              markdown_table(["lever", "flags", "step ms", "ratio (median)", "ratio per round",
-                             "compile s", "loss rel diff", "checksum rel diff",
+                             "compile s", "HLO vs baseline", "loss rel diff", "checksum rel diff",
                              f"within {rtol:g}"], rows), "",
              "Baseline steps, ms, in run order: "
              + ", ".join(f"{x:,.0f}" for x in res["baselines_ms"]), "",
@@ -268,10 +293,13 @@ def report(res: dict, rtol: float) -> str:
                             [["host batch preparation", f"{b['host_s'] * 1e3:,.1f}"],
                              ["dispatch (jitted call returns)", f"{b['dispatch_s'] * 1e3:,.1f}"],
                              ["device compute (outputs ready)", f"{b['compute_s'] * 1e3:,.0f}"],
-                             ["whole step", f"{b['step_s'] * 1e3:,.0f}"],
+                             ["whole step", f"{whole * 1e3:,.0f}"],
                              ["evaluation forward, same batch", f"{b['eval_s'] * 1e3:,.0f}"],
                              ["compile: train step", f"{b['compile_s'] * 1e3:,.0f}"],
                              ["compile: eval step", f"{b['eval_compile_s'] * 1e3:,.0f}"]])]
+    if b.get("library_calls"):
+        lines += ["", "Library calls in the baseline's optimized HLO: " + ", ".join(
+            f"{k} x{v}" for k, v in sorted(b["library_calls"].items()))]
     return "\n".join(lines)
 
 
@@ -284,6 +312,11 @@ def main() -> None:
     ap.add_argument("--rtol", type=float, default=1e-4,
                     help="largest relative difference of losses / checksum from the baseline")
     ap.add_argument("--out", default="")
+    ap.add_argument("--report", default="", help="print the tables of a saved --out file")
+    ap.add_argument("--programs", action="store_true",
+                    help="only compile each lever's step once: optimized-HLO hash and library "
+                         "calls beside the baseline's (which flags change the program at all)")
+    ap.add_argument("--compile_only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workload", default="minilm", help=argparse.SUPPRESS)
     ap.add_argument("--dropout", type=float, default=0.1, help=argparse.SUPPRESS)
@@ -292,12 +325,27 @@ def main() -> None:
     if args.child:
         print(json.dumps(_child(args)))
         return
+    if args.report:
+        saved = json.loads(pathlib.Path(args.report).read_text())
+        for res in saved["results"]:
+            print(report(res, saved["rtol"]) + "\n")
+        return
     levers = [x for x in args.levers.split(",") if x]
     unknown = [x for x in levers if x not in LEVERS]
     if unknown:
         sys.exit(f"--levers: unknown {', '.join(unknown)}; known: {', '.join(LEVERS)}")
     if args.steps < 2 or args.rounds < 1:
         sys.exit("--steps must be >= 2 (the first is untimed) and --rounds >= 1")
+    if args.programs:
+        for w in args.workloads.split(","):
+            rows = []
+            for lv in ["baseline", *levers]:
+                r = run_arm(w, lv, args, breakdown=False, compile_only=True)
+                rows.append([lv, r["hlo_sha1"], f"{r['compile_s']:.1f}", ", ".join(
+                    f"{k} x{v}" for k, v in sorted(r["library_calls"].items())) or "none"])
+            print(f"### {w}: programs\n\n" + markdown_table(
+                ["lever", "optimized HLO sha1", "compile s", "library calls"], rows) + "\n")
+        return
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     print(f"cores {cores}, load average {load_average()}", file=sys.stderr)
     results = []
