@@ -8,7 +8,8 @@
    beside the accuracy of always answering the most frequent token,
 4. plots the curves and prints fill-mask predictions from the checkpoint,
 
-then the time each stage took. About 4 minutes on 2 idle CPU cores.
+then the time each stage took (README "What the demo shows": about 7.5 minutes
+on one loaded CPU core).
 
     python -m bert_jax.demo --workdir=runs/demo [--steps=N] [--vocab_size=V]
 """

@@ -17,9 +17,14 @@ the table, the measured times and the held-out accuracy):
   runs at the gathered positions only); at 400 steps held-out accuracy 0.104
   against 0.095 with 15% (Wettig et al. 2023, "Should You Mask 15% in Masked
   Language Modeling?", also find more masking better);
-- lr 2e-3 with 200 warmup steps, 1,600 steps: 3e-3 with 50 warmup steps
-  collapsed to always answering "." (held-out 0.070 at 400 steps), 1e-3 learns
-  slower (0.134 against 0.140 at step 800, 0.1495 at 1,600);
+- lr 2e-3 with 200 warmup steps: 3e-3 with 50 warmup steps collapsed to
+  always answering "." (held-out 0.070 at 400 steps); in 1,600-step trials
+  1e-3 learned slower (0.143 against 0.150 at step 1,200, 0.149 against 0.159
+  at 1,600);
+- 1,600 steps: a 1,200-step demo (5 min 49 s on one loaded core) ended at
+  0.140, below the copy-the-visible-token reference (0.144); 1,600 steps end
+  above it (0.159 in the trial) but take longer than 5 minutes on one core
+  (README "What the demo shows" has both runs);
 - NSP kept (MLM-only was 0.091 against 0.095 at 400 steps), vocabulary 8,000
   (4,000 stalled at 0.056 at 400 steps with lr 3e-3), BERT-tiny (L2/H256 was
   0.114 at 400 steps but 2.2x the time per step: no better per second);
