@@ -8,7 +8,8 @@
    beside the accuracy of always answering the most frequent token,
 4. plots the curves and prints fill-mask predictions from the checkpoint,
 
-then the time each stage took. About 4 minutes on 2 idle CPU cores.
+then the time each stage took (README "What the demo shows": about 7.5 minutes
+on one loaded CPU core).
 
     python -m bert_jax.demo --workdir=runs/demo [--steps=N] [--vocab_size=V]
 """
@@ -81,10 +82,16 @@ def context_free_accuracy(config) -> tuple[str, float, float]:
 
 
 def heldout_table(records: list[dict]) -> str:
-    rows = ["| step | held-out MLM loss | held-out MLM accuracy | held-out NSP accuracy |",
-            "| --- | --- | --- | --- |"]
-    rows += [f"| {r['step']} | {r['eval_mlm_loss']:.2f} | {r['eval_mlm_accuracy']:.3f} | "
-             f"{r['eval_nsp_accuracy']:.2f} |" for r in records if "eval_mlm_loss" in r]
+    evals = [r for r in records if "eval_mlm_loss" in r]
+    nsp = any("eval_nsp_accuracy" in r for r in evals)  # absent when MLM-only
+    head = ["step", "held-out MLM loss", "held-out MLM accuracy"] + \
+        (["held-out NSP accuracy"] if nsp else [])
+    rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in evals:
+        cells = [str(r["step"]), f"{r['eval_mlm_loss']:.2f}", f"{r['eval_mlm_accuracy']:.3f}"]
+        if nsp:
+            cells.append(f"{r.get('eval_nsp_accuracy', float('nan')):.2f}")
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

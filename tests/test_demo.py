@@ -56,3 +56,16 @@ def test_unigram_reference_matches_token_counts(tiny_pretraining_data):
     # ~4,600 predictions (some rows hold fewer than the cap): 4 standard errors.
     n = c.eval_batches * c.global_batch_size * c.data.max_predictions_per_seq * 0.9
     assert abs(acc - share) < 4 * math.sqrt(share * (1 - share) / n), (acc, share)
+
+
+def test_heldout_table_without_nsp():
+    """An MLM-only demo (data.nsp=False) logs no NSP accuracy: its table has no
+    such column, and a run with NSP keeps it."""
+    from bert_jax.demo import heldout_table
+    mlm = heldout_table([{"step": 5, "eval_mlm_loss": 6.5, "eval_mlm_accuracy": 0.25},
+                         {"step": 5, "mlm_accuracy": 0.3}])
+    assert mlm.splitlines() == ["| step | held-out MLM loss | held-out MLM accuracy |",
+                                "| --- | --- | --- |", "| 5 | 6.50 | 0.250 |"]
+    both = heldout_table([{"step": 5, "eval_mlm_loss": 6.5, "eval_mlm_accuracy": 0.25,
+                           "eval_nsp_accuracy": 0.5}])
+    assert both.splitlines()[-1] == "| 5 | 6.50 | 0.250 | 0.50 |"
