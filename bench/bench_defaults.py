@@ -86,10 +86,11 @@ def train_ids(task: str, n_total: int, n: int) -> list[int]:
     return list(range(min(n, n_total) if n > 0 else n_total))
 
 
-def ours_command(task: str, workdir: pathlib.Path, n: int, epochs: int, seed: int) -> list[str]:
+def ours_command(task: str, workdir: pathlib.Path, n: int, epochs: int, seed: int,
+                 *extra: str) -> list[str]:
     from common import minilm_dir
     common = [f"--workdir={workdir}", f"--config.init_checkpoint={minilm_dir()}",
-              f"--config.num_epochs={epochs}", f"--config.seed={seed}"]
+              f"--config.num_epochs={epochs}", f"--config.seed={seed}", *extra]
     if task in GLUE_TASKS:
         return [sys.executable, "-m", "bert_jax.finetune",
                 f"--config=configs/finetune/glue.py:task={task}", *common,
@@ -99,8 +100,9 @@ def ours_command(task: str, workdir: pathlib.Path, n: int, epochs: int, seed: in
             *common, f"--config.max_train_sentences={n}"]
 
 
-def run_ours(task: str, workdir: pathlib.Path, n: int, epochs: int, seed: int) -> dict:
-    cmd = ours_command(task, workdir, n, epochs, seed)
+def run_ours(task: str, workdir: pathlib.Path, n: int, epochs: int, seed: int,
+             *extra: str) -> dict:
+    cmd = ours_command(task, workdir, n, epochs, seed, *extra)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     process_s = time.perf_counter() - t0
@@ -283,18 +285,21 @@ def run_all(args) -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         for task in args.tasks.split(","):
             n = args.n or SUBSETS[task]
-            for arm in arm_order(seed):
-                if (task, arm, seed, n, args.epochs) in done:
+            for arm in [*arm_order(seed), *args.controls.split(",")]:
+                if not arm or (task, arm, seed, n, args.epochs) in done:
                     continue
                 print(f"=== {task} {arm} seed {seed} n {n} (load {os.getloadavg()[0]:.2f})",
                       flush=True)
                 load0 = os.getloadavg()
-                if arm == "ours":
-                    work = pathlib.Path(args.out).parent / "work" / f"{task}_s{seed}_n{n}"
+                if arm in ("ours", "ours_buckets"):
+                    tag = "" if arm == "ours" else "_buckets"
+                    work = pathlib.Path(args.out).parent / "work" / f"{task}_s{seed}_n{n}{tag}"
                     if work.exists():
                         import shutil
                         shutil.rmtree(work)  # a cut run starts over: timings stay whole
-                    rec = run_ours(task, work, n, args.epochs, seed)
+                    # ours_buckets: the control, one example per row (no default).
+                    rec = run_ours(task, work, n, args.epochs, seed,
+                                   *(["--config.packing=0"] if tag else []))
                     n_total = (len(_glue_data(task, 0)[0]) if task in GLUE_TASKS
                                else len(_conll_data(0)[0]))
                     rec["train_ids_sha"] = _ids_digest(train_ids(task, n_total, n))
@@ -338,6 +343,13 @@ def report(records: list[dict]) -> str:
                 f"{o_v:.2f} ({per('ours', 'value')}) | {h_v:.2f} ({per('hf', 'value')}) | "
                 f"{o_v - h_v:+.2f} | {mean('ours', 'process_s'):.0f} / "
                 f"{mean('hf', 'process_s'):.0f} | {batching} |")
+    ctrl = [r for r in records if r["arm"] == "ours_buckets"]
+    if ctrl:
+        lines += ["", "Control, ours with --config.packing=0 (one example per row, length "
+                  "buckets), same command otherwise:", "",
+                  "| task | train examples | seed | train s | dev | steps |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['task']} | {r['n']} | {r['seed']} | {r['train_s']:.1f} | "
+                  f"{r['value']:.2f} | {r['steps']} |" for r in ctrl]
     return "\n".join(lines)
 
 
@@ -349,6 +361,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=0,
                    help="training examples (CoNLL: sentences); 0: SUBSETS' size per task")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--controls", default="",
+                   help="ours_buckets: also ours with --config.packing=0 (not a default: "
+                        "tells what packing changes)")
     p.add_argument("--out", default="runs/bench_defaults/results.jsonl")
     p.add_argument("--report", action="store_true", help="print the table of --out and exit")
     p.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)

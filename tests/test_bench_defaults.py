@@ -51,7 +51,7 @@ def test_conll_train_ids_are_the_prefix_max_train_sentences_keeps(shared_data_di
             assert not t.startswith("I-") or prev[2:] == t[2:], tags
 
 
-def test_ours_command_sets_only_data_subset_epochs_seed():
+def test_ours_command_sets_only_data_subset_epochs_seed(shared_data_dir):
     cmd = bd.ours_command("sst2", pathlib.Path("/tmp/w"), 4096, 1, 3)
     flags = [a.split("=")[0] for a in cmd[3:]]
     assert cmd[1:3] == ["-m", "bert_jax.finetune"]
