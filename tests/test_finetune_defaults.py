@@ -32,7 +32,8 @@ def test_config_defaults():
         assert c.global_batch_size == 32 and c.packed_rows_per_step == 0
         assert c.packing == glue.PACKING.get(task, 0), task
         assert glue.get_config(f"task={task},runlocal").packing == 0
-    assert glue.get_config("task=sst2").packing == 16
+    # SST-2 packed was 1.03 below buckets on the converged plan (outside 1.0).
+    assert glue.get_config("task=sst2").packing == 0
     c = conll2003.get_config()
     assert (c.packing, c.global_batch_size, c.packed_rows_per_step) == (16, 32, 0)
     assert conll2003.get_config("runlocal").packing == 0
