@@ -49,6 +49,8 @@ c.log_every = 10
 c.packing, c.max_seq_length, c.length_buckets = 8, 64, (64,)
 if "optim" in c:
     c.optim.lr, c.global_batch_size = 1e-4, 7
+if "packed_rows_per_step" in c:   # since issue 30 global_batch_size counts examples
+    c.packed_rows_per_step = 7
 else:
     c.learning_rate, c.batch_size = 1e-4, 7
 work = pathlib.Path({work!r})

@@ -13,13 +13,24 @@
 #   cd <checkout> && PYTHONPATH=$PWD nohup taskset -c 1 nice -n 19 \
 #       bash bench/run_converged.sh > /work/i19-runs.log 2>&1 &
 #
+# Issue 30 (packing as the default where it keeps the score): ours with packed
+# rows (`ours_packed`, bench_finetune_peers.PACKED_ARM) on the same plan and
+# seeds, longest first; PACKED_ONLY=1 runs just these.
+#
 # One core (taskset; JAX sizes its pool by the affinity, torch 1 thread).
 set -u
 OUT=${OUT:-/work/i19-results/converged.jsonl}
+PYTHON=${PYTHON:-.venv/bin/python}
 run() {
-    .venv/bin/python bench/bench_finetune_peers.py --plan=converged --order=task \
+    "$PYTHON" bench/bench_finetune_peers.py --plan=converged --order=task \
         --torch-threads=1 --keep-model=conll --out="$OUT" "$@"
 }
+packed() {
+    run --tasks=sst2 --seeds=0 --frameworks=ours_packed
+    run --tasks=conll --seeds=0,1 --frameworks=ours_packed
+    run --tasks=mrpc --seeds=0,1 --frameworks=ours_packed
+}
+if [ "${PACKED_ONLY:-0}" = 1 ]; then packed; exit 0; fi
 run --tasks=rte,mrpc,stsb,cola --seeds=0,1
 run --tasks=conll --seeds=0,1
 run --tasks=sst2,squad --seeds=0
@@ -27,3 +38,4 @@ run --tasks=rte,mrpc,stsb,cola --seeds=0 --lrs=2e-5,5e-5
 run --tasks=cola --seeds=2,3
 run --tasks=rte --seeds=1 --lrs=2e-5 --frameworks=ours
 run --tasks=cola --seeds=1 --lrs=5e-5 --frameworks=hf
+packed

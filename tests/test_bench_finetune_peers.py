@@ -209,3 +209,22 @@ def test_a_signal_to_our_trainer_stops_the_queue(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "finetune", lambda config, workdir: {"preempted_at": 169})
     with pytest.raises(KeyboardInterrupt, match="step 169"):
         peers.run_ours(None, tmp_path)
+
+
+def test_packed_report_hand_computed():
+    """Issue 30's table: ours packed vs ours bucketed vs HF with report's verdict."""
+    recs = [_record("sst2", "ours_packed", 0, 90.0, lr=1e-4),
+            _record("sst2", "ours", 0, 89.0, lr=1e-4), _record("sst2", "hf", 0, 91.5, lr=1e-4),
+            _record("conll", "ours_packed", 0, 88.0, lr=1e-4),
+            _record("conll", "ours_packed", 1, 90.0, lr=1e-4),
+            _record("conll", "ours", 0, 91.0, lr=1e-4), _record("conll", "ours", 1, 91.0, lr=1e-4),
+            _record("rte", "ours", 0, 60.0, lr=1e-4), _record("rte", "hf", 0, 61.0, lr=1e-4)]
+    rows = [line.split(" | ") for line in peers.packed_report(recs, "converged").splitlines()[2:]]
+    assert [r[0].strip("| ") for r in rows] == ["sst2", "conll"]  # rte has no packed run
+    sst2, conll = rows
+    assert sst2[3:6] == ["90.00 (1)", "89.00 (1)", "91.50 (1)"]
+    assert sst2[6] == "+1.00 (SE -, pass)"            # |1.00| <= 1.0, 1 seed enough for SST-2
+    assert sst2[7] == "-1.50 (SE -, FAIL)"
+    # packed 89 ± 1.414 (n 2) vs bucketed 91 ± 0: diff -2.00, SE sqrt(2/2) = 1.00 -> 2 SE = 2.00.
+    assert conll[3] == "89.00 ± 1.41 (2)" and conll[6] == "-2.00 (SE 1.00, pass)"
+    assert conll[7] == "-"                             # no HF run in these records

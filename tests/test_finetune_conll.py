@@ -170,7 +170,7 @@ def test_conll_packed_learns(tmp_path, tiny_init, env, run):
                    f"--config.train_file={data_path('conll2003', 'eng.train')}",
                    f"--config.dev_file={data_path('conll2003', 'eng.testa')}",
                    "--config.max_train_sentences=1000", "--config.num_epochs=1",
-                   "--config.global_batch_size=5", "--config.packing=4", "--config.eval_batch_size=64",
+                   "--config.packed_rows_per_step=5", "--config.packing=4", "--config.eval_batch_size=64",
                    "--config.optim.lr=5e-3", "--config.max_seq_length=64",
                    "--config.window_stride=32", "--config.length_buckets=(64,)", env=env)
     check_ok(r)

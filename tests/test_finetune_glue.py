@@ -177,7 +177,7 @@ def test_sst2_packed_learns(tmp_path, tiny_init, glue_dir, env):
     workdir = tmp_path / "sst2_packed"
     finetune_cli("sst2", workdir, tiny_init, glue_dir, env, "--config.max_train_examples=1000",
                  "--config.num_epochs=4", "--config.optim.lr=3e-3",
-                 "--config.packing=4", "--config.global_batch_size=8")
+                 "--config.packing=4", "--config.packed_rows_per_step=8")
     res = json.loads((workdir / "eval" / "epoch_4" / "dev" / "eval_results.json").read_text())
     assert res["num_examples"] == 872
     assert res["accuracy"] >= max(0.60, majority + 0.08), res

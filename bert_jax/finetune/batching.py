@@ -213,6 +213,21 @@ def num_packed_rows(lengths: Sequence[int], capacity: int, max_per_row: int) -> 
     return len(best_fit_decreasing(np.asarray(lengths, np.int64), capacity, max_per_row))
 
 
+def packed_rows_per_step(lengths: Sequence[int], examples_per_step: int, capacity: int,
+                         max_per_row: int) -> int:
+    """Rows per packed batch that carry `examples_per_step` examples on average:
+    round(examples_per_step x rows / examples) for this epoch's packing, at
+    least 1. The row count depends only on the lengths (plan_packed_rows), so
+    the answer is the same every epoch and on a resumed run."""
+    if examples_per_step < 1:
+        raise ValueError(f"examples_per_step={examples_per_step}: must be >= 1")
+    n = len(lengths)
+    if n == 0:
+        return 1
+    rows = num_packed_rows(lengths, capacity, max_per_row)
+    return max(1, round(examples_per_step * rows / n))
+
+
 def examples_per_row(packing: int) -> int:
     """A task's `config.packing` as the most examples per training row, 0 when
     rows are not packed (0 or 1)."""

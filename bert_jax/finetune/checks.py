@@ -87,6 +87,8 @@ def check_config(config) -> None:
     for field in ("global_batch_size", "eval_batch_size", "max_seq_length", "log_every"):
         count(field, config.get(field), 1)
     count("eval_every", config.eval_every, 0)
+    if config.get("packed_rows_per_step") is not None:
+        count("packed_rows_per_step", config.packed_rows_per_step, 0)
     count("checkpoint.every", config.checkpoint.every, 1)
     count("checkpoint.keep", config.checkpoint.keep, 1)
     _need(config.export in ("best", "last"), "export", config.export, "best or last")
@@ -125,6 +127,17 @@ def check_batch_split(config, mesh) -> None:
         if config[field] % shards:
             raise ValueError(f"config.{field}={config[field]}: expected a multiple of "
                              f"{shards} (the batch is split over {shards} devices)")
+
+
+def check_rows_split(rows: int, mesh) -> None:
+    """Packed training rows per step (derived from global_batch_size) must split
+    evenly over the mesh's batch axes too."""
+    from bert_jax.model import sharding
+    shards = sharding.batch_shards(mesh)
+    if rows % shards:
+        raise ValueError(f"config.packing: {rows} packed rows a step carry about "
+                         f"global_batch_size examples, but the batch is split over {shards} "
+                         f"devices; set config.packed_rows_per_step to a multiple of {shards}")
 
 
 def read_all_splits(task) -> dict[str, dict]:

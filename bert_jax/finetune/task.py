@@ -137,6 +137,12 @@ class FinetuneTask:
         """Optimizer steps in one epoch."""
         return math.ceil(self.num_train_examples() / batch_size)
 
+    def train_rows_per_step(self, examples_per_step: int, packed_rows: int = 0) -> int:
+        """Rows of a training batch (the `batch_size` of train_batches) for
+        `config.global_batch_size` = examples_per_step. One example per row
+        here; a task that packs rows derives them (`packed_rows` > 0 fixes them)."""
+        return examples_per_step
+
     def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
         """One shuffled epoch; a pure function of (seed, epoch)."""
         raise NotImplementedError

@@ -193,16 +193,20 @@ class FinetuneJob:
     pure function of (seed, epoch): the saved position is (epoch, batches
     consumed), and a resumed run regenerates that epoch and skips ahead."""
 
-    def __init__(self, config, workdir, task, predict, saver, steps_per_epoch, seq_flops):
+    def __init__(self, config, workdir, task, predict, saver, steps_per_epoch, seq_flops,
+                 rows_per_step):
         self.config, self.workdir, self.task, self.predict = config, workdir, task, predict
         self.saver = saver
+        # Rows of a training batch: global_batch_size, or with config.packing
+        # the rows that carry about that many examples (task.train_rows_per_step).
+        self.rows_per_step = rows_per_step
         self.steps_per_epoch, self.seq_flops = steps_per_epoch, seq_flops
         self.name = f"finetune {task.name}"
         self.num_steps = steps_per_epoch * config.num_epochs
         self.metric = main_metric(task)
 
     def batches(self, start_step):
-        B, spe = self.config.global_batch_size, self.steps_per_epoch
+        B, spe = self.rows_per_step, self.steps_per_epoch
         first_epoch, skip = divmod(start_step, spe)
         for epoch in range(first_epoch, self.config.num_epochs):
             n = 0
@@ -227,9 +231,12 @@ class FinetuneJob:
         return {"epoch": epoch, "batches": consumed, **self._identity()}
 
     def _identity(self):
-        return {"steps_per_epoch": self.steps_per_epoch,
-                "global_batch_size": self.config.global_batch_size, "seed": self.config.seed,
-                "num_train_examples": self.task.num_train_examples()}
+        ident = {"steps_per_epoch": self.steps_per_epoch,
+                 "global_batch_size": self.config.global_batch_size, "seed": self.config.seed,
+                 "num_train_examples": self.task.num_train_examples()}
+        if self.rows_per_step != self.config.global_batch_size:
+            ident["rows_per_step"] = self.rows_per_step  # packed (older states: unpacked)
+        return ident
 
     def check_data_state(self, state):
         for k, v in self._identity().items():
@@ -317,8 +324,18 @@ def finetune(config, workdir) -> dict:
     paths.makedirs(workdir)  # only now that the inputs are known good
 
     # ---- Model, optimizer -------------------------------------------------------------
-    B = config.global_batch_size
+    # global_batch_size counts examples per step; packed rows hold several, so
+    # the task says how many rows carry that many on average.
+    B = task.train_rows_per_step(config.global_batch_size,
+                                 config.get("packed_rows_per_step", 0) or 0)
+    checks.check_rows_split(B, mesh)
     steps_per_epoch = task.train_steps_per_epoch(B)
+    if is_main and B != config.global_batch_size:
+        n = task.num_train_examples()
+        tqdm.write(f"packing: {B} rows of <= {config.packing} examples a step, "
+                   f"{n / steps_per_epoch:.1f} examples a step on average "
+                   f"(global_batch_size={config.global_batch_size}), "
+                   f"{steps_per_epoch} steps an epoch")
     optimizer, schedule = build_optimizer(config.optim, steps_per_epoch * config.num_epochs)
 
     def model_fn(key):
@@ -354,7 +371,7 @@ def finetune(config, workdir) -> dict:
         predict = make_predict_fn(spec.graphdef, spec.shardings["params"], mesh)
         job = FinetuneJob(config, workdir, task, predict, save, steps_per_epoch,
                           functools.partial(flops.finetune_flops_per_sequence, cfg, head=head,
-                                            num_labels=num_labels))
+                                            num_labels=num_labels), B)
         summary, state = loop.run(
             job, config, workdir, mesh=mesh, spec=spec, step_fn=step_fn,
             init_state=lambda: init_state(spec, model_fn, optimizer, config.seed,

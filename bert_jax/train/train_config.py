@@ -107,7 +107,8 @@ def finetune_fields(c: config_dict.ConfigDict, *, lr: float, num_epochs: int,
     # allow_vocab_mismatch (same rule as pretraining's init_from).
     c.vocab = ""
     c.allow_vocab_mismatch = False
-    c.global_batch_size = global_batch_size   # examples (packed: rows) per step, all processes
+    c.global_batch_size = global_batch_size   # examples per step, all processes (packed:
+    # on average; the rows per step follow, see the task's train_rows_per_step)
     c.eval_batch_size = eval_batch_size
     c.num_epochs = num_epochs
     c.optim = optim(lr, warmup_ratio=0.1)      # BERT: warmup over the first 10% of steps
