@@ -228,6 +228,18 @@ def packed_rows_per_step(lengths: Sequence[int], examples_per_step: int, capacit
     return max(1, round(examples_per_step * rows / n))
 
 
+def rows_per_step(lengths: Sequence[int], examples_per_step: int,
+                  length_buckets: Sequence[int], packing: int, packed_rows: int = 0) -> int:
+    """A task's training rows per step for `global_batch_size` = examples_per_step:
+    unpacked, one example a row; packed, `packed_rows` when > 0, else the rows
+    of max(length_buckets) tokens that carry that many on average."""
+    if not packing:
+        return examples_per_step
+    if packed_rows:
+        return packed_rows
+    return packed_rows_per_step(lengths, examples_per_step, max(length_buckets), packing)
+
+
 def examples_per_row(packing: int) -> int:
     """A task's `config.packing` as the most examples per training row, 0 when
     rows are not packed (0 or 1)."""

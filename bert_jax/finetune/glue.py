@@ -153,15 +153,9 @@ class GlueTask(FinetuneTask):
                                         batch_size, self._buckets, self._packing)
 
     def train_rows_per_step(self, examples_per_step: int, packed_rows: int = 0) -> int:
-        """Packed: `packed_rows` when > 0, else the rows that carry
-        `examples_per_step` examples on average (batching.packed_rows_per_step)."""
-        if not self._packing:
-            return examples_per_step
-        if packed_rows:
-            return packed_rows
-        return batching.packed_rows_per_step([len(f["input_ids"]) for f in self.features("train")],
-                                             examples_per_step, max(self._buckets),
-                                             self._packing)
+        """batching.rows_per_step over the training examples' lengths."""
+        return batching.rows_per_step([len(f["input_ids"]) for f in self.features("train")],
+                                      examples_per_step, self._buckets, self._packing, packed_rows)
 
     def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
         if self._packing:
