@@ -583,7 +583,9 @@ CASES = [
 
 
 def _fmt(text: str, w: dict) -> str:
-    return text.format(**{k: str(v) for k, v in w.items()})
+    # format_map looks up only the names in `text`: str() of every value would
+    # render w["snap"] (34 MB of file snapshots) for each argument of each case.
+    return text.format_map(w)
 
 
 def _run(spec, w) -> subprocess.CompletedProcess:
