@@ -20,6 +20,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
 
@@ -250,6 +251,43 @@ def test_bucket_heartbeat_storage_errors_lose_the_lock(gcs, monkeypatch):
     finally:
         monkeypatch.undo()
         lock.release()
+
+
+def test_bucket_release_does_not_wait_out_a_beat_stuck_in_retries(gcs, monkeypatch):
+    """Release while a heartbeat hangs in the storage client's retries (a
+    server that stopped answering): it returns after RELEASE_WAIT_S instead of
+    waiting for the beat and then retrying the delete as long, and leaves the
+    object (whose beats stop) to the next run; the stuck beat, once it
+    returns, writes nothing more. A release with no beat in flight deletes."""
+    wd = paths.join(gcs.bucket, "stuck-beat")
+    obj = paths.join(wd, workdir_lock.LOCK_NAME)
+    lock = fast(workdir_lock.WorkdirLock(wd), beat=0.05, stale=10.0)
+    monkeypatch.setattr(lock, "RELEASE_WAIT_S", 0.3)
+    lock.acquire()
+    entered, unblock, writes = threading.Event(), threading.Event(), []
+    real = paths.write_if_generation
+
+    def hanging(path, data, gen):
+        entered.set()
+        unblock.wait(30)
+        writes.append(path)
+        raise paths.StorageError(f"{path}: conditional write failed (ClientConnectorError)")
+    monkeypatch.setattr(paths, "write_if_generation", hanging)
+    wait_until(entered.is_set)
+    t0 = time.time()
+    lock.release()
+    assert time.time() - t0 < 0.3 + 1.0
+    assert paths.exists(obj)  # left for the next run to take over
+    unblock.set()
+    wait_until(lambda: writes)
+    time.sleep(0.2)
+    assert len(writes) == 1  # the stuck beat was the last one
+    monkeypatch.setattr(paths, "write_if_generation", real)
+    paths.remove(obj)
+    lock = workdir_lock.WorkdirLock(wd)
+    lock.acquire()
+    lock.release()
+    assert not paths.exists(obj)
 
 
 class _CountingJob:

@@ -132,6 +132,7 @@ class _Lock:
 class BucketLock(_Lock):
     HEARTBEAT_S = 30.0
     STALE_S = 150.0
+    RELEASE_WAIT_S = 5.0
 
     def __init__(self, workdir):
         self.workdir = os.fspath(workdir)
@@ -233,10 +234,17 @@ class BucketLock(_Lock):
         if self._gen is None:
             return
         self._stop.set()
+        beating = False
         if self._thread is not None:
-            self._thread.join()
+            # A beat takes well under a second; one still in flight after
+            # RELEASE_WAIT_S is retrying against storage that does not answer
+            # (gcsfs retries ~30 s). Then the delete would only retry as long
+            # and could race that beat: leave the object, whose heartbeat stops
+            # now, for the next run to take over.
+            self._thread.join(self.RELEASE_WAIT_S)
+            beating = self._thread.is_alive()
         _HELD.discard(self)
-        if self._lost is None:  # a lost lock object belongs to someone else now
+        if self._lost is None and not beating:  # a lost lock object is someone else's now
             try:
                 paths.remove_generation(self.path, self._gen)
             except OSError:
