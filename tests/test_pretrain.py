@@ -14,6 +14,7 @@ off, which halves compile time; the properties under test do not depend on
 codegen).
 """
 
+import concurrent.futures
 import json
 import os
 import re
@@ -453,18 +454,18 @@ def run_two_processes(cli, workdir, *overrides, hook=None, **env):
     """The CLI as 2 processes x 4 CPU devices joined by jax.distributed on
     127.0.0.1; [(returncode, stdout, stderr)] per process."""
     port = _free_port()
-    procs = [subprocess.Popen(
-        cli.command(workdir, *overrides, hook=hook),
-        env=cli.env(4, BERT_JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+
+    def one(rank):
+        # Forked like cli() (tests/forked_cli.py): the server never created a
+        # backend or joined jax.distributed, so each child does both itself.
+        return forked_cli.run_argv(
+            cli.command(workdir, *overrides, hook=hook)[1:],
+            cli.env(4, BERT_JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                     BERT_JAX_NUM_PROCESSES="2", BERT_JAX_PROCESS_ID=str(rank), **env),
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for rank in (0, 1)]
-    try:
-        outs = [p.communicate(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+            str(REPO), timeout=600)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        procs = list(pool.map(one, (0, 1)))
+    return [(p.returncode, p.stdout, p.stderr) for p in procs]
 
 
 def test_two_processes_match_one(cli, straight, tmp_path):
