@@ -32,11 +32,17 @@ import pytest  # noqa: E402
 
 from bert_jax.storage import shared_data  # noqa: E402
 
-# The files that take longest (mostly CLI runs in subprocesses), first: `make
-# test` hands out whole files to its 2 workers in collection order, so one of
-# them started last would keep one worker busy after the other ran dry.
-LONGEST_FIRST = ("test_pretrain.py", "test_gcs.py", "test_bad_inputs.py", "test_aot.py",
-                 "test_loop.py", "test_finetune_glue.py")
+# The files that take longest (mostly CLI runs in subprocesses), first, in the
+# order of a fresh-clone run's per-file times: `make test` hands out whole
+# files to its 2 workers in collection order, so one of them started last
+# would keep one worker busy after the other ran dry; the short files last
+# fill in the gaps.
+LONGEST_FIRST = ("test_gcs.py", "test_pretrain.py", "test_aot.py", "test_bad_inputs.py",
+                 "test_finetune_glue.py", "test_loop.py", "test_modernbert_pretrain.py",
+                 "test_finetune_modern.py", "test_modernbert.py", "test_finetune_conll.py",
+                 "test_tf1.py", "test_hf_parity.py", "test_training.py", "test_launch.py",
+                 "test_packing.py", "test_task_registry.py", "test_commands.py",
+                 "test_finetune_squad.py")
 
 
 def pytest_collection_modifyitems(items):
