@@ -96,16 +96,20 @@ def device_peak_flops(device=None, measure_cpu: bool = True) -> float | None:
 _CPU_PEAK: dict = {}
 
 
-def measured_matmul_flops(device=None, n: int = 1024, seconds: float = 0.5) -> float:
+def measured_matmul_flops(device=None, n: int = 1024, seconds: float = 0.1) -> float:
+    # The fastest of a few matmuls, not the mean over a longer window: the peak
+    # is what the machine can do, and every run (each test's CLI run too) pays
+    # this at start-up.
     key = str(device)
     if key in _CPU_PEAK:
         return _CPU_PEAK[key]
     x = jax.device_put(jnp.ones((n, n), jnp.float32), device)
     f = jax.jit(lambda a: a @ a)
     f(x).block_until_ready()
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    best, start = float("inf"), time.perf_counter()
+    while best == float("inf") or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
         f(x).block_until_ready()
-        reps += 1
-    _CPU_PEAK[key] = 2 * n ** 3 * reps / (time.perf_counter() - start)
+        best = min(best, time.perf_counter() - t)
+    _CPU_PEAK[key] = 2 * n ** 3 / best
     return _CPU_PEAK[key]
