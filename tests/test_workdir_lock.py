@@ -170,6 +170,30 @@ def test_failure_before_first_step_removes_only_what_it_created(script, tmp_path
     assert (old / "notes.txt").read_text() == "mine"
 
 
+def test_progress_this_process_noted_keeps_the_workdir_without_asking_storage(tmp_path):
+    """A failure after the loop noted progress (a logged step, a resume) keeps
+    what the run wrote without calling has_progress (storage may be what
+    failed); a sweep's run counts for its parent. A later claim of the same
+    workdir in the same process starts knowing nothing: its own failure
+    before any progress removes what it created."""
+    workdir = tmp_path / "w"
+
+    asked = []
+    for noted in (workdir, workdir / "lr1e-5_seed0"):
+        with pytest.raises(RuntimeError), run_dir.claim(
+                workdir, has_progress=lambda w: asked.append(w) or False):
+            (workdir / "metrics.jsonl").write_text("{}\n")
+            run_dir.note_progress(noted)
+            raise RuntimeError("storage went away")
+        assert (workdir / "metrics.jsonl").is_file()
+    assert asked == []
+    with pytest.raises(RuntimeError), run_dir.claim(workdir, has_progress=lambda w: False):
+        (workdir / "half_written").write_text("")
+        raise RuntimeError("failed before its first step")
+    assert sorted(p.name for p in workdir.iterdir() if p.name != workdir_lock.LOCK_NAME) == [
+        "metrics.jsonl"]
+
+
 def test_lock_file_symlink_is_refused_target_untouched(script, tmp_path):
     workdir = tmp_path / "w"
     workdir.mkdir()

@@ -15,7 +15,8 @@ when it could not take the workdir.
 Nothing is removed by a run that does not hold the lock: the run that loses
 a start-up race leaves the winner's workdir alone even if its own mkdir was
 the one that made it. A run that holds the lock and fails before its first
-step (`has_progress(workdir)` false) removes only the entries that appeared
+step (no `note_progress` from the loop in this process, and
+`has_progress(workdir)` false) removes only the entries that appeared
 after it took the lock, then the lock file and the directories it made (each
 only if empty). Exit codes are the command's (`bert_jax.cli`).
 """
@@ -76,12 +77,35 @@ def _mkdirs(path: str) -> list[str]:
         return [*made, path]
 
 
+# Workdirs where this process resumed from a checkpoint or logged a step
+# (`note_progress`, called by the training loop). After a failure what the
+# process knows needs no storage call: the storage may be what failed, and
+# each call to a server that stopped answering retries for ~30 s.
+_PROGRESS: set[str] = set()
+
+
+def _key(workdir) -> str:
+    w = os.fspath(workdir)
+    return w.rstrip("/") if paths.is_url(w) else os.path.abspath(w)
+
+
+def note_progress(workdir) -> None:
+    _PROGRESS.add(_key(workdir))
+
+
+def _noted_within(workdir) -> set[str]:
+    """The noted workdirs that are `workdir` or under it (a sweep's runs)."""
+    top = _key(workdir)
+    return {k for k in _PROGRESS if k == top or k.startswith(top.rstrip("/") + "/")}
+
+
 class Claim:
     """Process 0's hold on a workdir: the lock, the directories it made and
     what the workdir held when the lock was taken."""
 
     def __init__(self, workdir: str):
         self.workdir = workdir
+        _PROGRESS.difference_update(_noted_within(workdir))  # an earlier run's, not this one's
         if paths.is_url(workdir):
             paths.check_bucket(workdir)  # object storage has no directories to make
             self.made: list[str] = []
@@ -103,7 +127,7 @@ class Claim:
         lock was taken, then (if this run made the workdir) the lock file and
         the directories; release the lock in any case."""
         try:
-            progressed = has_progress(self.workdir)
+            progressed = bool(_noted_within(self.workdir)) or has_progress(self.workdir)
         except Exception:  # noqa: BLE001 - cannot tell: keep everything
             progressed = True
         left = True

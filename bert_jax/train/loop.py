@@ -22,14 +22,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from bert_jax.storage import paths, workdir_lock
+from bert_jax.storage import paths, run_dir, workdir_lock
 
 # The loop's own entry in a checkpoint's JSON data item (next to the job's).
 LOOP_KEY = "_loop"
@@ -99,7 +98,7 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
     start_step, state, loop_state = _restore(ckpt, job, workdir, spec, init_state, started,
                                              is_main)
     if start_step:
-        _PROGRESSED.add(_progress_key(workdir))
+        run_dir.note_progress(workdir)
     best = loop_state.get("best")          # {'step', 'score', 'label'} or None
     history = list(loop_state.get("history", []))
 
@@ -157,7 +156,7 @@ def run(job: Job, config, workdir: str, *, mesh, spec, step_fn,
             rec["includes_compile"] = True  # the first window includes compilation
             first_log = False
         writer.write(done, rec)
-        _PROGRESSED.add(_progress_key(workdir))
+        run_dir.note_progress(workdir)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
         summary["train"] = rec
         window.clear()
@@ -287,22 +286,9 @@ def has_checkpoint(workdir) -> bool:
     return any(p.isdigit() for p in paths.listdir(paths.join(workdir, "checkpoints")))
 
 
-# Workdirs where this process resumed from a checkpoint or logged a step. What
-# the process knows needs no storage call: after a failure the storage may be
-# the thing that failed, and each call to a dead server retries for ~30 s.
-_PROGRESSED: set[str] = set()
-
-
-def _progress_key(workdir) -> str:
-    w = str(workdir)
-    return w.rstrip("/") if paths.is_url(w) else os.path.abspath(w)
-
-
 def has_progress(workdir) -> bool:
     """Whether a run in workdir got anywhere (a checkpoint or a logged step):
     a run that fails before that removes the workdir it created."""
-    if _progress_key(workdir) in _PROGRESSED:
-        return True
     try:
         if has_checkpoint(workdir):
             return True
