@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 
 from absl import app, flags
 
@@ -248,3 +249,7 @@ def _release_failed_save_threads() -> None:
             future.set_signals(t._receive_signals, operation_id=t._operation_id)
     except AttributeError:  # another orbax: its exit waits as before
         return
+    # Each cancelled part leaves its coroutine never awaited, by design: without
+    # this, Python's warning for each would follow the error line at exit.
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
+                            category=RuntimeWarning)
