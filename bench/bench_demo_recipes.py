@@ -8,7 +8,8 @@ against the demo's own context-free references on the held-out batches.
 
 A recipe is `name:key=value,...` over configs/pretrain/demo.py's fields
 (`vocab=N` picks the WordPiece vocabulary size; its vocab and prepared cache
-are built once under --root and reused). Per recipe: wall seconds of the
+are built once under --root and reused; `arch=bert` starts from the config's
+BERT-tiny recipe instead of ModernBERT-tiny). Per recipe: wall seconds of the
 pretraining run (compilation and the held-out evaluations included), seconds
 per step from its metrics, the last held-out MLM accuracy, the two references
 (most frequent token; copy the visible token, most frequent token at [MASK])
@@ -70,7 +71,7 @@ def run_child(recipe: str) -> dict:
     name, kv = parse(recipe)
     root = pathlib.Path(FLAGS.root)
     d = prepared(root, int(kv.pop("vocab", FLAGS.vocab_size)))
-    c = demo.get_config()
+    c = demo.get_config(f"arch={kv.pop('arch', 'modernbert')}")
     steps = int(kv.pop("steps", FLAGS.steps))
     if steps:
         demo.set_steps(c, steps)

@@ -8,19 +8,23 @@ import pytest
 from conftest import data_path
 
 
-def test_demo_config_is_valid_and_masks_fit():
+@pytest.mark.parametrize("arch", ["modernbert", "bert"])
+def test_demo_config_is_valid_and_masks_fit(arch):
     from bert_jax import pretrain
     from configs.pretrain import demo
-    c = demo.get_config("steps=40")
+    c = demo.get_config(f"steps=40,arch={arch}")
+    assert c.model.get("architecture", "bert") == arch
     c.data.prepared_dir = "/nonexistent"   # validate_config needs a value, reads nothing
     pretrain.validate_config(c)
-    # BERT masks 15% of the tokens; a smaller cap would silently drop predictions.
+    # A smaller cap than the masking rate's share would silently drop predictions.
     assert c.data.max_predictions_per_seq >= math.ceil(
         c.data.masked_lm_prob * c.data.max_seq_length)
     assert (c.num_train_steps, c.eval_every, c.checkpoint.every) == (40, 10, 20)
     assert c.num_train_steps % c.eval_every == 0   # the last evaluation is at the end
     with pytest.raises(ValueError, match="known keys are steps"):
         demo.get_config("step=40")
+    with pytest.raises(ValueError, match="arch=gpt: expected modernbert or bert"):
+        demo.get_config("arch=gpt")
 
 
 def test_unigram_reference_matches_token_counts(tiny_pretraining_data):
