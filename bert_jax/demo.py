@@ -35,11 +35,26 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 0, "Override the number of pretraining steps (0 = config's).")
 flags.DEFINE_integer("vocab_size", 8000, "WordPiece vocabulary size.")
 
+# Docstring-like sentences: the first four were the BERT-tiny demo's, the other
+# twelve were written together before any ModernBERT run (none dropped after
+# seeing answers); some need a noun, some a function word the context decides.
 SENTENCES = [
     "Return a new [MASK] containing all items from the iterable.",
     "The [MASK] is closed when the with statement exits.",
     "Raise a ValueError if the [MASK] is not found.",
     "This module provides functions for working with [MASK] and directories.",
+    "Return [MASK] if the object is callable, False otherwise.",
+    "Raise a KeyError if the key is [MASK] found.",
+    "If the argument is omitted, it defaults to [MASK].",
+    "Return the number of [MASK] in the string.",
+    "Return True if the path [MASK] to an existing file.",
+    "This function is [MASK] for internal use only.",
+    "See the documentation [MASK] more details.",
+    "The default value [MASK] None.",
+    "Open the file and return a file [MASK].",
+    "Return the [MASK] of the file in bytes.",
+    "Return a list of [MASK] and values.",
+    "If [MASK] is None, the current directory is used.",
 ]
 
 
