@@ -320,6 +320,11 @@ CASES = [
     case("pretrain_missing_config", "bert_jax.pretrain",
          ["--config=configs/pretrain/bert_tinyy.py", "--workdir={root}/w4"], 2,
          "--config=configs/pretrain/bert_tinyy.py: no such file", absent("w4")),
+    # with an override, absl fails inside the override's parse, not at the file
+    case("pretrain_missing_config_with_override", "bert_jax.pretrain",
+         ["--config=configs/pretrain/bert_tinyy.py", "--config.num_train_steps=3",
+          "--workdir={root}/w4b"], 2,
+         "--config=configs/pretrain/bert_tinyy.py: no such file", absent("w4b")),
     case("pretrain_negative_lr", "bert_jax.pretrain",
          [*PRETRAIN, "--workdir={root}/w5", "--config.optim.lr=-0.001"], 1,
          "config.optim.lr=-0.001: expected a learning rate > 0", absent("w5")),

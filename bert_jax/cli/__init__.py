@@ -83,14 +83,16 @@ def _config_field_error(argv: list[str]) -> str | None:
         if not m or m.group(1) not in flags.FLAGS:
             continue
         flag = flags.FLAGS[m.group(1)]
+        spec = next((a.split("=", 1)[1] for a in argv[1:]
+                     if re.match(rf"--?{m.group(1)}=", a)), "")
         try:
             node = flag.value
             if node is None:  # the override failed while the file was loading: reload it
-                spec = next(a.split("=", 1)[1] for a in argv[1:]
-                            if re.match(rf"--?{m.group(1)}=", a))
                 node = flag.parser.parse(spec)
         except Exception:  # noqa: BLE001 - the config itself failed; reported elsewhere
             return None
+        if type(node).__name__ == "_ErrorConfig":  # the file did not load
+            return _file_error(m.group(1), spec)
         if node is None or not hasattr(node, "keys"):
             continue
         parts = m.group(2).split(".")
@@ -154,27 +156,36 @@ def configs_importable() -> None:
         sys.path.append(root)
 
 
+def _config_file_error() -> str | None:
+    """`--config=FILE: why` for a config flag whose file did not load (absl's
+    config flag holds a placeholder that raises when any attribute is read)."""
+    for name, flag in flags.FLAGS._flags().items():
+        if type(flag).__name__ == "_ConfigFlag" and name == flag.name:
+            if type(flag.value).__name__ == "_ErrorConfig":
+                return _file_error(name, getattr(flag, "config_filename", ""))
+    return None
+
+
+def _file_error(name: str, spec) -> str:
+    path = str(spec).split(":", 1)[0]
+    why = "no such file" if path and not os.path.exists(path) else "the file does not load"
+    return f"--{name}={spec}: {why}"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with one-line errors (exit 2)."""
     maybe_help(argv)
     configs_importable()
     try:
         rest = flags.FLAGS(argv)
-        for name, flag in flags.FLAGS._flags().items():
-            # A config file that failed to load raises when its value is read.
-            if type(flag).__name__ == "_ConfigFlag" and name == flag.name:
-                value = flag.value
-                if type(value).__name__ == "_ErrorConfig":
-                    spec = flag.config_filename if hasattr(flag, "config_filename") else ""
-                    path = str(spec).split(":", 1)[0]
-                    why = "no such file" if path and not os.path.exists(path) else \
-                        "the file does not load"
-                    error(f"--{name}={spec}: {why}")
-                    sys.exit(EXIT_USAGE)
+        msg = _config_file_error()
+        if msg:
+            error(msg)
+            sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         sys.exit(EXIT_ABORTED)
     except Exception as e:  # noqa: BLE001 - every parse failure is a usage error
-        msg = _config_field_error(argv)
+        msg = _config_field_error(argv)  # also a config file that did not load
         if msg is None:
             root = _root_cause(e)
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
