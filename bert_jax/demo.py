@@ -30,6 +30,7 @@ from absl import flags, logging
 from bert_jax import fill_mask, plot, pretrain
 from bert_jax.data.pipeline import PretrainingPipeline
 from bert_jax.data.token_cache import open_prepared
+from bert_jax.train.run_identity import RerunMismatch
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 0, "Override the number of pretraining steps (0 = config's).")
@@ -68,6 +69,16 @@ def _config(workdir: pathlib.Path):
     if FLAGS.steps:
         demo.set_steps(c, FLAGS.steps)
     return c
+
+
+def pretrain_demo(config, run: pathlib.Path) -> None:
+    """pretrain.train, with what to do when `run` holds an earlier demo's other
+    recipe (a checkout updated since: the BERT-tiny demo before ModernBERT-tiny)."""
+    try:
+        pretrain.train(config, str(run))
+    except RerunMismatch as e:
+        raise RerunMismatch(f"{e} (for `make demo`: delete {run}, or pass WORKDIR=another/dir "
+                            "to make, --workdir to python -m bert_jax.demo)") from None
 
 
 def _model_name(config) -> str:
@@ -163,7 +174,7 @@ def main(argv):
           f"(batch {config.global_batch_size}, seq {config.data.max_seq_length}; the first "
           "step includes compilation)", flush=True)
     run = workdir / "pretrain"
-    pretrain.train(config, str(run))
+    pretrain_demo(config, run)
     times["3 pretrain + held-out eval"] = time.perf_counter() - t
     records = plot.read_metrics(run / "metrics.jsonl")
     train_recs = [r for r in records if "mlm_accuracy" in r]

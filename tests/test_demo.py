@@ -73,3 +73,30 @@ def test_heldout_table_without_nsp():
     both = heldout_table([{"step": 5, "eval_mlm_loss": 6.5, "eval_mlm_accuracy": 0.25,
                            "eval_nsp_accuracy": 0.5}])
     assert both.splitlines()[-1] == "| 5 | 6.50 | 0.250 | 0.50 |"
+
+
+def test_workdir_of_an_earlier_demo_recipe_is_one_line_with_what_to_do(tiny_pretraining_data,
+                                                                      tmp_path):
+    """A checkout updated since its last `make demo` (BERT-tiny then, ModernBERT-tiny
+    now) finds runs/demo/pretrain made with the other recipe: the rerun refuses it
+    before training and says how to start over; the old run is left as it was."""
+    from bert_jax import demo as demo_cli
+    from bert_jax.train import run_identity
+    from configs.pretrain import demo
+
+    def cfg(arch):
+        c = demo.get_config(f"arch={arch},steps=2")
+        c.data.prepared_dir = str(tiny_pretraining_data["train"])
+        c.eval_data.prepared_dir = str(tiny_pretraining_data["heldout"])
+        return c
+
+    run = tmp_path / "demo" / "pretrain"
+    demo_cli.pretrain_demo(cfg("bert"), run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(run_identity.RerunMismatch) as e:
+        demo_cli.pretrain_demo(cfg("modernbert"), run)
+    msg = str(e.value)
+    assert "\n" not in msg and "model.architecture bert -> modernbert" in msg
+    assert msg.endswith(f"(for `make demo`: delete {run}, or pass WORKDIR=another/dir to make, "
+                        "--workdir to python -m bert_jax.demo)")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
