@@ -13,9 +13,9 @@ decay) with what a run of a few CPU minutes needs. Chosen by measurement
 (bench/bench_demo_recipes.py; README "What the demo shows" has the tables):
 on one core, 1,200 steps of 32 x 64 tokens, ModernBERT-tiny ended at held-out
 MLM accuracy 0.305 where the best BERT-tiny recipe (`arch=bert`) was at 0.150
-(0.159 after 1,600 steps), in about the same time per step, and its
-fill-mask answers fit their sentences where BERT-tiny answered "the" / "a" /
-"if" for every [MASK]. lr 2e-3 and 4e-3 ended within 0.002 of each other.
+(0.159 after 1,600 steps), for 1.0-1.3x the time per step, and 10 of its 16
+fill-mask answers fit their sentences where BERT-tiny's were 2 of 16 (the
+rest "the" / "a" / "if"). lr 2e-3 and 4e-3 ended within 0.002 of each other.
 - sequences of 64 tokens, batches of 32: a step costs in proportion to its
   tokens on CPU, and small batches give more updates for the same tokens;
   a docstring sentence is ~20 tokens, so a row packs up to 4 whole sequences;
