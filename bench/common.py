@@ -19,6 +19,10 @@ from collections.abc import Callable, Sequence
 from tqdm import tqdm
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+# Benchmarks time compilation as a first run pays it: the commands' default
+# persistent compilation cache (bert_jax.cli.default_compile_cache) is off here
+# and in every process a benchmark starts; one that wants a cache sets its own.
+os.environ.setdefault("BERT_JAX_COMPILE_CACHE", "off")
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # configs/ is a folder of the checkout, not installed
 
