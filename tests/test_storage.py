@@ -24,6 +24,30 @@ def test_local_paths_behave_as_before(tmp_path):
     assert not paths.exists(tmp_path / "a") and paths.listdir(tmp_path / "a") == []
 
 
+def test_failed_dir_write_leaves_nothing_even_when_late_writes_land(tmp_path):
+    """orbax can fail on one array (a full disk) while tensorstore still
+    finishes another, recreating the temp dir's subdirectories after the
+    failure: write_dir_atomic must still leave nothing beside the destination
+    (CI saw a `.model.*` dir left by exactly this)."""
+    from bert_jax.storage import outputs
+    late = []
+
+    def writer(tmp):
+        def straggler():
+            threading.Event().wait(0.3)
+            os.makedirs(tmp / "params" / "d", exist_ok=True)
+            (tmp / "params" / "d" / "chunk").write_bytes(b"x" * 1000)
+        t = threading.Thread(target=straggler)
+        t.start()
+        late.append(t)
+        (tmp / "params").mkdir()
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError, match="No space left"):
+        outputs.write_dir_atomic(tmp_path / "model", writer)
+    late[0].join()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_gs_objects(gcs):
     root = paths.join(gcs.bucket, "unit")
     assert paths.join("gs://b/", "x", "y.txt") == "gs://b/x/y.txt"

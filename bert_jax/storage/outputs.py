@@ -32,6 +32,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 
 from bert_jax.storage import json_input, paths
@@ -346,7 +347,11 @@ def write_dir_atomic(dst, writer: Callable[[pathlib.Path], None]) -> None:
     if paths.is_url(dst):
         tmp = pathlib.Path(tempfile.mkdtemp(prefix="bert_jax_out_"))
         try:
-            writer(tmp)
+            try:
+                writer(tmp)
+            except BaseException:
+                _remove_settled(tmp)
+                raise
             upload_dir(tmp, dst)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -356,7 +361,11 @@ def write_dir_atomic(dst, writer: Callable[[pathlib.Path], None]) -> None:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     old = None
     try:
-        writer(tmp)
+        try:
+            writer(tmp)
+        except BaseException:
+            _remove_settled(tmp)
+            raise
         if dst.exists() or dst.is_symlink():
             old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
             os.replace(dst, old)
@@ -375,6 +384,21 @@ def write_dir_atomic(dst, writer: Callable[[pathlib.Path], None]) -> None:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 old.unlink(missing_ok=True)
+
+
+def _remove_settled(tmp: pathlib.Path, quiet_s: float = 1.0, limit_s: float = 30.0) -> None:
+    """Remove the temp dir of a failed write, and again while it comes back.
+    orbax can fail on one array (a full disk) while tensorstore still finishes
+    writing others, and its file driver recreates their parent directories:
+    one removal would leave a half-written `.model.*` behind. Done once the dir
+    stayed absent for `quiet_s` (at most `limit_s`)."""
+    deadline = time.monotonic() + limit_s
+    seen = time.monotonic()
+    while time.monotonic() - seen < quiet_s and time.monotonic() < deadline:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            seen = time.monotonic()
+        time.sleep(0.05)
 
 
 def write_file_atomic(dst, writer: Callable[[pathlib.Path], None], suffix: str = "") -> None:
