@@ -25,8 +25,10 @@ GPU_ENV = [
 
 
 def _env(**extra: str) -> dict[str, str]:
-    """A clean environment: no XLA_FLAGS/JAX_PLATFORMS from conftest, no SLURM."""
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LC_ALL": "C"}
+    """A clean environment: no XLA_FLAGS/JAX_PLATFORMS from conftest, no SLURM;
+    the suite's compilation cache, so the commands do not fill ~/.cache."""
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LC_ALL": "C",
+           "JAX_COMPILATION_CACHE_DIR": os.environ["JAX_COMPILATION_CACHE_DIR"]}
     env.update(extra)
     return env
 
