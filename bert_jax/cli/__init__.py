@@ -254,6 +254,8 @@ def run(main) -> None:
     except SystemExit as e:
         if e.code not in (None, EXIT_OK):
             _release_failed_save_threads()
+        if "bert_jax.train.distributed" in sys.modules:  # only a multi-process run returns
+            sys.modules["bert_jax.train.distributed"].leave(e.code)
         raise
 
 

@@ -70,6 +70,35 @@ def finished() -> None:
         _watchdog.ok = True
 
 
+def leave(code) -> None:
+    """End a multi-process command (any exit code) without the interpreter's
+    teardown; returns at once in a single-process run.
+
+    Each process first runs the atexit handlers (the watchdog's `finish`:
+    process 0 waits for the others; logging's flush; JAX's own) and leaves the
+    coordination service in order (`jax.distributed.shutdown`), then exits
+    with os._exit. The teardown it skips is where C++ threads (gRPC, the
+    runtime's pools) still running could call back into an interpreter that
+    is being dismantled: CI saw process 1 of a finished two-process run abort
+    there ("terminate called after throwing an instance of ''", exit -6) after
+    its work was done and written. Everything the run writes is closed by then
+    (checkpoints, metrics, TensorBoard), and stdout/stderr are flushed here."""
+    if _watchdog is None:
+        return
+    import atexit
+    atexit._run_exitfuncs()
+    try:
+        jax.distributed.shutdown()
+    except Exception:  # noqa: BLE001 - the service is already gone: nothing to leave
+        pass
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
 def _client():
     # JAX's own distributed client: only a multi-process run reaches here
     from jax._src import distributed as jax_distributed
@@ -115,6 +144,12 @@ class _Watchdog(threading.Thread):
         """At exit: say this process finished; process 0 keeps the service up
         until the others have left (bounded)."""
         self.leaving.set()
+        # Wait for the watchdog's own call into JAX's client to return: a
+        # daemon thread that comes back from C++ while the interpreter shuts
+        # down is ended by Python inside a noexcept destructor (nanobind's GIL
+        # release), and the process aborts with "FATAL: exception not rethrown".
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=5.0)
         try:
             client = _client()
             if self.ok:
