@@ -64,6 +64,10 @@ LEVERS: dict[str, tuple[str, list[str], dict[str, str]]] = {
                       "--xla_cpu_fast_math_honor_functions=false", [], {}),
     "eigen_1thread": ("--xla_cpu_multi_thread_eigen=false", [], {}),
     "dropout_off": ("", ["--dropout=0"], {}),
+    # Compile-time levers (short fine-tuning runs spend a third of their time
+    # compiling): LLVM without its expensive passes; XLA's backend at -O1.
+    "llvm_cheap": ("--xla_llvm_disable_expensive_passes=true", [], {}),
+    "opt_level1": ("--xla_backend_optimization_level=1", [], {}),
 }
 # What docs/performance.md's table ran (37 min on one loaded core for both steps).
 DEFAULT_LEVERS = ("onednn", "no_xnnpack", "xnn_dot", "fast_math", "eigen_1thread",
