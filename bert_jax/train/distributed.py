@@ -85,7 +85,6 @@ def leave(code) -> None:
     (checkpoints, metrics, TensorBoard), and stdout/stderr are flushed here."""
     if _watchdog is None:
         return
-    import atexit
     atexit._run_exitfuncs()
     try:
         jax.distributed.shutdown()
@@ -94,8 +93,11 @@ def leave(code) -> None:
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a pipe whose reader left
+            pass
     os._exit(code or 0)
 
 
