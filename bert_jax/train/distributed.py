@@ -146,10 +146,10 @@ class _Watchdog(threading.Thread):
         """At exit: say this process finished; process 0 keeps the service up
         until the others have left (bounded)."""
         self.leaving.set()
-        # Wait for the watchdog's own call into JAX's client to return: a
-        # daemon thread that comes back from C++ while the interpreter shuts
-        # down is ended by Python inside a noexcept destructor (nanobind's GIL
-        # release), and the process aborts with "FATAL: exception not rethrown".
+        # Wait for the watchdog's own call into JAX's client to return: `leave`
+        # shuts that client down next, and a daemon thread still inside a
+        # GIL-releasing C++ call when the interpreter is torn down can abort
+        # the process ("FATAL: exception not rethrown").
         if self.is_alive() and self is not threading.current_thread():
             self.join(timeout=5.0)
         try:
