@@ -286,6 +286,12 @@ from bert_jax import pretrain
 from bert_jax.train import checkpointing
 for ctx in (tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT, tensorstore_utils._BASE_TS_CONTEXT):
     ctx["gcs_request_retries"] = {"max_retries": 3, "initial_delay": "0.2s", "max_delay": "1s"}
+# gcsfs's too (metrics, summary, lock): 2 tries instead of 6, whose backoff
+# (1 + 2 + 4 + 8 + 16 s) kept the dead server's run waiting ~30 s, half this test.
+import gcsfs, gcsfs.retry
+for name in ("_request", "_get_file_request", "_get_file_concurrent"):
+    method = getattr(gcsfs.GCSFileSystem, name)
+    setattr(gcsfs.GCSFileSystem, name, gcsfs.retry.retry_request(retries=2)(method.__wrapped__))
 save = checkpointing.Checkpointer.save
 
 def first_object(step_dir, timeout=120):
