@@ -15,8 +15,9 @@ WORKDIR ?= runs/demo
 # (2026-12-08, both with empty caches; uv compiling bytecode as pip does, since
 # without .pyc files every process of the suite would compile its imports again).
 # pip's find-links (pip.conf or PIP_FIND_LINKS: where a machine keeps local
-# wheels, such as a CPU build of torch) are handed on to uv, which does not read pip's config.
-FIND_LINKS := $(sort $(shell $(PY) -m pip config get global.find-links 2>/dev/null) $(PIP_FIND_LINKS))
+# wheels, such as a CPU build of torch) are handed on to uv, which does not read pip's config;
+# asked only when an install runs (`=`, not `:=`), so `make test` on a ready .venv starts no pip.
+FIND_LINKS = $(sort $(shell $(PY) -m pip config get global.find-links 2>/dev/null) $(PIP_FIND_LINKS))
 INSTALL = if [ -x $(BIN)/uv ]; then $(BIN)/uv pip install -q --compile-bytecode \
 	--python $(BIN)/python $(foreach d,$(FIND_LINKS),--find-links $(d)) $(1); \
 	else $(BIN)/pip install -q $(1); fi
